@@ -1,0 +1,117 @@
+//! Splitting catalog identifiers into search words: `order_items`, `OrderItems`
+//! and `orderItems` all give `order items`, so a question's words can match them.
+
+use std::collections::HashSet;
+
+/// Lowercased words of an identifier, deduplicated, in order of first appearance.
+/// Splits on non-alphanumerics, case changes (acronyms kept whole) and letter/digit
+/// boundaries; single-digit tokens are dropped (`address2` → `address`).
+pub fn split_identifier(ident: &str) -> Vec<String> {
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    for run in ident.split(|c: char| !c.is_alphanumeric()) {
+        let chars: Vec<char> = run.chars().collect();
+        let mut start = 0;
+        for i in 1..=chars.len() {
+            if i == chars.len() || boundary(&chars, i) {
+                let token: String = chars[start..i].iter().collect::<String>().to_lowercase();
+                let single_digit =
+                    token.chars().count() == 1 && token.chars().all(char::is_numeric);
+                if !single_digit && seen.insert(token.clone()) {
+                    out.push(token);
+                }
+                start = i;
+            }
+        }
+    }
+    out
+}
+
+/// The identifier's words joined by single spaces (`HTTPRequestLog` → `http request log`).
+pub fn identifier_words(ident: &str) -> String {
+    split_identifier(ident).join(" ")
+}
+
+/// Whether a word boundary falls between `chars[i - 1]` and `chars[i]` (0 < i < len).
+fn boundary(chars: &[char], i: usize) -> bool {
+    let prev = chars[i - 1];
+    let cur = chars[i];
+    if prev.is_numeric() != cur.is_numeric() {
+        return true;
+    }
+    if cur.is_uppercase() && !prev.is_uppercase() && !prev.is_numeric() {
+        return true; // camelCase
+    }
+    // Acronym followed by a word: the last capital starts the word (HTTPRequest).
+    if prev.is_uppercase() && cur.is_uppercase() {
+        if let Some(&next) = chars.get(i + 1) {
+            return next.is_lowercase() && !plural_s(chars, i + 1);
+        }
+    }
+    false
+}
+
+/// A lone lowercase `s` after an acronym is its plural (`userIDs`, `URLsByHost`), not a word.
+fn plural_s(chars: &[char], i: usize) -> bool {
+    chars.get(i) == Some(&'s') && chars.get(i + 1).is_none_or(|c| !c.is_lowercase())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn words(s: &str) -> Vec<String> {
+        split_identifier(s)
+    }
+
+    #[test]
+    fn cases() {
+        let cases: &[(&str, &[&str])] = &[
+            ("order_items", &["order", "items"]),
+            ("OrderItems", &["order", "items"]),
+            ("orderItems", &["order", "items"]),
+            ("order-items", &["order", "items"]),
+            ("HTTPRequestLog", &["http", "request", "log"]),
+            ("parseHTTPResponse", &["parse", "http", "response"]),
+            ("userIDs", &["user", "ids"]),
+            ("URLsByHost", &["urls", "by", "host"]),
+            ("customer_ID", &["customer", "id"]),
+            ("address2", &["address"]),
+            ("sha256_hash", &["sha", "256", "hash"]),
+            ("line_2_total", &["line", "total"]),
+            ("v2Users", &["v", "users"]),
+            ("status_status", &["status"]),
+            ("CamelCase_snake_case", &["camel", "case", "snake"]),
+            ("  weird..name  ", &["weird", "name"]),
+            ("\"Quoted Table\"", &["quoted", "table"]),
+            ("été_Größe", &["été", "größe"]),
+            ("A", &["a"]),
+            ("ID", &["id"]),
+            ("", &[]),
+            ("___", &[]),
+            ("7", &[]),
+            ("42", &["42"]),
+        ];
+        for (input, want) in cases {
+            assert_eq!(words(input), *want, "{input:?}");
+        }
+    }
+
+    #[test]
+    fn joined() {
+        assert_eq!(identifier_words("order_items"), "order items");
+        assert_eq!(identifier_words("HTTPRequestLog"), "http request log");
+        assert_eq!(identifier_words(""), "");
+    }
+
+    proptest! {
+        #[test]
+        fn never_panics_and_words_are_clean(s in "\\PC{0,80}") {
+            for w in split_identifier(&s) {
+                prop_assert!(!w.is_empty());
+                prop_assert!(!w.chars().any(|c| c.is_whitespace() || c == '_'));
+            }
+        }
+    }
+}

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Shared helpers for demo.sh, test.sh and bench/: build, install, clusters.
+# PostgreSQL refuses to run as root, so clusters run as the OS user postgres.
+
+PG_BIN=/usr/lib/postgresql/15/bin
+PG_CONFIG=$PG_BIN/pg_config
+REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+export PATH="$HOME/.cargo/bin:$PATH"
+
+as_postgres() { runuser -u postgres -- "$@"; }
+
+# Build the extension in release mode and install it into the system PostgreSQL 15.
+install_extension() {
+    (cd "$REPO_ROOT" && cargo pgrx install --release --pg-config "$PG_CONFIG" >/tmp/pg_dbrag_install.log 2>&1) || {
+        tail -50 /tmp/pg_dbrag_install.log
+        return 1
+    }
+    echo "installed pg_dbrag into $($PG_CONFIG --pkglibdir)"
+}
+
+# start_cluster DIR PORT SUPERUSER_PASSWORD [extra postgresql.conf lines...]
+# A throwaway cluster on 127.0.0.1:PORT with password (scram) auth everywhere.
+start_cluster() {
+    local dir=$1 port=$2 password=$3
+    shift 3
+    stop_cluster "$dir"
+    rm -rf "$dir"
+    mkdir -p "$dir"
+    chown postgres:postgres "$dir"
+    local pwfile="$dir.pw"
+    printf '%s\n' "$password" >"$pwfile"
+    chown postgres:postgres "$pwfile"
+    as_postgres "$PG_BIN/initdb" -D "$dir/data" -U postgres --pwfile="$pwfile" \
+        --auth-local=scram-sha-256 --auth-host=scram-sha-256 -E UTF8 --locale=C.UTF-8 >/dev/null
+    rm -f "$pwfile"
+    {
+        echo "listen_addresses = '127.0.0.1'"
+        echo "port = $port"
+        echo "unix_socket_directories = '$dir'"
+        echo "max_connections = 100"
+        echo "max_worker_processes = 24"
+        echo "shared_buffers = 256MB"
+        echo "fsync = off"
+        echo "synchronous_commit = off"
+        echo "logging_collector = off"
+        for line in "$@"; do echo "$line"; done
+    } >>"$dir/data/postgresql.conf"
+    as_postgres "$PG_BIN/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 start >/dev/null
+}
+
+stop_cluster() {
+    local dir=$1
+    if [ -f "$dir/data/postmaster.pid" ]; then
+        as_postgres "$PG_BIN/pg_ctl" -D "$dir/data" -m immediate -w stop >/dev/null 2>&1 || true
+    fi
+}

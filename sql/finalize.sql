@@ -1,0 +1,25 @@
+-- Privileges. Tenant roles reach control-plane rows only through RLS; the
+-- secrets table is reached only through the API and the dbrag.connections view.
+GRANT USAGE ON SCHEMA control_plane TO PUBLIC;
+GRANT USAGE ON SCHEMA dbrag TO PUBLIC;
+
+GRANT SELECT ON control_plane.tenants, control_plane.tenant_members,
+    control_plane.table_metadata_catalog, control_plane.query_history,
+    control_plane.audit_log TO PUBLIC;
+GRANT SELECT, INSERT, UPDATE, DELETE ON control_plane.training_examples TO PUBLIC;
+
+GRANT ALL ON ALL TABLES IN SCHEMA control_plane TO dbrag_admin;
+GRANT USAGE ON ALL SEQUENCES IN SCHEMA control_plane TO dbrag_admin;
+
+-- Operator-only entry points.
+REVOKE EXECUTE ON FUNCTION dbrag.create_tenant(text, text, text) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION dbrag.add_tenant_member(uuid, regrole, text) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION dbrag.remove_tenant_member(uuid, regrole) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION dbrag.set_tenant_status(uuid, text) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION dbrag.issue_token(uuid, integer, text) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION dbrag._audit(text, uuid, jsonb) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION dbrag._tenant_policies(regclass, name, boolean) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION dbrag.create_tenant(text, text, text),
+    dbrag.add_tenant_member(uuid, regrole, text), dbrag.remove_tenant_member(uuid, regrole),
+    dbrag.set_tenant_status(uuid, text), dbrag.issue_token(uuid, integer, text),
+    dbrag._audit(text, uuid, jsonb) TO dbrag_admin;

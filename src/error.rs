@@ -1,0 +1,123 @@
+//! One place where pg_dbrag's failures become PostgreSQL errors.
+//!
+//! pgrx turns a panic or `error!()` into XX000; clients branch on SQLSTATE, so
+//! every refusal goes through [`raise`] with the code that fits.
+
+use pgrx::pg_sys::panic::ErrorReport;
+use pgrx::prelude::*;
+use pgrx::PgSqlErrorCode;
+
+/// The kinds of failure the API reports, each bound to one SQLSTATE.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// 28000: a tenant token that is forged, expired or malformed.
+    BadToken,
+    /// 42501: a privilege or tenant-boundary violation.
+    Forbidden,
+    /// 22023: an argument that cannot be used.
+    BadArgument,
+    /// 22004: a NULL where a value is required.
+    NullArgument,
+    /// 55000: configuration that must be in place first (a key, a model, an active connection).
+    NotConfigured,
+    /// 42P01: a named object (tenant, connection) that does not exist for the caller.
+    NotFound,
+    /// 58000: a remote database failed.
+    Remote,
+    /// 39000: the model endpoint failed or answered something unusable.
+    Model,
+    /// 57014: a call took longer than its limit.
+    Timeout,
+    /// 42601: generated SQL that does not pass the guard.
+    RefusedSql,
+}
+
+impl Kind {
+    fn code(self) -> PgSqlErrorCode {
+        use PgSqlErrorCode::*;
+        match self {
+            Kind::BadToken => ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION,
+            Kind::Forbidden => ERRCODE_INSUFFICIENT_PRIVILEGE,
+            Kind::BadArgument => ERRCODE_INVALID_PARAMETER_VALUE,
+            Kind::NullArgument => ERRCODE_NULL_VALUE_NOT_ALLOWED,
+            Kind::NotConfigured => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            Kind::NotFound => ERRCODE_UNDEFINED_OBJECT,
+            Kind::Remote => ERRCODE_SYSTEM_ERROR,
+            Kind::Model => ERRCODE_EXTERNAL_ROUTINE_INVOCATION_EXCEPTION,
+            Kind::Timeout => ERRCODE_QUERY_CANCELED,
+            Kind::RefusedSql => ERRCODE_SYNTAX_ERROR_OR_ACCESS_RULE_VIOLATION,
+        }
+    }
+}
+
+/// A failure on its way to the client: kind, message, optional hint.
+#[derive(Debug, Clone)]
+pub struct DbragError {
+    pub kind: Kind,
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+impl DbragError {
+    pub fn new(kind: Kind, message: impl Into<String>) -> Self {
+        DbragError { kind, message: message.into(), hint: None }
+    }
+
+    pub fn hint(mut self, hint: impl Into<String>) -> Self {
+        self.hint = Some(hint.into());
+        self
+    }
+
+    /// Raise as an ERROR; never returns.
+    pub fn raise(self) -> ! {
+        let mut report = ErrorReport::new(self.kind.code(), self.message, "pg_dbrag");
+        if let Some(hint) = self.hint {
+            report = report.set_hint(hint);
+        }
+        report.report(PgLogLevel::ERROR);
+        unreachable!("ERROR does not return")
+    }
+}
+
+impl std::fmt::Display for DbragError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+pub type Result<T> = std::result::Result<T, DbragError>;
+
+/// Raise `kind` with `message`; never returns.
+pub fn raise(kind: Kind, message: impl Into<String>) -> ! {
+    DbragError::new(kind, message).raise()
+}
+
+/// Unwrap a result or raise its error.
+pub trait OrRaise<T> {
+    fn or_raise(self) -> T;
+}
+
+impl<T> OrRaise<T> for Result<T> {
+    fn or_raise(self) -> T {
+        match self {
+            Ok(v) => v,
+            Err(e) => e.raise(),
+        }
+    }
+}
+
+/// SPI failures are bugs or concurrent DDL, not user errors: report them as
+/// internal errors with the SPI text, never a panic.
+impl From<pgrx::spi::Error> for DbragError {
+    fn from(e: pgrx::spi::Error) -> Self {
+        DbragError::new(Kind::NotConfigured, format!("pg_dbrag internal query failed: {e}"))
+    }
+}
+
+/// Require a non-NULL argument, naming it in the error.
+pub fn required<T>(value: Option<T>, name: &str) -> T {
+    match value {
+        Some(v) => v,
+        None => DbragError::new(Kind::NullArgument, format!("{name} must not be NULL")).raise(),
+    }
+}

@@ -1,0 +1,44 @@
+//! pg_dbrag: one PostgreSQL database as the control plane of a multi-tenant
+//! "ask your data in plain language" service, with isolation enforced inside
+//! the database. Each module owns one concern; this file only wires them.
+
+use pgrx::prelude::*;
+
+mod audit;
+mod error;
+mod gucs;
+mod privileged;
+mod tenant;
+
+pgrx::pg_module_magic!();
+
+// Roles, schemas and types come first: everything else refers to them.
+pgrx::extension_sql_file!("../sql/bootstrap.sql", name = "bootstrap", bootstrap);
+pgrx::extension_sql_file!(
+    "../sql/control_plane.sql",
+    name = "control_plane",
+    requires = [tenant::current_tenant_id, tenant::_invalidate_tenant_cache]
+);
+pgrx::extension_sql_file!("../sql/isolation.sql", name = "isolation", requires = ["control_plane"]);
+pgrx::extension_sql_file!("../sql/tenant_admin.sql", name = "tenant_admin", requires = ["isolation", tenant::_audit]);
+pgrx::extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
+
+#[pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    gucs::register();
+    tenant::init();
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {}
+
+/// Required by `cargo pgrx test`.
+#[cfg(test)]
+pub mod pg_test {
+    pub fn setup(_options: Vec<&str>) {}
+
+    pub fn postgresql_conf_options() -> Vec<&'static str> {
+        vec![]
+    }
+}
