@@ -21,7 +21,8 @@ cleanup() {
     stop_cluster "$WORK/primary"
     stop_cluster "$WORK/remote"
 }
-trap cleanup EXIT
+# DBRAG_KEEP_CLUSTERS=1 leaves them running, to rerun pytest by hand.
+[ "${DBRAG_KEEP_CLUSTERS:-0}" = 1 ] || trap cleanup EXIT
 
 echo "== unit and property tests (dbrag-core)"
 cargo test -p dbrag-core --quiet 2>&1 | tail -n 25
@@ -31,6 +32,7 @@ install_extension
 
 echo "== start clusters"
 start_cluster "$WORK/primary" "$DBRAG_TEST_PORT" "$DBRAG_TEST_PASSWORD" \
+    "shared_preload_libraries = 'pg_dbrag'" \
     "dbrag.jwt_secret = '$DBRAG_TEST_JWT_SECRET'" \
     "dbrag.master_key = '$DBRAG_TEST_MASTER_KEY'" \
     "log_min_messages = warning"

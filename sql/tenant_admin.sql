@@ -58,8 +58,9 @@ BEGIN
             USING ERRCODE = '22023', HINT = 'tenants connect as roles without SUPERUSER or BYPASSRLS';
     END IF;
     INSERT INTO control_plane.tenant_members (tenant_id, member, tenant_role)
-    VALUES (tenant, member, tenant_role::control_plane.member_role)
-    ON CONFLICT (tenant_id, member) DO UPDATE SET tenant_role = EXCLUDED.tenant_role;
+    VALUES (add_tenant_member.tenant, add_tenant_member.member,
+            add_tenant_member.tenant_role::control_plane.member_role)
+    ON CONFLICT ON CONSTRAINT tenant_members_pkey DO UPDATE SET tenant_role = EXCLUDED.tenant_role;
     PERFORM dbrag._audit('member_added', tenant,
         pg_catalog.jsonb_build_object('member', member::text, 'tenant_role', tenant_role));
 END

@@ -18,8 +18,18 @@ use crate::privileged;
 /// trust) are filed under the platform's own tenant.
 pub const SYSTEM_TENANT: &str = "00000000-0000-0000-0000-000000000001";
 
-/// Tables the autonomous writer may append to.
-const DURABLE_TABLES: &[&str] = &["audit_log", "query_history"];
+/// Tables the extension appends to, with the columns it may set.
+const DURABLE_TABLES: &[(&str, &[&str])] = &[
+    ("audit_log", &["tenant_id", "event", "login_role", "acting_role", "backend_pid", "detail"]),
+    (
+        "query_history",
+        &[
+            "tenant_id", "query_id", "connection_id", "login_role", "question", "generated_sql",
+            "status", "error", "llm_ms", "execution_ms", "row_count", "prompt_tokens",
+            "completion_tokens", "result_hash", "catalog_version",
+        ],
+    ),
+];
 
 fn role_name(oid: pg_sys::Oid) -> String {
     // SAFETY: noerr lookup returns NULL for a dropped role.
@@ -60,15 +70,25 @@ pub fn record_durable(event: &str, tenant: Option<&str>, detail: Value) {
 /// durable tables, as the extension. Unknown keys are ignored, missing ones
 /// take the column default.
 pub fn insert_row(table: &str, row: &Value) {
-    if !DURABLE_TABLES.contains(&table) {
+    let Some((_, allowed)) = DURABLE_TABLES.iter().find(|(t, _)| *t == table) else {
+        return;
+    };
+    let Some(fields) = row.as_object() else {
+        return;
+    };
+    // Only columns from the fixed list above are named; values are bound.
+    let columns: Vec<&str> = allowed
+        .iter()
+        .copied()
+        .filter(|c| fields.get(*c).is_some_and(|v| !v.is_null()))
+        .collect();
+    if columns.is_empty() {
         return;
     }
-    // The table name comes from the fixed list above, never from a client.
+    let list = columns.join(", ");
     let sql = format!(
-        "INSERT INTO control_plane.{table} SELECT r.* FROM \
-         pg_catalog.jsonb_populate_record(NULL::control_plane.{table}, \
-         (SELECT pg_catalog.to_jsonb(d) FROM (SELECT (NULL::control_plane.{table}).*) d) \
-           OPERATOR(pg_catalog.||) pg_catalog.jsonb_strip_nulls($1)) r"
+        "INSERT INTO control_plane.{table} ({list}) SELECT {list} FROM \
+         pg_catalog.jsonb_populate_record(NULL::control_plane.{table}, $1)"
     );
     let arg = pgrx::JsonB(row.clone());
     privileged::as_extension(|| {

@@ -25,6 +25,12 @@ pgrx::extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
+    // Settings named in postgresql.conf stay readable placeholders until the
+    // library defines them; preloading defines them before any client runs.
+    // SAFETY: a flag PostgreSQL sets while loading shared_preload_libraries.
+    if !unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
+        warning!("pg_dbrag is not in shared_preload_libraries: secrets set in postgresql.conf are readable by every role until the library loads");
+    }
     gucs::register();
     tenant::init();
 }

@@ -48,10 +48,17 @@ pub fn init() {
 fn tenant_status(tenant: uuid::Uuid) -> Option<String> {
     let id = pgrx::Uuid::from_bytes(*tenant.as_bytes());
     privileged::as_extension(|| {
-        Spi::get_one_with_args::<String>(
-            "SELECT status::text FROM control_plane.tenants WHERE tenant_id = $1",
-            &[DatumWithOid::from(id)],
-        )
+        // A read-only select: this runs inside parallel workers too.
+        Spi::connect(|client| {
+            client
+                .select(
+                    "SELECT status::text FROM control_plane.tenants WHERE tenant_id = $1",
+                    Some(1),
+                    &[DatumWithOid::from(id)],
+                )?
+                .first()
+                .get_one::<String>()
+        })
     })
     .unwrap_or(None)
 }

@@ -98,7 +98,7 @@ def test_table_owner_is_bound_by_policies(su, tenants):
 @pytest.mark.parametrize("how", ["membership", "token"])
 def test_parallel_workers_see_the_tenant(su, tenants, how):
     su.execute("INSERT INTO control_plane.training_examples (tenant_id, question, sql) "
-               "SELECT CASE WHEN g % 3 = 0 THEN %s::uuid ELSE %s::uuid END, 'q' || g, 'SELECT 1' "
+               "SELECT CASE WHEN g %% 3 = 0 THEN %s::uuid ELSE %s::uuid END, 'q' || g, 'SELECT 1' "
                "FROM generate_series(1, 30000) g", (tenants.a, tenants.b))
     su.execute("ANALYZE control_plane.training_examples")
     role = tenants.a_role if how == "membership" else tenants.stranger
@@ -121,7 +121,7 @@ def test_tenant_scan_uses_tenant_first_index_at_100k_rows(su, tenants):
         su.execute("SELECT dbrag.create_tenant(%s)", (f"bulk_{tenants.tag}_{i}",)).fetchone()[0]
         for i in range(98)]
     su.execute("INSERT INTO control_plane.query_history (tenant_id, question, status) "
-               "SELECT (%s::uuid[])[1 + g % 100], 'q' || g, 'ok' FROM generate_series(1, 100000) g",
+               "SELECT (%s::uuid[])[1 + g %% 100], 'q' || g, 'ok' FROM generate_series(1, 100000) g",
                ([str(i) for i in ids],))
     su.execute("ANALYZE control_plane.query_history")
     with tenants.conn(tenants.a_role) as a:
