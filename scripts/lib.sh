@@ -3,6 +3,18 @@
 # PostgreSQL refuses to run as root, so clusters run as the OS user postgres.
 
 PG_BIN=/usr/lib/postgresql/15/bin
+# DBRAG_PG_PREFIX=/some/dir: use a private, relocated copy of the system
+# PostgreSQL 15 there, so several work trees can install and test their own
+# build of the extension side by side.
+if [ -n "${DBRAG_PG_PREFIX:-}" ]; then
+    if [ ! -x "$DBRAG_PG_PREFIX/lib/postgresql/15/bin/postgres" ]; then
+        mkdir -p "$DBRAG_PG_PREFIX/lib/postgresql" "$DBRAG_PG_PREFIX/share/postgresql"
+        cp -a /usr/lib/postgresql/15 "$DBRAG_PG_PREFIX/lib/postgresql/"
+        cp -a /usr/share/postgresql/15 "$DBRAG_PG_PREFIX/share/postgresql/"
+        ln -sfn /usr/include "$DBRAG_PG_PREFIX/include"
+    fi
+    PG_BIN=$DBRAG_PG_PREFIX/lib/postgresql/15/bin
+fi
 PG_CONFIG=$PG_BIN/pg_config
 REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 export PATH="$HOME/.cargo/bin:$PATH"
