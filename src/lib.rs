@@ -5,6 +5,7 @@
 use pgrx::prelude::*;
 
 mod audit;
+mod connections;
 mod error;
 mod gucs;
 mod privileged;
