@@ -1,12 +1,24 @@
 //! Data-plane connections (SPEC §5): the tenant's rows of
-//! `control_plane.tenant_databases`, read as the extension and always
-//! filtered by the tenant in force.
+//! `control_plane.tenant_databases`, read and written as the extension and
+//! always filtered by the tenant in force; the SQL workflow (test, create,
+//! update, delete, activate); and the Rust API the catalog and NL-to-SQL code
+//! use to reach a connection ([`remote_query`], [`conninfo`]).
+//!
+//! Kind `local` is a schema of this database that the caller may already
+//! read. Kind `postgres` is a remote server over libpq (`crate::remote`):
+//! its whole conninfo is stored only as ciphertext bound to
+//! tenant_id‖connection_id; host, port, database and user stay readable.
 
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
+use serde_json::json;
 
-use crate::error::{DbragError, Kind};
+use crate::audit;
+use crate::crypto::{self, Purpose};
+use crate::error::{raise, required, DbragError, Kind, OrRaise, Result};
+use crate::gucs;
 use crate::privileged;
+use crate::remote::{self, RemoteRows, Session};
 use crate::tenant;
 
 /// The engines a connection can reach.
@@ -52,7 +64,8 @@ pub struct Connection {
     pub is_active: bool,
 }
 
-const SELECT_CONNECTION: &str = "SELECT connection_id, tenant_id, name, kind, schema_name, is_active \
+const SELECT_CONNECTION: &str =
+    "SELECT connection_id, tenant_id, name, kind, schema_name, is_active \
      FROM control_plane.tenant_databases WHERE tenant_id = $1";
 
 fn fetch(sql: &str, args: &[DatumWithOid]) -> Option<Connection> {
@@ -61,7 +74,9 @@ fn fetch(sql: &str, args: &[DatumWithOid]) -> Option<Connection> {
             let rows = client.select(sql, Some(1), args)?;
             for row in rows {
                 let kind: String = row.get(4)?.unwrap_or_default();
-                let (Some(id), Some(tenant_id)) = (row.get::<pgrx::Uuid>(1)?, row.get::<pgrx::Uuid>(2)?) else {
+                let (Some(id), Some(tenant_id)) =
+                    (row.get::<pgrx::Uuid>(1)?, row.get::<pgrx::Uuid>(2)?)
+                else {
                     continue;
                 };
                 return Ok(Some(Connection {
@@ -84,10 +99,17 @@ pub fn load(id: uuid::Uuid) -> Connection {
     let t = tenant::require();
     fetch(
         &format!("{SELECT_CONNECTION} AND connection_id = $2"),
-        &[DatumWithOid::from(tenant::to_pg(t)), DatumWithOid::from(tenant::to_pg(id))],
+        &[
+            DatumWithOid::from(tenant::to_pg(t)),
+            DatumWithOid::from(tenant::to_pg(id)),
+        ],
     )
     .unwrap_or_else(|| {
-        DbragError::new(Kind::NotFound, format!("connection {id} does not exist for this tenant")).raise()
+        DbragError::new(
+            Kind::NotFound,
+            format!("connection {id} does not exist for this tenant"),
+        )
+        .raise()
     })
 }
 
@@ -108,4 +130,589 @@ pub fn given_or_active(id: Option<pgrx::Uuid>) -> Connection {
         Some(id) => load(tenant::from_pg(id)),
         None => active(),
     }
+}
+
+// ---------------------------------------------------------------- Rust API
+
+/// The decrypted conninfo of a `postgres` connection, for internal use only:
+/// never log it, never return it to SQL.
+pub fn conninfo(conn: &Connection) -> String {
+    conninfo_checked(conn).or_raise()
+}
+
+fn conninfo_checked(conn: &Connection) -> Result<String> {
+    if conn.kind != EngineKind::Postgres {
+        return Err(DbragError::new(
+            Kind::BadArgument,
+            format!(
+                "connection {} is of kind {}, which has no conninfo",
+                conn.id,
+                conn.kind.as_str()
+            ),
+        ));
+    }
+    let blob = privileged::as_extension(|| {
+        Spi::get_one_with_args::<Vec<u8>>(
+            "SELECT credentials FROM control_plane.tenant_databases WHERE tenant_id = $1 AND connection_id = $2",
+            &[DatumWithOid::from(tenant::to_pg(conn.tenant_id)), DatumWithOid::from(tenant::to_pg(conn.id))],
+        )
+    })?;
+    let Some(blob) = blob else {
+        return Err(DbragError::new(
+            Kind::NotConfigured,
+            format!("connection {} has no stored credentials", conn.id),
+        )
+        .hint("set them with dbrag.update_connection(id, conninfo => ...)"));
+    };
+    crypto::open_internal(
+        &blob,
+        Purpose::Connection {
+            tenant: conn.tenant_id,
+            connection: conn.id,
+        },
+    )
+    .map_err(|e| {
+        DbragError::new(
+            e.kind,
+            format!(
+                "the stored credentials of connection {} do not decrypt: {}",
+                conn.id, e.message
+            ),
+        )
+    })
+}
+
+/// Open a session to a `postgres` connection (connect timeout from
+/// `dbrag.remote_connect_timeout_ms`), applying SPEC §5's password rule.
+pub fn open_session(conn: &Connection) -> Result<Session> {
+    let info = conninfo_checked(conn)?;
+    let parsed = remote::parse(&info)?;
+    Session::connect(&parsed, gucs::REMOTE_CONNECT_TIMEOUT_MS.get())
+}
+
+/// Run one read-only statement on a `postgres` connection and return its
+/// rows as text. `timeout_ms` bounds the statement (here and as the remote
+/// `statement_timeout`); the connect timeout is `dbrag.remote_connect_timeout_ms`.
+/// Failures: 58000 (Kind::Remote) or 57014 (Kind::Timeout), never with the password.
+pub fn remote_query(
+    conn: &Connection,
+    sql: &str,
+    params: &[Option<&str>],
+    timeout_ms: i32,
+) -> Result<RemoteRows> {
+    if conn.kind != EngineKind::Postgres {
+        return Err(DbragError::new(
+            Kind::BadArgument,
+            format!(
+                "connection {} is of kind {}, not a remote PostgreSQL server",
+                conn.id,
+                conn.kind.as_str()
+            ),
+        ));
+    }
+    let mut session = open_session(conn)?;
+    session.query_read_only(sql, params, timeout_ms)
+}
+
+// ---------------------------------------------------------------- checks
+
+/// Schemas a `local` connection never reaches, whatever the caller's rights.
+fn is_system_schema(name: &str) -> bool {
+    matches!(
+        name,
+        "pg_catalog" | "information_schema" | "pg_toast" | "control_plane" | "dbrag"
+    ) || name.starts_with("pg_temp_")
+        || name.starts_with("pg_toast_temp_")
+}
+
+/// Tables of `schema` the caller may read, as (schema, table); a schema with
+/// none gives one row with no table. No row: the schema does not exist.
+const LIST_TABLES: &str = "SELECT n.nspname::pg_catalog.text, c.relname::pg_catalog.text \
+     FROM pg_catalog.pg_namespace n \
+     LEFT JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid \
+          AND c.relkind IN ('r', 'p', 'v', 'm', 'f') \
+          AND pg_catalog.has_any_column_privilege(c.oid, 'SELECT') \
+     WHERE n.nspname = $1 ORDER BY 2";
+
+fn shape_tables(
+    schema: &str,
+    rows: Vec<(String, Option<String>)>,
+    remote: bool,
+) -> Result<Vec<(String, String)>> {
+    if rows.is_empty() {
+        let where_ = if remote { " on the remote server" } else { "" };
+        return Err(DbragError::new(
+            Kind::NotFound,
+            format!("schema \"{schema}\" does not exist{where_}"),
+        ));
+    }
+    Ok(rows
+        .into_iter()
+        .filter_map(|(s, t)| t.map(|t| (s, t)))
+        .collect())
+}
+
+/// A `local` schema the caller may use: not a system schema, existing, and
+/// with USAGE granted to the calling role (checked as that role).
+fn check_local_schema(schema: &str) -> Result<()> {
+    if is_system_schema(schema) {
+        return Err(DbragError::new(
+            Kind::Forbidden,
+            format!("schema \"{schema}\" is a system schema and cannot be a data-plane connection"),
+        ));
+    }
+    let found: Option<bool> = privileged::with_pinned_search_path(|| {
+        Spi::get_one_with_args::<bool>(
+            "SELECT pg_catalog.has_schema_privilege(n.oid, 'USAGE') FROM pg_catalog.pg_namespace n WHERE n.nspname = $1",
+            &[DatumWithOid::from(schema)],
+        )
+    })?;
+    match found {
+        None => Err(DbragError::new(Kind::NotFound, format!("schema \"{schema}\" does not exist"))),
+        Some(false) => Err(DbragError::new(
+            Kind::Forbidden,
+            format!("permission denied for schema \"{schema}\": a local connection reaches only schemas you may use"),
+        )
+        .hint("ask the schema's owner for GRANT USAGE ON SCHEMA ... TO your role")),
+        Some(true) => Ok(()),
+    }
+}
+
+fn local_tables(schema: &str) -> Result<Vec<(String, String)>> {
+    check_local_schema(schema)?;
+    let rows = privileged::with_pinned_search_path(|| {
+        Spi::connect(|client| {
+            let mut out = Vec::new();
+            for row in client.select(LIST_TABLES, None, &[DatumWithOid::from(schema)])? {
+                out.push((
+                    row.get::<String>(1)?.unwrap_or_default(),
+                    row.get::<String>(2)?,
+                ));
+            }
+            Ok::<_, pgrx::spi::Error>(out)
+        })
+    })?;
+    shape_tables(schema, rows, false)
+}
+
+fn remote_tables(session: &mut Session, schema: &str) -> Result<Vec<(String, String)>> {
+    let rows =
+        session.query_read_only(LIST_TABLES, &[Some(schema)], gucs::QUERY_TIMEOUT_MS.get())?;
+    let rows = rows
+        .rows
+        .into_iter()
+        .map(|mut r| {
+            let t = r.get_mut(1).and_then(Option::take);
+            let s = r.get_mut(0).and_then(Option::take).unwrap_or_default();
+            (s, t)
+        })
+        .collect();
+    shape_tables(schema, rows, true)
+}
+
+fn parse_kind(kind: &str) -> EngineKind {
+    match EngineKind::parse(kind.trim()) {
+        Some(k @ (EngineKind::Local | EngineKind::Postgres)) => k,
+        Some(other) => DbragError::new(
+            Kind::BadArgument,
+            format!(
+                "connection kind \"{}\" is not available in this version",
+                other.as_str()
+            ),
+        )
+        .hint("use 'local' (a schema of this database) or 'postgres' (a remote server)")
+        .raise(),
+        None => DbragError::new(
+            Kind::BadArgument,
+            format!("unknown connection kind \"{kind}\""),
+        )
+        .hint("use 'local' (a schema of this database) or 'postgres' (a remote server)")
+        .raise(),
+    }
+}
+
+fn check_schema_name(schema: &str) {
+    if schema.trim().is_empty() || schema.len() > 63 {
+        raise(Kind::BadArgument, "schema_name must be 1 to 63 bytes");
+    }
+}
+
+fn check_name(name: &str) {
+    if name.trim().is_empty() || name.chars().count() > 200 {
+        raise(
+            Kind::BadArgument,
+            "connection name must be 1 to 200 characters",
+        );
+    }
+}
+
+/// Parse and pre-check a postgres conninfo; a refusal is audited durably.
+fn parse_postgres_conninfo(conninfo: &str, tenant: Option<uuid::Uuid>) -> remote::Parsed {
+    let parsed = remote::parse(conninfo).or_raise();
+    if let Err(e) = remote::check_before_connect(&parsed) {
+        audit::record_durable(
+            "connection_refused",
+            tenant.map(|t| t.to_string()).as_deref(),
+            json!({"reason": e.message}),
+        );
+        e.raise();
+    }
+    parsed
+}
+
+// ---------------------------------------------------------------- SQL API
+
+/// `dbrag.test_connection(kind, conninfo, schema_name)`: connect and list the
+/// schema's tables the connection may read; saves nothing.
+#[pg_extern(volatile, parallel_unsafe)]
+fn test_connection(
+    kind: Option<&str>,
+    conninfo: default!(Option<&str>, "NULL"),
+    schema_name: default!(Option<&str>, "'public'"),
+) -> TableIterator<'static, (name!(schema_name, String), name!(table_name, String))> {
+    let kind = parse_kind(required(kind, "kind"));
+    let schema = required(schema_name, "schema_name");
+    check_schema_name(schema);
+    let tables = match kind {
+        EngineKind::Local => {
+            if conninfo.is_some() {
+                raise(Kind::BadArgument, "a local connection takes no conninfo");
+            }
+            local_tables(schema).or_raise()
+        }
+        _ => {
+            let info = required(conninfo, "conninfo");
+            let parsed = parse_postgres_conninfo(info, tenant::current());
+            let mut session =
+                Session::connect(&parsed, gucs::REMOTE_CONNECT_TIMEOUT_MS.get()).or_raise();
+            remote_tables(&mut session, schema).or_raise()
+        }
+    };
+    TableIterator::new(tables)
+}
+
+struct Readable {
+    host: Option<String>,
+    port: Option<i32>,
+    database: Option<String>,
+    user: Option<String>,
+}
+
+fn readable_parts(parsed: &remote::Parsed) -> Readable {
+    let s = parsed.summary().or_raise();
+    Readable {
+        host: s.host,
+        port: s.port,
+        database: s.database,
+        user: s.user,
+    }
+}
+
+fn current_database() -> String {
+    Spi::get_one::<String>("SELECT pg_catalog.current_database()::pg_catalog.text")
+        .ok()
+        .flatten()
+        .unwrap_or_default()
+}
+
+fn name_taken(t: uuid::Uuid, name: &str, except: Option<uuid::Uuid>) -> bool {
+    privileged::as_extension(|| {
+        Spi::get_one_with_args::<bool>(
+            "SELECT EXISTS (SELECT 1 FROM control_plane.tenant_databases \
+             WHERE tenant_id = $1 AND name = $2 AND connection_id IS DISTINCT FROM $3)",
+            &[
+                DatumWithOid::from(tenant::to_pg(t)),
+                DatumWithOid::from(name),
+                DatumWithOid::from(except.map(tenant::to_pg)),
+            ],
+        )
+    })
+    .ok()
+    .flatten()
+    .unwrap_or(false)
+}
+
+/// `dbrag.create_connection(name, kind, conninfo, schema_name)`: save a
+/// connection for the tenant in force (status disconnected) and return its id.
+#[pg_extern(volatile, parallel_unsafe)]
+fn create_connection(
+    name: Option<&str>,
+    kind: Option<&str>,
+    conninfo: default!(Option<&str>, "NULL"),
+    schema_name: default!(Option<&str>, "'public'"),
+) -> pgrx::Uuid {
+    let t = tenant::require();
+    let name = required(name, "name");
+    check_name(name);
+    let kind = parse_kind(required(kind, "kind"));
+    let schema = required(schema_name, "schema_name");
+    check_schema_name(schema);
+    let id = uuid::Uuid::new_v4();
+    let (parts, credentials) = match kind {
+        EngineKind::Local => {
+            if conninfo.is_some() {
+                raise(Kind::BadArgument, "a local connection takes no conninfo");
+            }
+            check_local_schema(schema).or_raise();
+            (
+                Readable {
+                    host: None,
+                    port: None,
+                    database: Some(current_database()),
+                    user: None,
+                },
+                None,
+            )
+        }
+        _ => {
+            let info = required(conninfo, "conninfo");
+            let parsed = parse_postgres_conninfo(info, Some(t));
+            let parts = readable_parts(&parsed);
+            let blob = crypto::seal_internal(
+                info,
+                Purpose::Connection {
+                    tenant: t,
+                    connection: id,
+                },
+            )
+            .or_raise();
+            (parts, Some(blob))
+        }
+    };
+    if name_taken(t, name, None) {
+        DbragError::new(
+            Kind::BadArgument,
+            format!("this tenant already has a connection named \"{name}\""),
+        )
+        .hint("pick another name, or change the existing one with dbrag.update_connection")
+        .raise();
+    }
+    privileged::as_extension(|| {
+        Spi::run_with_args(
+            "INSERT INTO control_plane.tenant_databases \
+             (tenant_id, connection_id, name, kind, host, port, database_name, username, schema_name, credentials, status) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'disconnected')",
+            &[
+                DatumWithOid::from(tenant::to_pg(t)),
+                DatumWithOid::from(tenant::to_pg(id)),
+                DatumWithOid::from(name),
+                DatumWithOid::from(kind.as_str()),
+                DatumWithOid::from(parts.host.clone()),
+                DatumWithOid::from(parts.port),
+                DatumWithOid::from(parts.database.clone()),
+                DatumWithOid::from(parts.user.clone()),
+                DatumWithOid::from(schema),
+                DatumWithOid::from(credentials.as_deref()),
+            ],
+        )
+    })
+    .map_err(DbragError::from)
+    .or_raise();
+    audit::record(
+        "connection_created",
+        Some(&t.to_string()),
+        json!({"connection_id": id.to_string(), "name": name, "kind": kind.as_str(),
+               "host": parts.host, "port": parts.port, "database": parts.database,
+               "user": parts.user, "schema": schema}),
+    );
+    tenant::to_pg(id)
+}
+
+/// `dbrag.update_connection(connection, conninfo, schema_name, name)`:
+/// change what is given; a new conninfo or schema resets the status to
+/// disconnected (the catalog must be synced again).
+#[pg_extern(volatile, parallel_unsafe)]
+fn update_connection(
+    connection: Option<pgrx::Uuid>,
+    conninfo: default!(Option<&str>, "NULL"),
+    schema_name: default!(Option<&str>, "NULL"),
+    name: default!(Option<&str>, "NULL"),
+) {
+    let conn = load(tenant::from_pg(required(connection, "connection")));
+    let t = conn.tenant_id;
+    let mut changed: Vec<&str> = Vec::new();
+    if let Some(n) = name {
+        check_name(n);
+        if name_taken(t, n, Some(conn.id)) {
+            raise(
+                Kind::BadArgument,
+                format!("this tenant already has a connection named \"{n}\""),
+            );
+        }
+        changed.push("name");
+    }
+    if let Some(s) = schema_name {
+        check_schema_name(s);
+        if conn.kind == EngineKind::Local {
+            check_local_schema(s).or_raise();
+        }
+        changed.push("schema_name");
+    }
+    let mut new_parts: Option<(Readable, Vec<u8>)> = None;
+    if let Some(info) = conninfo {
+        if conn.kind != EngineKind::Postgres {
+            raise(
+                Kind::BadArgument,
+                format!("a {} connection takes no conninfo", conn.kind.as_str()),
+            );
+        }
+        let parsed = parse_postgres_conninfo(info, Some(t));
+        let parts = readable_parts(&parsed);
+        let blob = crypto::seal_internal(
+            info,
+            Purpose::Connection {
+                tenant: t,
+                connection: conn.id,
+            },
+        )
+        .or_raise();
+        new_parts = Some((parts, blob));
+        changed.push("conninfo");
+    }
+    if changed.is_empty() {
+        return;
+    }
+    let reset = conninfo.is_some() || schema_name.is_some();
+    let (host, port, db, user, blob) = match &new_parts {
+        Some((p, b)) => (
+            p.host.clone(),
+            p.port,
+            p.database.clone(),
+            p.user.clone(),
+            Some(b.as_slice()),
+        ),
+        None => (None, None, None, None, None),
+    };
+    privileged::as_extension(|| {
+        Spi::run_with_args(
+            "UPDATE control_plane.tenant_databases SET \
+               name = COALESCE($3, name), \
+               schema_name = COALESCE($4, schema_name), \
+               host = CASE WHEN $5 THEN $6 ELSE host END, \
+               port = CASE WHEN $5 THEN $7 ELSE port END, \
+               database_name = CASE WHEN $5 THEN $8 ELSE database_name END, \
+               username = CASE WHEN $5 THEN $9 ELSE username END, \
+               credentials = CASE WHEN $5 THEN $10 ELSE credentials END, \
+               status = CASE WHEN $11 THEN 'disconnected'::control_plane.database_status ELSE status END \
+             WHERE tenant_id = $1 AND connection_id = $2",
+            &[
+                DatumWithOid::from(tenant::to_pg(t)),
+                DatumWithOid::from(tenant::to_pg(conn.id)),
+                DatumWithOid::from(name),
+                DatumWithOid::from(schema_name),
+                DatumWithOid::from(new_parts.is_some()),
+                DatumWithOid::from(host),
+                DatumWithOid::from(port),
+                DatumWithOid::from(db),
+                DatumWithOid::from(user),
+                DatumWithOid::from(blob),
+                DatumWithOid::from(reset),
+            ],
+        )
+    })
+    .map_err(DbragError::from)
+    .or_raise();
+    audit::record(
+        "connection_updated",
+        Some(&t.to_string()),
+        json!({"connection_id": conn.id.to_string(), "changed": changed}),
+    );
+}
+
+/// `dbrag.delete_connection(connection)`: remove it and its catalog rows.
+#[pg_extern(volatile, parallel_unsafe)]
+fn delete_connection(connection: Option<pgrx::Uuid>) {
+    let conn = load(tenant::from_pg(required(connection, "connection")));
+    privileged::as_extension(|| {
+        Spi::run_with_args(
+            "DELETE FROM control_plane.tenant_databases WHERE tenant_id = $1 AND connection_id = $2",
+            &[DatumWithOid::from(tenant::to_pg(conn.tenant_id)), DatumWithOid::from(tenant::to_pg(conn.id))],
+        )
+    })
+    .map_err(DbragError::from)
+    .or_raise();
+    audit::record(
+        "connection_deleted",
+        Some(&conn.tenant_id.to_string()),
+        json!({"connection_id": conn.id.to_string(), "name": conn.name}),
+    );
+}
+
+/// `dbrag.activate_connection(connection)`: check the connection works
+/// (decrypt, connect, schema present; for local, USAGE on the schema), then
+/// make it the tenant's only active one.
+#[pg_extern(volatile, parallel_unsafe)]
+fn activate_connection(connection: Option<pgrx::Uuid>) {
+    let conn = load(tenant::from_pg(required(connection, "connection")));
+    match conn.kind {
+        EngineKind::Local => check_local_schema(&conn.schema_name).or_raise(),
+        EngineKind::Postgres => {
+            let rows = remote_query(
+                &conn,
+                "SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = $1",
+                &[Some(&conn.schema_name)],
+                gucs::REMOTE_CONNECT_TIMEOUT_MS.get(),
+            )
+            .or_raise();
+            if rows.rows.is_empty() {
+                raise(
+                    Kind::NotFound,
+                    format!(
+                        "schema \"{}\" does not exist on the remote server",
+                        conn.schema_name
+                    ),
+                );
+            }
+        }
+        other => raise(
+            Kind::BadArgument,
+            format!("connection kind \"{}\" is not available", other.as_str()),
+        ),
+    }
+    let args = [
+        DatumWithOid::from(tenant::to_pg(conn.tenant_id)),
+        DatumWithOid::from(tenant::to_pg(conn.id)),
+    ];
+    privileged::as_extension(|| {
+        // Two statements: the one-active unique index is checked row by row.
+        Spi::run_with_args(
+            "UPDATE control_plane.tenant_databases SET is_active = false \
+             WHERE tenant_id = $1 AND is_active AND connection_id <> $2",
+            &args,
+        )?;
+        Spi::run_with_args(
+            "UPDATE control_plane.tenant_databases SET is_active = true \
+             WHERE tenant_id = $1 AND connection_id = $2 AND NOT is_active",
+            &args,
+        )
+    })
+    .map_err(DbragError::from)
+    .or_raise();
+    audit::record(
+        "connection_activated",
+        Some(&conn.tenant_id.to_string()),
+        json!({"connection_id": conn.id.to_string(), "name": conn.name}),
+    );
+}
+
+/// `dbrag._remote_query(connection, sql, timeout_ms)`: run one read-only
+/// statement on a remote connection of the tenant in force and return
+/// `{columns, types, rows}`. Superuser only: for operators and tests.
+#[pg_extern(volatile, parallel_unsafe)]
+fn _remote_query(
+    connection: Option<pgrx::Uuid>,
+    sql: Option<&str>,
+    timeout_ms: default!(Option<i32>, 10000),
+) -> pgrx::JsonB {
+    // SAFETY: a plain check of the current role.
+    if !unsafe { pg_sys::superuser() } {
+        raise(
+            Kind::Forbidden,
+            "permission denied: dbrag._remote_query is for superusers only",
+        );
+    }
+    let conn = load(tenant::from_pg(required(connection, "connection")));
+    let sql = required(sql, "sql");
+    let rows = remote_query(&conn, sql, &[], timeout_ms.unwrap_or(10_000)).or_raise();
+    pgrx::JsonB(json!({"columns": rows.columns, "types": rows.types, "rows": rows.rows}))
 }

@@ -6,9 +6,11 @@ use pgrx::prelude::*;
 
 mod audit;
 mod connections;
+mod crypto;
 mod error;
 mod gucs;
 mod privileged;
+mod remote;
 mod tenant;
 
 pgrx::pg_module_magic!();
@@ -20,8 +22,21 @@ pgrx::extension_sql_file!(
     name = "control_plane",
     requires = [tenant::current_tenant_id, tenant::_invalidate_tenant_cache]
 );
-pgrx::extension_sql_file!("../sql/isolation.sql", name = "isolation", requires = ["control_plane"]);
-pgrx::extension_sql_file!("../sql/tenant_admin.sql", name = "tenant_admin", requires = ["isolation", tenant::_audit]);
+pgrx::extension_sql_file!(
+    "../sql/isolation.sql",
+    name = "isolation",
+    requires = ["control_plane"]
+);
+pgrx::extension_sql_file!(
+    "../sql/tenant_admin.sql",
+    name = "tenant_admin",
+    requires = ["isolation", tenant::_audit]
+);
+pgrx::extension_sql_file!(
+    "../sql/connections.sql",
+    name = "connections",
+    requires = ["isolation"]
+);
 pgrx::extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 
 #[pg_guard]

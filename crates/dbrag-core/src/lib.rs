@@ -5,6 +5,7 @@
 //! module and their `Display` texts are safe to show to the calling user.
 
 pub mod answer;
+pub mod conninfo;
 pub mod envelope;
 pub mod jwt;
 pub mod words;

@@ -1,0 +1,479 @@
+//! The PostgreSQL client for remote data planes: libpq's asynchronous API,
+//! the way contrib postgres_fdw uses it. Every wait is on the socket and the
+//! backend's latch together (`WaitLatchOrSocket`), in slices of at most
+//! 100 ms with `check_for_interrupts!()` after each, so `statement_timeout`
+//! and `pg_cancel_backend` end a hung remote at once. A guard owns the
+//! connection: its `Drop` cancels a query in flight and calls `PQfinish`,
+//! also when an ERROR unwinds through it.
+//!
+//! The conninfo (with its password) lives only in this process's memory for
+//! the length of a call; messages are redacted of the password.
+
+use std::ffi::{c_char, c_int, CStr, CString};
+use std::time::{Duration, Instant};
+
+use dbrag_core::conninfo::{self, Summary};
+use pgrx::pg_sys;
+use pq_sys as pq;
+
+use crate::error::{DbragError, Kind, Result};
+
+/// A text-format result.
+#[derive(Debug, Clone, Default)]
+pub struct RemoteRows {
+    pub columns: Vec<String>,
+    /// Type oids as the remote server reports them.
+    pub types: Vec<u32>,
+    pub rows: Vec<Vec<Option<String>>>,
+}
+
+/// A parsed conninfo: libpq's keyword/value pairs for the options given.
+pub struct Parsed {
+    pub options: Vec<(String, String)>,
+}
+
+impl Parsed {
+    pub fn summary(&self) -> Result<Summary> {
+        conninfo::summarize(&self.options)
+            .map_err(|e| DbragError::new(Kind::BadArgument, e.to_string()))
+    }
+
+    fn password(&self) -> Option<String> {
+        self.options
+            .iter()
+            .rev()
+            .find(|(k, _)| k == "password")
+            .map(|(_, v)| v.clone())
+    }
+}
+
+/// Parse a conninfo (key=value or URI) with libpq, without connecting.
+pub fn parse(conninfo: &str) -> Result<Parsed> {
+    let Ok(c) = CString::new(conninfo) else {
+        return Err(DbragError::new(
+            Kind::BadArgument,
+            "conninfo must not contain NUL bytes",
+        ));
+    };
+    let mut err: *mut c_char = std::ptr::null_mut();
+    // SAFETY: libpq allocates the array and the message; both freed below.
+    let opts = unsafe { pq::PQconninfoParse(c.as_ptr(), &mut err) };
+    if opts.is_null() {
+        let detail = if err.is_null() {
+            String::new()
+        } else {
+            // SAFETY: a NUL-terminated message from libpq, freed right after.
+            let m = unsafe { CStr::from_ptr(err).to_string_lossy().into_owned() };
+            unsafe { pq::PQfreemem(err.cast()) };
+            m
+        };
+        // libpq quotes the text it could not parse, which may be the password:
+        // only the "invalid option" form (which quotes a keyword) is passed on.
+        let mut e = DbragError::new(Kind::BadArgument, "conninfo is not a valid libpq connection string or URI")
+            .hint("write key=value pairs (host=… port=… dbname=… user=… password=…) or a postgresql:// URI");
+        if detail.starts_with("invalid connection option") {
+            e = DbragError::new(Kind::BadArgument, format!("conninfo: {}", detail.trim()));
+        }
+        return Err(e);
+    }
+    let mut options = Vec::new();
+    // SAFETY: the array ends with an entry whose keyword is NULL.
+    unsafe {
+        let mut p = opts;
+        while !(*p).keyword.is_null() {
+            if !(*p).val.is_null() {
+                options.push((
+                    CStr::from_ptr((*p).keyword).to_string_lossy().into_owned(),
+                    CStr::from_ptr((*p).val).to_string_lossy().into_owned(),
+                ));
+            }
+            p = p.add(1);
+        }
+        pq::PQconninfoFree(opts);
+    }
+    Ok(Parsed { options })
+}
+
+/// Whether the caller may let libpq use the server's own identity: the login
+/// role and the current role must both be superusers (so neither a tenant
+/// running through the extension's privileged path nor a superuser who took
+/// a tenant's role with `SET ROLE` qualifies).
+pub fn caller_is_superuser() -> bool {
+    // SAFETY: plain catalog lookups on valid role oids.
+    unsafe { pg_sys::superuser() && pg_sys::superuser_arg(pg_sys::GetSessionUserId()) }
+}
+
+/// The checks of SPEC §5 made before connecting.
+pub fn check_before_connect(parsed: &Parsed) -> Result<()> {
+    if caller_is_superuser() {
+        return Ok(());
+    }
+    conninfo::check_unprivileged(&parsed.options).map(|_| ()).map_err(|e| {
+        DbragError::new(Kind::Forbidden, format!("connection refused: {e}")).hint(
+            "a remote connection must use TCP (host=name or address) and authenticate with the password it carries",
+        )
+    })
+}
+
+/// An open connection. Dropping it cancels a query in flight and closes it.
+pub struct Session {
+    conn: *mut pq::PGconn,
+    password: Option<String>,
+    busy: bool,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        if self.conn.is_null() {
+            return;
+        }
+        // SAFETY: conn is ours; PQcancel sends a cancel request on a new socket.
+        unsafe {
+            if self.busy {
+                let cancel = pq::PQgetCancel(self.conn);
+                if !cancel.is_null() {
+                    let mut buf = [0 as c_char; 256];
+                    pq::PQcancel(cancel, buf.as_mut_ptr(), buf.len() as c_int);
+                    pq::PQfreeCancel(cancel);
+                }
+            }
+            pq::PQfinish(self.conn);
+        }
+        self.conn = std::ptr::null_mut();
+    }
+}
+
+fn deadline_after(ms: i32) -> Instant {
+    Instant::now() + Duration::from_millis(ms.max(1) as u64)
+}
+
+/// Wait until the socket is ready (or 100 ms passed), then serve interrupts.
+/// Returns Err(Timeout) once `deadline` has passed.
+fn wait_socket(
+    sock: c_int,
+    write: bool,
+    deadline: Instant,
+    what: &dyn Fn() -> String,
+) -> Result<()> {
+    let now = Instant::now();
+    if now >= deadline {
+        return Err(DbragError::new(Kind::Timeout, what()));
+    }
+    let slice = (deadline - now).min(Duration::from_millis(100));
+    let mut events = pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH;
+    if sock >= 0 {
+        events |= if write {
+            pg_sys::WL_SOCKET_WRITEABLE
+        } else {
+            pg_sys::WL_SOCKET_READABLE
+        };
+    }
+    // SAFETY: MyLatch is the backend's own latch; sock is libpq's live socket.
+    unsafe {
+        let rc = pg_sys::WaitLatchOrSocket(
+            pg_sys::MyLatch,
+            events as c_int,
+            sock as pg_sys::pgsocket,
+            slice.as_millis().max(1) as std::ffi::c_long,
+            pg_sys::PG_WAIT_EXTENSION,
+        );
+        if rc & pg_sys::WL_LATCH_SET as c_int != 0 {
+            pg_sys::ResetLatch(pg_sys::MyLatch);
+        }
+    }
+    // statement_timeout and pg_cancel_backend land here (an ERROR unwinds
+    // through the Session, whose Drop cancels and closes the connection).
+    pgrx::check_for_interrupts!();
+    Ok(())
+}
+
+fn cstr_lossy(p: *const c_char) -> String {
+    if p.is_null() {
+        String::new()
+    } else {
+        // SAFETY: libpq returns NUL-terminated strings valid until the next call.
+        unsafe { CStr::from_ptr(p).to_string_lossy().trim().to_string() }
+    }
+}
+
+impl Session {
+    fn redact(&self, message: &str) -> String {
+        conninfo::redact(message, self.password.as_deref())
+    }
+
+    fn error_message(&self) -> String {
+        // SAFETY: conn is live.
+        self.redact(&cstr_lossy(unsafe { pq::PQerrorMessage(self.conn) }))
+    }
+
+    /// Connect within `timeout_ms`, honouring interrupts. Applies the
+    /// password rule of SPEC §5 for non-superusers.
+    pub fn connect(parsed: &Parsed, timeout_ms: i32) -> Result<Session> {
+        check_before_connect(parsed)?;
+        let mut keys: Vec<CString> = Vec::new();
+        let mut vals: Vec<CString> = Vec::new();
+        let mut push = |k: &str, v: &str| -> Result<()> {
+            match (CString::new(k), CString::new(v)) {
+                (Ok(k), Ok(v)) => {
+                    keys.push(k);
+                    vals.push(v);
+                    Ok(())
+                }
+                _ => Err(DbragError::new(
+                    Kind::BadArgument,
+                    "conninfo must not contain NUL bytes",
+                )),
+            }
+        };
+        for (k, v) in &parsed.options {
+            if k == "client_encoding" {
+                continue;
+            }
+            push(k, v)?;
+        }
+        // SAFETY: a static name owned by the backend.
+        let encoding = cstr_lossy(unsafe { pg_sys::GetDatabaseEncodingName() });
+        push("client_encoding", &encoding)?;
+        push("fallback_application_name", "pg_dbrag")?;
+        let mut kp: Vec<*const c_char> = keys.iter().map(|k| k.as_ptr()).collect();
+        let mut vp: Vec<*const c_char> = vals.iter().map(|v| v.as_ptr()).collect();
+        kp.push(std::ptr::null());
+        vp.push(std::ptr::null());
+
+        let deadline = deadline_after(timeout_ms);
+        // SAFETY: NULL-terminated arrays of C strings that outlive the call.
+        let conn = unsafe { pq::PQconnectStartParams(kp.as_ptr(), vp.as_ptr(), 0) };
+        if conn.is_null() {
+            return Err(DbragError::new(
+                Kind::Remote,
+                "out of memory starting a remote connection",
+            ));
+        }
+        let session = Session {
+            conn,
+            password: parsed.password(),
+            busy: false,
+        };
+        // SAFETY: conn is live for the whole loop (owned by session).
+        if unsafe { pq::PQstatus(conn) } == pq::ConnStatusType::CONNECTION_BAD {
+            return Err(session.connect_failed());
+        }
+        let mut state = pq::PostgresPollingStatusType::PGRES_POLLING_WRITING;
+        let timeout_msg =
+            || format!("could not connect to the remote server within {timeout_ms} ms");
+        loop {
+            match state {
+                pq::PostgresPollingStatusType::PGRES_POLLING_OK => break,
+                pq::PostgresPollingStatusType::PGRES_POLLING_FAILED => {
+                    return Err(session.connect_failed())
+                }
+                pq::PostgresPollingStatusType::PGRES_POLLING_READING => {
+                    wait_socket(unsafe { pq::PQsocket(conn) }, false, deadline, &timeout_msg)?
+                }
+                _ => wait_socket(unsafe { pq::PQsocket(conn) }, true, deadline, &timeout_msg)?,
+            }
+            // SAFETY: as above.
+            state = unsafe { pq::PQconnectPoll(conn) };
+        }
+        if !caller_is_superuser() && unsafe { pq::PQconnectionUsedPassword(conn) } == 0 {
+            return Err(DbragError::new(
+                Kind::Forbidden,
+                "connection refused: the remote server did not ask for the password",
+            )
+            .hint(
+                "non-superusers may only use remote servers that authenticate them by password",
+            ));
+        }
+        // SAFETY: conn is live.
+        unsafe { pq::PQsetnonblocking(conn, 0) };
+        Ok(session)
+    }
+
+    fn connect_failed(&self) -> DbragError {
+        let msg = self.error_message();
+        DbragError::new(
+            Kind::Remote,
+            format!("could not connect to the remote server: {msg}"),
+        )
+        .hint(
+            "check host, port, database, user and password; the server must accept TCP connections",
+        )
+    }
+
+    /// Send `sql`: with `params` None as a simple query (several statements
+    /// allowed, used only for the extension's own fixed text), otherwise
+    /// through the extended protocol (exactly one statement) with text
+    /// parameters. Then wait for its results until `deadline`.
+    fn run(
+        &mut self,
+        sql: &str,
+        params: Option<&[Option<&str>]>,
+        deadline: Instant,
+        timeout_ms: i32,
+    ) -> Result<RemoteRows> {
+        let Ok(csql) = CString::new(sql) else {
+            return Err(DbragError::new(
+                Kind::BadArgument,
+                "query must not contain NUL bytes",
+            ));
+        };
+        let params = params.map(|ps| {
+            ps.iter()
+                .map(|p| p.map(CString::new).transpose())
+                .collect::<std::result::Result<Vec<Option<CString>>, _>>()
+        });
+        let owned = match params {
+            None => None,
+            Some(Ok(v)) => Some(v),
+            Some(Err(_)) => {
+                return Err(DbragError::new(
+                    Kind::BadArgument,
+                    "parameter must not contain NUL bytes",
+                ))
+            }
+        };
+        // SAFETY: conn is live; the arrays outlive the call (libpq copies them).
+        let sent = unsafe {
+            match &owned {
+                None => pq::PQsendQuery(self.conn, csql.as_ptr()),
+                Some(values) => {
+                    let ptrs: Vec<*const c_char> = values
+                        .iter()
+                        .map(|o| o.as_ref().map_or(std::ptr::null(), |c| c.as_ptr()))
+                        .collect();
+                    pq::PQsendQueryParams(
+                        self.conn,
+                        csql.as_ptr(),
+                        ptrs.len() as c_int,
+                        std::ptr::null(),
+                        if ptrs.is_empty() {
+                            std::ptr::null()
+                        } else {
+                            ptrs.as_ptr()
+                        },
+                        std::ptr::null(),
+                        std::ptr::null(),
+                        0,
+                    )
+                }
+            }
+        };
+        if sent == 0 {
+            return Err(DbragError::new(
+                Kind::Remote,
+                format!("remote query failed: {}", self.error_message()),
+            ));
+        }
+        self.busy = true;
+        let timeout_msg = || format!("the remote query took longer than {timeout_ms} ms");
+        let mut last: Option<RemoteRows> = None;
+        let mut failure: Option<DbragError> = None;
+        loop {
+            // SAFETY: conn is live.
+            while unsafe { pq::PQisBusy(self.conn) } != 0 {
+                wait_socket(
+                    unsafe { pq::PQsocket(self.conn) },
+                    false,
+                    deadline,
+                    &timeout_msg,
+                )?;
+                if unsafe { pq::PQconsumeInput(self.conn) } == 0 {
+                    self.busy = false;
+                    return Err(DbragError::new(
+                        Kind::Remote,
+                        format!("lost the remote connection: {}", self.error_message()),
+                    ));
+                }
+            }
+            // SAFETY: not busy, so PQgetResult does not block.
+            let res = unsafe { pq::PQgetResult(self.conn) };
+            if res.is_null() {
+                break;
+            }
+            let outcome = self.take_result(res);
+            // SAFETY: res came from PQgetResult and is cleared once.
+            unsafe { pq::PQclear(res) };
+            if let Err(e) = outcome.map(|rows| last = Some(rows)) {
+                failure.get_or_insert(e);
+            }
+        }
+        self.busy = false;
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(last.unwrap_or_default()),
+        }
+    }
+
+    fn take_result(&self, res: *mut pq::PGresult) -> Result<RemoteRows> {
+        // SAFETY: res is a live result for the duration of this call.
+        unsafe {
+            match pq::PQresultStatus(res) {
+                pq::ExecStatusType::PGRES_TUPLES_OK => {
+                    let nf = pq::PQnfields(res);
+                    let nt = pq::PQntuples(res);
+                    let mut out = RemoteRows::default();
+                    for f in 0..nf {
+                        out.columns.push(cstr_lossy(pq::PQfname(res, f)));
+                        out.types.push(pq::PQftype(res, f));
+                    }
+                    for r in 0..nt {
+                        let mut row = Vec::with_capacity(nf as usize);
+                        for f in 0..nf {
+                            if pq::PQgetisnull(res, r, f) != 0 {
+                                row.push(None);
+                            } else {
+                                let p = pq::PQgetvalue(res, r, f);
+                                let len = pq::PQgetlength(res, r, f).max(0) as usize;
+                                let bytes = std::slice::from_raw_parts(p as *const u8, len);
+                                row.push(Some(String::from_utf8_lossy(bytes).into_owned()));
+                            }
+                        }
+                        out.rows.push(row);
+                    }
+                    Ok(out)
+                }
+                pq::ExecStatusType::PGRES_COMMAND_OK | pq::ExecStatusType::PGRES_EMPTY_QUERY => {
+                    Ok(RemoteRows::default())
+                }
+                _ => {
+                    let state =
+                        cstr_lossy(pq::PQresultErrorField(res, pq::PG_DIAG_SQLSTATE as c_int));
+                    let msg = self.redact(&cstr_lossy(pq::PQresultErrorMessage(res)));
+                    let kind = if state == "57014" {
+                        Kind::Timeout
+                    } else {
+                        Kind::Remote
+                    };
+                    let msg = if msg.is_empty() {
+                        self.error_message()
+                    } else {
+                        msg
+                    };
+                    Err(DbragError::new(kind, format!("remote query failed: {msg}")))
+                }
+            }
+        }
+    }
+
+    /// One read-only statement: `BEGIN READ ONLY`, a remote
+    /// `statement_timeout`, then `sql` with `params` (extended protocol, so a
+    /// single statement), all within `timeout_ms` as seen from here too.
+    pub fn query_read_only(
+        &mut self,
+        sql: &str,
+        params: &[Option<&str>],
+        timeout_ms: i32,
+    ) -> Result<RemoteRows> {
+        let timeout_ms = timeout_ms.max(1);
+        let deadline = deadline_after(timeout_ms);
+        self.run(
+            &format!("BEGIN READ ONLY; SET LOCAL statement_timeout = {timeout_ms}"),
+            None,
+            deadline,
+            timeout_ms,
+        )?;
+        let rows = self.run(sql, Some(params), deadline, timeout_ms)?;
+        self.run("ROLLBACK", None, deadline, timeout_ms)?;
+        Ok(rows)
+    }
+}
