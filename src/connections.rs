@@ -156,7 +156,9 @@ fn conninfo_checked(conn: &Connection) -> Result<String> {
             "SELECT credentials FROM control_plane.tenant_databases WHERE tenant_id = $1 AND connection_id = $2",
             &[DatumWithOid::from(tenant::to_pg(conn.tenant_id)), DatumWithOid::from(tenant::to_pg(conn.id))],
         )
-    })?;
+        .ok()
+        .flatten()
+    });
     let Some(blob) = blob else {
         return Err(DbragError::new(
             Kind::NotConfigured,
@@ -261,11 +263,20 @@ fn check_local_schema(schema: &str) -> Result<()> {
             format!("schema \"{schema}\" is a system schema and cannot be a data-plane connection"),
         ));
     }
+    // Not get_one: an empty result is an error there, and "no such schema" is an answer here.
     let found: Option<bool> = privileged::with_pinned_search_path(|| {
-        Spi::get_one_with_args::<bool>(
-            "SELECT pg_catalog.has_schema_privilege(n.oid, 'USAGE') FROM pg_catalog.pg_namespace n WHERE n.nspname = $1",
-            &[DatumWithOid::from(schema)],
-        )
+        Spi::connect(|client| {
+            let rows = client.select(
+                "SELECT pg_catalog.has_schema_privilege(n.oid, 'USAGE') FROM pg_catalog.pg_namespace n \
+                 WHERE n.nspname = $1",
+                None,
+                &[DatumWithOid::from(schema)],
+            )?;
+            match rows.into_iter().next() {
+                Some(row) => Ok::<_, pgrx::spi::Error>(Some(row.get::<bool>(1)?.unwrap_or(false))),
+                None => Ok(None),
+            }
+        })
     })?;
     match found {
         None => Err(DbragError::new(Kind::NotFound, format!("schema \"{schema}\" does not exist"))),

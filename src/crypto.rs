@@ -372,9 +372,9 @@ fn rotate_key() -> i64 {
     let mut skipped: Vec<String> = Vec::new();
     let result = privileged::as_extension(|| -> std::result::Result<(), pgrx::spi::Error> {
         // Connections.
-        let rows: Vec<(pgrx::Uuid, pgrx::Uuid, Vec<u8>)> = Spi::connect(|client| {
+        let rows: Vec<(pgrx::Uuid, pgrx::Uuid, Vec<u8>)> = Spi::connect_mut(|client| {
             let mut out = Vec::new();
-            for row in client.select(
+            for row in client.update(
                 "SELECT tenant_id, connection_id, credentials FROM control_plane.tenant_databases \
                  WHERE credentials IS NOT NULL FOR UPDATE",
                 None,
@@ -413,9 +413,9 @@ fn rotate_key() -> i64 {
             }
         }
         // Tenants' LLM API keys.
-        let rows: Vec<(pgrx::Uuid, Vec<u8>)> = Spi::connect(|client| {
+        let rows: Vec<(pgrx::Uuid, Vec<u8>)> = Spi::connect_mut(|client| {
             let mut out = Vec::new();
-            for row in client.select(
+            for row in client.update(
                 "SELECT tenant_id, api_key FROM control_plane.llm_credentials FOR UPDATE",
                 None,
                 &[],
@@ -445,12 +445,18 @@ fn rotate_key() -> i64 {
             }
         }
         // The global LLM API key.
-        let global = Spi::get_one_with_args::<Vec<u8>>(
-            "SELECT pg_catalog.decode(value ->> 'ciphertext', 'base64') FROM control_plane.system_config \
-             WHERE key = $1 FOR UPDATE",
-            &[DatumWithOid::from(GLOBAL_LLM_KEY)],
-        )
-        .unwrap_or(None);
+        let global: Option<Vec<u8>> = Spi::connect_mut(|client| {
+            let rows = client.update(
+                "SELECT pg_catalog.decode(value ->> 'ciphertext', 'base64') FROM control_plane.system_config \
+                 WHERE key = $1 FOR UPDATE",
+                None,
+                &[DatumWithOid::from(GLOBAL_LLM_KEY)],
+            )?;
+            match rows.into_iter().next() {
+                Some(row) => row.get::<Vec<u8>>(1),
+                None => Ok(None),
+            }
+        })?;
         if let Some(blob) = global {
             match reseal(&ring, &blob, &Purpose::LlmKey { tenant: None }.aad()) {
                 Ok(None) => {}
