@@ -127,14 +127,12 @@ impl Drop for Session {
         if self.conn.is_null() {
             return;
         }
-        // SAFETY: conn is ours; PQcancel sends a cancel request on a new socket.
+        // SAFETY: conn is ours; the cancel object is a self-contained copy.
         unsafe {
             if self.busy {
                 let cancel = pq::PQgetCancel(self.conn);
                 if !cancel.is_null() {
-                    let mut buf = [0 as c_char; 256];
-                    pq::PQcancel(cancel, buf.as_mut_ptr(), buf.len() as c_int);
-                    pq::PQfreeCancel(cancel);
+                    send_cancel(cancel);
                 }
             }
             pq::PQfinish(self.conn);
@@ -142,6 +140,45 @@ impl Drop for Session {
         self.conn = std::ptr::null_mut();
     }
 }
+
+struct CancelHandle(*mut pq::PGcancel);
+// SAFETY: a PGcancel is a plain copy of address and key; PQcancel is
+// documented as safe to call from any thread.
+unsafe impl Send for CancelHandle {}
+
+/// Ask the remote server to cancel the query in flight. PQcancel opens a
+/// new connection and blocks (libpq 15 has no timeout for it), so it runs on
+/// a short-lived thread with every signal blocked, which touches nothing of
+/// PostgreSQL's: the backend goes on at once even if the remote is gone.
+unsafe fn send_cancel(cancel: *mut pq::PGcancel) {
+    fn cancel_now(handle: CancelHandle) {
+        let mut buf = [0 as c_char; 256];
+        // SAFETY: handle.0 is a live PGcancel, freed exactly once here.
+        unsafe {
+            pq::PQcancel(handle.0, buf.as_mut_ptr(), buf.len() as c_int);
+            pq::PQfreeCancel(handle.0);
+        }
+    }
+    // The new thread inherits the signal mask in force when it is created.
+    let mut all: libc::sigset_t = std::mem::zeroed();
+    let mut old: libc::sigset_t = std::mem::zeroed();
+    libc::sigfillset(&mut all);
+    libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+    let handle = CancelHandle(cancel);
+    let spawned = std::thread::Builder::new()
+        .name("pg_dbrag cancel".into())
+        .stack_size(64 * 1024)
+        .spawn(move || cancel_now(handle));
+    libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+    if spawned.is_err() {
+        // The closure never ran (and CancelHandle frees nothing on drop):
+        // cancel inline instead.
+        cancel_now(CancelHandle(cancel));
+    }
+}
+
+/// Remote NOTICEs are the remote's business: keep them out of this server's log.
+unsafe extern "C" fn ignore_notice(_arg: *mut std::ffi::c_void, _message: *const c_char) {}
 
 fn deadline_after(ms: i32) -> Instant {
     Instant::now() + Duration::from_millis(ms.max(1) as u64)
@@ -284,8 +321,11 @@ impl Session {
                 "non-superusers may only use remote servers that authenticate them by password",
             ));
         }
-        // SAFETY: conn is live.
-        unsafe { pq::PQsetnonblocking(conn, 0) };
+        // SAFETY: conn is live; the processor is a static function.
+        unsafe {
+            pq::PQsetnonblocking(conn, 0);
+            pq::PQsetNoticeProcessor(conn, Some(ignore_notice), std::ptr::null_mut());
+        }
         Ok(session)
     }
 
