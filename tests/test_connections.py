@@ -403,3 +403,22 @@ def test_tenant_a_cannot_reach_b_connection(su, tenants, remote):
     # B's connection is untouched and still works for B.
     with tenants.conn(tenants.b_role) as b:
         b.execute("SELECT dbrag.activate_connection(%s)", (bid,))
+
+
+def test_hostile_search_path_does_not_change_the_checks(su, tenants, local_schema):
+    evil = f"evil_{tenants.tag}"
+    su.execute(f"CREATE SCHEMA {evil}")
+    su.execute(f"GRANT USAGE, CREATE ON SCHEMA {evil} TO {tenants.b_role}")
+    with tenants.conn(tenants.b_role) as b:
+        for fn, args in [("has_schema_privilege", "oid, text"), ("has_any_column_privilege", "oid, text"),
+                         ("current_database", "")]:
+            ret = "name" if fn == "current_database" else "boolean"
+            body = "'evil'::name" if fn == "current_database" else "true"
+            b.execute(f"CREATE FUNCTION {evil}.{fn}({args}) RETURNS {ret} LANGUAGE sql AS $$ SELECT {body} $$")
+        b.execute(f"SET search_path = {evil}, pg_catalog, public")
+        # B has no USAGE on A's schema: still refused.
+        e = err(b, "SELECT * FROM dbrag.test_connection('local', NULL, %s)", (local_schema,))
+        assert e.sqlstate == "42501"
+        cid = b.execute("SELECT dbrag.create_connection('here', 'local')").fetchone()[0]
+        assert b.execute("SELECT database_name FROM dbrag.connections WHERE connection_id = %s",
+                         (cid,)).fetchone()[0] == DBNAME

@@ -167,7 +167,7 @@ unsafe fn send_cancel(cancel: *mut pq::PGcancel) {
     let handle = CancelHandle(cancel);
     let spawned = std::thread::Builder::new()
         .name("pg_dbrag cancel".into())
-        .stack_size(64 * 1024)
+        .stack_size(256 * 1024)
         .spawn(move || cancel_now(handle));
     libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
     if spawned.is_err() {
