@@ -18,7 +18,8 @@ use crate::crypto::{self, Purpose};
 use crate::error::{raise, required, DbragError, Kind, OrRaise, Result};
 use crate::gucs;
 use crate::privileged;
-use crate::remote::{self, RemoteRows, Session};
+pub use crate::remote::RemoteRows;
+use crate::remote::{self, Session};
 use crate::tenant;
 
 /// The engines a connection can reach.
@@ -136,6 +137,7 @@ pub fn given_or_active(id: Option<pgrx::Uuid>) -> Connection {
 
 /// The decrypted conninfo of a `postgres` connection, for internal use only:
 /// never log it, never return it to SQL.
+#[allow(dead_code)] // for the catalog and NL-to-SQL modules
 pub fn conninfo(conn: &Connection) -> String {
     conninfo_checked(conn).or_raise()
 }

@@ -21,7 +21,7 @@ use pgrx::prelude::*;
 use serde_json::json;
 
 use crate::audit;
-use crate::error::{raise, required, DbragError, Kind, OrRaise, Result};
+use crate::error::{raise, DbragError, Kind, OrRaise, Result};
 use crate::gucs;
 use crate::privileged;
 use crate::tenant;
@@ -180,20 +180,17 @@ pub fn open_internal(blob: &[u8], purpose: Purpose) -> Result<String> {
 // ---------------------------------------------------------------- SQL API
 
 /// `dbrag.encrypt(plaintext, context)`: an AES-256-GCM envelope of
-/// `plaintext` bound to `context` (fresh random nonce: VOLATILE).
-#[pg_extern(volatile, parallel_safe)]
-fn encrypt(plaintext: Option<&str>, context: Option<&str>) -> Vec<u8> {
-    let plaintext = required(plaintext, "plaintext");
-    let context = required(context, "context");
+/// `plaintext` bound to `context` (fresh random nonce: VOLATILE). STRICT,
+/// like pgcrypto: a NULL in gives NULL out.
+#[pg_extern(volatile, strict, parallel_safe)]
+fn encrypt(plaintext: &str, context: &str) -> Vec<u8> {
     seal_aad(plaintext.as_bytes(), &sql_aad(context)).or_raise()
 }
 
 /// `dbrag.decrypt(ciphertext, context)`: the plaintext, or a clear error
 /// (wrong key, wrong context, tampered or truncated value), never garbage.
-#[pg_extern(stable, parallel_safe)]
-fn decrypt(ciphertext: Option<&[u8]>, context: Option<&str>) -> String {
-    let ciphertext = required(ciphertext, "ciphertext");
-    let context = required(context, "context");
+#[pg_extern(stable, strict, parallel_safe)]
+fn decrypt(ciphertext: &[u8], context: &str) -> String {
     open_aad(ciphertext, &sql_aad(context))
         .and_then(utf8)
         .or_raise()
@@ -329,6 +326,7 @@ fn stored_llm_keys(tenant: Option<uuid::Uuid>) -> (Option<Vec<u8>>, Option<Vec<u
 
 /// The model API key for `tenant`: its own key first, else the global one.
 /// For the NL-to-SQL code only; the plaintext never goes back to SQL.
+#[allow(dead_code)] // called by the NL-to-SQL module
 pub fn llm_api_key(tenant: Option<uuid::Uuid>) -> Option<String> {
     let (own, global) = stored_llm_keys(tenant);
     if let (Some(blob), Some(t)) = (own, tenant) {
