@@ -80,6 +80,10 @@ def test_remote_test_create_activate(su, tenants, remote):
         assert e.sqlstate == "58000" and "read-only" in str(e)
         e = err(su, "SELECT dbrag._remote_query(%s, 'SELECT 1; SELECT 2')", (cid,))
         assert e.sqlstate == "58000"
+        # A statement larger than the socket buffers goes out in non-blocking pieces.
+        big = su.execute("SELECT dbrag._remote_query(%s, 'SELECT 1 AS one /* ' || repeat('x', 4000000) || ' */')",
+                         (cid,)).fetchone()[0]
+        assert big["rows"] == [["1"]]
     finally:
         su.execute("SELECT dbrag.reset_tenant()")
 

@@ -184,11 +184,14 @@ fn deadline_after(ms: i32) -> Instant {
     Instant::now() + Duration::from_millis(ms.max(1) as u64)
 }
 
+const READ: u32 = pg_sys::WL_SOCKET_READABLE;
+const WRITE: u32 = pg_sys::WL_SOCKET_WRITEABLE;
+
 /// Wait until the socket is ready (or 100 ms passed), then serve interrupts.
 /// Returns Err(Timeout) once `deadline` has passed.
 fn wait_socket(
     sock: c_int,
-    write: bool,
+    socket_events: u32,
     deadline: Instant,
     what: &dyn Fn() -> String,
 ) -> Result<()> {
@@ -199,11 +202,7 @@ fn wait_socket(
     let slice = (deadline - now).min(Duration::from_millis(100));
     let mut events = pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH;
     if sock >= 0 {
-        events |= if write {
-            pg_sys::WL_SOCKET_WRITEABLE
-        } else {
-            pg_sys::WL_SOCKET_READABLE
-        };
+        events |= socket_events;
     }
     // SAFETY: MyLatch is the backend's own latch; sock is libpq's live socket.
     unsafe {
@@ -236,6 +235,39 @@ fn cstr_lossy(p: *const c_char) -> String {
 impl Session {
     fn redact(&self, message: &str) -> String {
         conninfo::redact(message, self.password.as_deref())
+    }
+
+    /// Send what libpq still buffers (non-blocking mode), serving input
+    /// meanwhile as libpq asks, within `deadline`.
+    fn flush(&mut self, deadline: Instant, timeout_msg: &dyn Fn() -> String) -> Result<()> {
+        loop {
+            // SAFETY: conn is live.
+            match unsafe { pq::PQflush(self.conn) } {
+                0 => return Ok(()),
+                1 => {
+                    wait_socket(
+                        unsafe { pq::PQsocket(self.conn) },
+                        READ | WRITE,
+                        deadline,
+                        timeout_msg,
+                    )?;
+                    if unsafe { pq::PQconsumeInput(self.conn) } == 0 {
+                        self.busy = false;
+                        return Err(DbragError::new(
+                            Kind::Remote,
+                            format!("lost the remote connection: {}", self.error_message()),
+                        ));
+                    }
+                }
+                _ => {
+                    self.busy = false;
+                    return Err(DbragError::new(
+                        Kind::Remote,
+                        format!("could not send the query: {}", self.error_message()),
+                    ));
+                }
+            }
+        }
     }
 
     fn error_message(&self) -> String {
@@ -305,9 +337,9 @@ impl Session {
                     return Err(session.connect_failed())
                 }
                 pq::PostgresPollingStatusType::PGRES_POLLING_READING => {
-                    wait_socket(unsafe { pq::PQsocket(conn) }, false, deadline, &timeout_msg)?
+                    wait_socket(unsafe { pq::PQsocket(conn) }, READ, deadline, &timeout_msg)?
                 }
-                _ => wait_socket(unsafe { pq::PQsocket(conn) }, true, deadline, &timeout_msg)?,
+                _ => wait_socket(unsafe { pq::PQsocket(conn) }, WRITE, deadline, &timeout_msg)?,
             }
             // SAFETY: as above.
             state = unsafe { pq::PQconnectPoll(conn) };
@@ -323,7 +355,9 @@ impl Session {
         }
         // SAFETY: conn is live; the processor is a static function.
         unsafe {
-            pq::PQsetnonblocking(conn, 0);
+            // Non-blocking: a large query to a remote that stopped reading
+            // must not block the backend in send(); see flush() below.
+            pq::PQsetnonblocking(conn, 1);
             pq::PQsetNoticeProcessor(conn, Some(ignore_notice), std::ptr::null_mut());
         }
         Ok(session)
@@ -406,6 +440,7 @@ impl Session {
         }
         self.busy = true;
         let timeout_msg = || format!("the remote query took longer than {timeout_ms} ms");
+        self.flush(deadline, &timeout_msg)?;
         let mut last: Option<RemoteRows> = None;
         let mut failure: Option<DbragError> = None;
         loop {
@@ -413,7 +448,7 @@ impl Session {
             while unsafe { pq::PQisBusy(self.conn) } != 0 {
                 wait_socket(
                     unsafe { pq::PQsocket(self.conn) },
-                    false,
+                    READ,
                     deadline,
                     &timeout_msg,
                 )?;
