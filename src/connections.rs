@@ -383,6 +383,12 @@ fn test_connection(
     conninfo: default!(Option<&str>, "NULL"),
     schema_name: default!(Option<&str>, "'public'"),
 ) -> TableIterator<'static, (name!(schema_name, String), name!(table_name, String))> {
+    // A tenant (or an operator) only: the server must not become a network
+    // probe for roles that belong to nobody.
+    let t = tenant::current();
+    if t.is_none() && !privileged::is_platform_admin() {
+        tenant::require();
+    }
     let kind = parse_kind(required(kind, "kind"));
     let schema = required(schema_name, "schema_name");
     check_schema_name(schema);
@@ -395,7 +401,7 @@ fn test_connection(
         }
         _ => {
             let info = required(conninfo, "conninfo");
-            let parsed = parse_postgres_conninfo(info, tenant::current());
+            let parsed = parse_postgres_conninfo(info, t);
             let mut session =
                 Session::connect(&parsed, gucs::REMOTE_CONNECT_TIMEOUT_MS.get()).or_raise();
             remote_tables(&mut session, schema).or_raise()

@@ -156,6 +156,11 @@ def test_bad_arguments(tenants, remote):
     with tenants.conn(tenants.stranger) as s:
         e = err(s, "SELECT dbrag.create_connection('x', 'local')")
         assert e.sqlstate == "42501"
+        # No tenant, no probing the network from the server either.
+        e = err(s, "SELECT * FROM dbrag.test_connection('postgres', %s)", (remote,))
+        assert e.sqlstate == "42501"
+    with tenants.conn(tenants.admin_role) as ops:
+        assert len(ops.execute("SELECT * FROM dbrag.test_connection('postgres', %s)", (remote,)).fetchall()) == 3
 
 
 # ------------------------------------------------------------------ the password rule
