@@ -5,6 +5,7 @@
 use pgrx::prelude::*;
 
 mod audit;
+mod catalog;
 mod connections;
 mod error;
 mod gucs;
@@ -22,6 +23,7 @@ pgrx::extension_sql_file!(
 );
 pgrx::extension_sql_file!("../sql/isolation.sql", name = "isolation", requires = ["control_plane"]);
 pgrx::extension_sql_file!("../sql/tenant_admin.sql", name = "tenant_admin", requires = ["isolation", tenant::_audit]);
+pgrx::extension_sql_file!("../sql/catalog.sql", name = "catalog", requires = ["control_plane", catalog::identifier_words]);
 pgrx::extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 
 #[pg_guard]
