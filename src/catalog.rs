@@ -387,7 +387,7 @@ pub fn store(conn: &Connection, entries: &[TableEntry]) -> SyncSummary {
             let gone = client.update(
                 "DELETE FROM control_plane.table_metadata_catalog c \
                  WHERE c.tenant_id = $1 AND c.connection_id = $2 AND NOT EXISTS ( \
-                   SELECT 1 FROM pg_catalog.unnest($3::text[], $4::text[]) u(s, t) \
+                   SELECT 1 FROM unnest($3::text[], $4::text[]) u(s, t) \
                    WHERE u.s = c.schema_name AND u.t = c.table_name)",
                 None,
                 &[

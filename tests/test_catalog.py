@@ -125,6 +125,7 @@ def test_search_errors(catalogs):
             c.execute("SELECT * FROM dbrag.search_catalog('x')")
         assert e.value.sqlstate == "42501"
     with tenants.conn(tenants.a_role) as a:
+        sync(a)
         for sql, state in (("SELECT * FROM dbrag.search_catalog(NULL)", "22004"),
                            ("SELECT * FROM dbrag.search_catalog('x', 0)", "22023"),
                            ("SELECT * FROM dbrag.search_catalog('x', NULL)", "22023")):
@@ -153,4 +154,5 @@ def test_search_uses_tenant_first_gin_index(su, catalogs):
     top = su.execute("SELECT table_name FROM dbrag.search_catalog('singer country', 1)").fetchone()[0]
     assert top == "singer"
     plans = "\n".join(notices)
+    open("/tmp/search_plans.txt", "w").write(plans)
     assert "table_metadata_catalog_search_idx" in plans, plans[-3000:]
