@@ -111,26 +111,52 @@ impl TableEntry {
 /// Columns whose values are never sampled: their names look like secrets.
 pub fn looks_secret(column: &str) -> bool {
     const WORDS: &[&str] = &[
-        "password", "passwd", "pwd", "secret", "token", "ssn", "key", "apikey", "salt", "hash",
-        "cvv", "pin", "iban", "credential", "credentials", "otp", "private",
+        "password",
+        "passwd",
+        "pwd",
+        "secret",
+        "token",
+        "ssn",
+        "key",
+        "apikey",
+        "salt",
+        "hash",
+        "cvv",
+        "pin",
+        "iban",
+        "credential",
+        "credentials",
+        "otp",
+        "private",
     ];
     let lower = column.to_lowercase();
-    if ["social_security", "credit_card", "card_number", "api_key"].iter().any(|p| lower.contains(p)) {
+    if ["social_security", "credit_card", "card_number", "api_key"]
+        .iter()
+        .any(|p| lower.contains(p))
+    {
         return true;
     }
-    dbrag_core::split_identifier(column).iter().any(|w| WORDS.contains(&w.as_str()))
+    dbrag_core::split_identifier(column)
+        .iter()
+        .any(|w| WORDS.contains(&w.as_str()))
 }
 
 /// Parse the introspection rows into entries (samples filled separately).
 pub fn entries_from_introspection(schema: &str, rows: &[String]) -> Vec<TableEntry> {
     let mut entries: Vec<TableEntry> = Vec::new();
     for raw in rows {
-        let Ok(v) = serde_json::from_str::<Value>(raw) else { continue };
-        let Some(table) = v["table"].as_str() else { continue };
+        let Ok(v) = serde_json::from_str::<Value>(raw) else {
+            continue;
+        };
+        let Some(table) = v["table"].as_str() else {
+            continue;
+        };
         let mut data_types = Map::new();
         let mut column_descriptions = Map::new();
         for col in v["columns"].as_array().into_iter().flatten() {
-            let Some(name) = col["name"].as_str() else { continue };
+            let Some(name) = col["name"].as_str() else {
+                continue;
+            };
             data_types.insert(name.to_string(), col["type"].clone());
             if let Some(c) = col["comment"].as_str() {
                 column_descriptions.insert(name.to_string(), json!(c));
@@ -238,7 +264,10 @@ fn introspect_local(schema: &str) -> Vec<TableEntry> {
     .flatten()
     .unwrap_or(false);
     if !can_use {
-        raise(Kind::Forbidden, format!("permission denied for schema {schema}"));
+        raise(
+            Kind::Forbidden,
+            format!("permission denied for schema {schema}"),
+        );
     }
     let rows: Vec<String> = privileged::with_pinned_search_path(|| {
         Spi::connect(|client| {
@@ -251,7 +280,12 @@ fn introspect_local(schema: &str) -> Vec<TableEntry> {
             Ok::<_, pgrx::spi::Error>(out)
         })
     })
-    .unwrap_or_else(|e| raise(Kind::NotConfigured, format!("introspection of schema {schema} failed: {e}")));
+    .unwrap_or_else(|e| {
+        raise(
+            Kind::NotConfigured,
+            format!("introspection of schema {schema} failed: {e}"),
+        )
+    });
     let mut entries = entries_from_introspection(schema, &rows);
     for (i, entry) in entries.iter_mut().enumerate() {
         entry.sample_values = sample_local(entry);
@@ -306,7 +340,10 @@ fn introspect(conn: &Connection) -> Vec<TableEntry> {
         EngineKind::Local => introspect_local(&conn.schema_name),
         other => DbragError::new(
             Kind::NotConfigured,
-            format!("sync_catalog does not support {} connections yet", other.as_str()),
+            format!(
+                "sync_catalog does not support {} connections yet",
+                other.as_str()
+            ),
         )
         .raise(),
     }
@@ -344,7 +381,12 @@ pub fn store(conn: &Connection, entries: &[TableEntry]) -> SyncSummary {
     })
     .unwrap_or_default();
 
-    let mut summary = SyncSummary { added: 0, changed: 0, removed: 0, unchanged: 0 };
+    let mut summary = SyncSummary {
+        added: 0,
+        changed: 0,
+        removed: 0,
+        unchanged: 0,
+    };
     let mut to_write: Vec<Value> = Vec::new();
     for e in entries {
         let key = (e.schema_name.clone(), e.table_name.clone());
@@ -423,13 +465,21 @@ fn sync_catalog(
     describe: default!(Option<bool>, false),
 ) -> TableIterator<
     'static,
-    (name!(added, i32), name!(changed, i32), name!(removed, i32), name!(unchanged, i32)),
+    (
+        name!(added, i32),
+        name!(changed, i32),
+        name!(removed, i32),
+        name!(unchanged, i32),
+    ),
 > {
     let conn = connections::given_or_active(connection);
     if describe.unwrap_or(false) {
-        DbragError::new(Kind::NotConfigured, "describe => true needs the model client, which is not built yet")
-            .hint("call dbrag.sync_catalog without describe")
-            .raise();
+        DbragError::new(
+            Kind::NotConfigured,
+            "describe => true needs the model client, which is not built yet",
+        )
+        .hint("call dbrag.sync_catalog without describe")
+        .raise();
     }
     let entries = introspect(&conn);
     let summary = store(&conn, &entries);
@@ -439,7 +489,12 @@ fn sync_catalog(
         json!({"connection_id": conn.id.to_string(), "tables": entries.len(),
                "added": summary.added, "changed": summary.changed, "removed": summary.removed}),
     );
-    TableIterator::once((summary.added, summary.changed, summary.removed, summary.unchanged))
+    TableIterator::once((
+        summary.added,
+        summary.changed,
+        summary.removed,
+        summary.unchanged,
+    ))
 }
 
 /// `dbrag.identifier_words(ident)`: `OrderItems` → `order items`, for search vectors.

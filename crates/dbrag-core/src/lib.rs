@@ -7,6 +7,7 @@
 pub mod answer;
 pub mod envelope;
 pub mod jwt;
+pub mod prompt;
 pub mod words;
 
 pub use answer::{
