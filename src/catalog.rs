@@ -78,6 +78,7 @@ pub struct TableEntry {
     pub relationships: Vec<Value>,
     pub row_estimate: Option<i64>,
     pub primary_key: Vec<String>,
+    pub column_order: Vec<String>,
 }
 
 impl TableEntry {
@@ -89,6 +90,8 @@ impl TableEntry {
             self.sample_values,
             self.relationships,
             self.row_estimate,
+            self.primary_key,
+            self.column_order,
         ]);
         hex::encode(Sha256::digest(canonical.to_string().as_bytes()))
     }
@@ -103,6 +106,8 @@ impl TableEntry {
             "sample_values": self.sample_values,
             "relationships": self.relationships,
             "row_estimate": self.row_estimate,
+            "primary_key": self.primary_key,
+            "column_order": self.column_order,
             "source_hash": self.source_hash(),
         })
     }
@@ -153,10 +158,12 @@ pub fn entries_from_introspection(schema: &str, rows: &[String]) -> Vec<TableEnt
         };
         let mut data_types = Map::new();
         let mut column_descriptions = Map::new();
+        let mut column_order = Vec::new();
         for col in v["columns"].as_array().into_iter().flatten() {
             let Some(name) = col["name"].as_str() else {
                 continue;
             };
+            column_order.push(name.to_string());
             data_types.insert(name.to_string(), col["type"].clone());
             if let Some(c) = col["comment"].as_str() {
                 column_descriptions.insert(name.to_string(), json!(c));
@@ -186,6 +193,7 @@ pub fn entries_from_introspection(schema: &str, rows: &[String]) -> Vec<TableEnt
                 .flatten()
                 .filter_map(|c| c.as_str().map(str::to_string))
                 .collect(),
+            column_order,
         });
     }
     add_incoming_relationships(&mut entries);
@@ -410,18 +418,22 @@ pub fn store(conn: &Connection, entries: &[TableEntry]) -> SyncSummary {
             client.update(
                 "INSERT INTO control_plane.table_metadata_catalog AS c \
                    (tenant_id, connection_id, schema_name, table_name, table_description, column_descriptions, \
-                    data_types, sample_values, relationships, row_estimate, source_hash, last_synced) \
+                    data_types, sample_values, relationships, row_estimate, primary_key, column_order, \
+                    source_hash, last_synced) \
                  SELECT $1, $2, r.schema_name, r.table_name, r.table_description, \
                         coalesce(r.column_descriptions, '{}'), coalesce(r.data_types, '{}'), \
                         coalesce(r.sample_values, '{}'), coalesce(r.relationships, '[]'), \
-                        r.row_estimate, r.source_hash, pg_catalog.now() \
+                        r.row_estimate, coalesce(r.primary_key, '{}'), coalesce(r.column_order, '{}'), \
+                        r.source_hash, pg_catalog.now() \
                  FROM pg_catalog.jsonb_to_recordset($3) AS r(schema_name text, table_name text, \
                       table_description text, column_descriptions jsonb, data_types jsonb, sample_values jsonb, \
-                      relationships jsonb, row_estimate bigint, source_hash text) \
+                      relationships jsonb, row_estimate bigint, primary_key text[], column_order text[], \
+                      source_hash text) \
                  ON CONFLICT (tenant_id, connection_id, schema_name, table_name) DO UPDATE SET \
                    table_description = EXCLUDED.table_description, column_descriptions = EXCLUDED.column_descriptions, \
                    data_types = EXCLUDED.data_types, sample_values = EXCLUDED.sample_values, \
                    relationships = EXCLUDED.relationships, row_estimate = EXCLUDED.row_estimate, \
+                   primary_key = EXCLUDED.primary_key, column_order = EXCLUDED.column_order, \
                    source_hash = EXCLUDED.source_hash, last_synced = EXCLUDED.last_synced",
                 None,
                 &[DatumWithOid::from(tenant_pg), DatumWithOid::from(conn_pg), DatumWithOid::from(written)],

@@ -9,6 +9,7 @@ mod catalog;
 mod connections;
 mod error;
 mod gucs;
+mod nl2sql;
 mod privileged;
 mod tenant;
 
@@ -36,6 +37,7 @@ pgrx::extension_sql_file!(
     name = "catalog",
     requires = ["control_plane", catalog::identifier_words]
 );
+pgrx::extension_sql_file!("../sql/nl2sql.sql", name = "nl2sql", requires = ["catalog"]);
 pgrx::extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 
 #[pg_guard]
