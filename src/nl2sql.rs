@@ -1,9 +1,7 @@
 //! Natural language to SQL (SPEC §6): the prompt from the tenant's catalog,
 //! examples and documentation; the model call; the guard; execution.
 
-use dbrag_core::prompt::{
-    PromptColumn, PromptExample, PromptForeignKey, PromptInput, PromptTable,
-};
+use dbrag_core::prompt::{PromptColumn, PromptExample, PromptForeignKey, PromptInput, PromptTable};
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
 use serde_json::{json, Value};
@@ -69,7 +67,9 @@ fn prompt_tables(conn: &Connection, question: &str) -> Vec<PromptTable> {
         }
         Ok::<_, pgrx::spi::Error>(out)
     })
-    .unwrap_or_else(|e| DbragError::new(Kind::NotConfigured, format!("catalog search failed: {e}")).raise());
+    .unwrap_or_else(|e| {
+        DbragError::new(Kind::NotConfigured, format!("catalog search failed: {e}")).raise()
+    });
     rows.iter().map(table_from_catalog_row).collect()
 }
 
@@ -80,7 +80,11 @@ fn table_from_catalog_row(m: &Value) -> PromptTable {
     // Columns in table order (column_order), any others after them.
     let mut names: Vec<String> = m["column_order"]
         .as_array()
-        .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect()
+        })
         .unwrap_or_default();
     if let Some(types) = m["data_types"].as_object() {
         for k in types.keys() {
@@ -100,14 +104,24 @@ fn table_from_catalog_row(m: &Value) -> PromptTable {
                     comment: m["column_descriptions"][col].as_str().map(str::to_string),
                     samples: m["sample_values"][col]
                         .as_array()
-                        .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
+                        .map(|a| {
+                            a.iter()
+                                .filter_map(|v| v.as_str().map(str::to_string))
+                                .collect()
+                        })
                         .unwrap_or_default(),
                 })
                 .collect()
         })
         .unwrap_or_default();
     let strings = |v: &Value| -> Vec<String> {
-        v.as_array().map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect()).unwrap_or_default()
+        v.as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
     };
     let foreign_keys = m["relationships"]
         .as_array()
@@ -116,7 +130,11 @@ fn table_from_catalog_row(m: &Value) -> PromptTable {
         .filter(|r| r["dir"] == "out")
         .map(|r| PromptForeignKey {
             columns: strings(&r["columns"]),
-            target: format!("{}.{}", q(r["schema"].as_str().unwrap_or_default()), q(r["table"].as_str().unwrap_or_default())),
+            target: format!(
+                "{}.{}",
+                q(r["schema"].as_str().unwrap_or_default()),
+                q(r["table"].as_str().unwrap_or_default())
+            ),
             target_columns: strings(&r["other_columns"]),
         })
         .collect();
@@ -163,7 +181,11 @@ fn prompt_examples(tenant_id: uuid::Uuid, question: &str) -> (Vec<PromptExample>
 }
 
 /// Assemble the prompt for `question` against `conn`.
-pub fn prompt_for(conn: &Connection, question: &str, retry: Option<(String, String)>) -> dbrag_core::prompt::Prompt {
+pub fn prompt_for(
+    conn: &Connection,
+    question: &str,
+    retry: Option<(String, String)>,
+) -> dbrag_core::prompt::Prompt {
     let tables = prompt_tables(conn, question);
     let (examples, documentation) = prompt_examples(conn.tenant_id, question);
     let input = PromptInput {
@@ -176,8 +198,11 @@ pub fn prompt_for(conn: &Connection, question: &str, retry: Option<(String, Stri
         budget_tokens: gucs::PROMPT_TOKEN_BUDGET.get().max(500) as usize,
         retry,
     };
-    dbrag_core::prompt::build(&input)
-        .unwrap_or_else(|e| DbragError::new(Kind::BadArgument, e.to_string()).hint("ask a shorter question").raise())
+    dbrag_core::prompt::build(&input).unwrap_or_else(|e| {
+        DbragError::new(Kind::BadArgument, e.to_string())
+            .hint("ask a shorter question")
+            .raise()
+    })
 }
 
 /// `dbrag.build_prompt(question)`: exactly the messages the model would get.

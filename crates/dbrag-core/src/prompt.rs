@@ -133,7 +133,8 @@ fn mentions(column: &PromptColumn, words: &HashSet<String>) -> bool {
         })
 }
 
-fn render_column(table: &PromptTable, c: &PromptColumn) -> String {
+/// A column's definition and its trailing note (comment, samples).
+fn render_column(table: &PromptTable, c: &PromptColumn) -> (String, String) {
     let mut line = format!("  {} {}", quote_if_needed(&c.name), c.data_type);
     if table.primary_key.len() == 1 && table.primary_key[0] == c.name {
         line.push_str(" PRIMARY KEY");
@@ -164,12 +165,7 @@ fn render_column(table: &PromptTable, c: &PromptColumn) -> String {
             .collect();
         notes.push(format!("e.g. {}", samples.join(", ")));
     }
-    line.push(',');
-    if !notes.is_empty() {
-        line.push_str(" -- ");
-        line.push_str(&notes.join("; "));
-    }
-    line
+    (line, notes.join("; "))
 }
 
 fn one_line(s: &str, max: usize) -> String {
@@ -210,36 +206,49 @@ fn render_table(table: &PromptTable, columns: &[&PromptColumn], hidden: usize) -
     }
     out.push('\n');
     out.push_str(&format!("CREATE TABLE {} (\n", table.qualified_name));
-    for c in columns {
-        out.push_str(&render_column(table, c));
-        out.push('\n');
-    }
-    if hidden > 0 {
-        out.push_str(&format!("  -- {hidden} more columns not shown\n"));
-    }
+    let mut items: Vec<(String, String)> =
+        columns.iter().map(|c| render_column(table, c)).collect();
     if table.primary_key.len() > 1 {
         let pk: Vec<String> = table
             .primary_key
             .iter()
             .map(|s| quote_if_needed(s))
             .collect();
-        out.push_str(&format!("  PRIMARY KEY ({}),\n", pk.join(", ")));
+        items.push((format!("  PRIMARY KEY ({})", pk.join(", ")), String::new()));
     }
     for fk in table.foreign_keys.iter().filter(|fk| fk.columns.len() > 1) {
-        out.push_str(&format!(
-            "  FOREIGN KEY ({}) REFERENCES {}({}),\n",
-            fk.columns
-                .iter()
-                .map(|s| quote_if_needed(s))
-                .collect::<Vec<_>>()
-                .join(", "),
-            fk.target,
-            fk.target_columns
-                .iter()
-                .map(|s| quote_if_needed(s))
-                .collect::<Vec<_>>()
-                .join(", ")
+        items.push((
+            format!(
+                "  FOREIGN KEY ({}) REFERENCES {}({})",
+                fk.columns
+                    .iter()
+                    .map(|s| quote_if_needed(s))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                fk.target,
+                fk.target_columns
+                    .iter()
+                    .map(|s| quote_if_needed(s))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            String::new(),
         ));
+    }
+    let last = items.len().saturating_sub(1);
+    for (i, (def, note)) in items.iter().enumerate() {
+        out.push_str(def);
+        if i < last {
+            out.push(',');
+        }
+        if !note.is_empty() {
+            out.push_str(" -- ");
+            out.push_str(note);
+        }
+        out.push('\n');
+    }
+    if hidden > 0 {
+        out.push_str(&format!("  -- {hidden} more columns not shown\n"));
     }
     out.push_str(");\n");
     out
