@@ -12,6 +12,7 @@ mod gucs;
 mod nl2sql;
 mod privileged;
 mod tenant;
+mod timer;
 
 pgrx::pg_module_magic!();
 
