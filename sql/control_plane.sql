@@ -69,6 +69,8 @@ CREATE TABLE control_plane.table_metadata_catalog (
     sample_values       jsonb NOT NULL DEFAULT '{}',
     relationships       jsonb NOT NULL DEFAULT '[]',
     row_estimate        bigint,
+    primary_key         text[] NOT NULL DEFAULT '{}',
+    column_order        text[] NOT NULL DEFAULT '{}',  -- jsonb objects do not keep column order
     source_hash         text,
     search_vector       tsvector,
     last_synced         timestamptz NOT NULL DEFAULT pg_catalog.now(),

@@ -5,13 +5,16 @@
 use pgrx::prelude::*;
 
 mod audit;
+mod catalog;
 mod connections;
 mod crypto;
 mod error;
 mod gucs;
+mod nl2sql;
 mod privileged;
 mod remote;
 mod tenant;
+mod timer;
 
 pgrx::pg_module_magic!();
 
@@ -32,6 +35,12 @@ pgrx::extension_sql_file!(
     name = "tenant_admin",
     requires = ["isolation", tenant::_audit]
 );
+pgrx::extension_sql_file!(
+    "../sql/catalog.sql",
+    name = "catalog",
+    requires = ["control_plane", catalog::identifier_words]
+);
+pgrx::extension_sql_file!("../sql/nl2sql.sql", name = "nl2sql", requires = ["catalog"]);
 pgrx::extension_sql_file!(
     "../sql/connections.sql",
     name = "connections",

@@ -8,6 +8,7 @@ pub mod answer;
 pub mod conninfo;
 pub mod envelope;
 pub mod jwt;
+pub mod prompt;
 pub mod words;
 
 pub use answer::{

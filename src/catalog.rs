@@ -1,0 +1,516 @@
+//! The metadata catalog (SPEC §5): introspect a connection's schema, keep one
+//! row per table in `control_plane.table_metadata_catalog`, search it.
+//!
+//! Introspection and sampling run as the calling user, so a `local`
+//! connection shows only what the caller may already read (and RLS applies
+//! to the sampled rows). Writes run as the extension with the tenant id set
+//! explicitly. The search itself is `dbrag.search_catalog` in sql/catalog.sql.
+
+use std::collections::{BTreeMap, HashMap};
+
+use pgrx::datum::DatumWithOid;
+use pgrx::prelude::*;
+use serde_json::{json, Map, Value};
+use sha2::{Digest, Sha256};
+
+use crate::connections::{self, Connection, EngineKind};
+use crate::error::{raise, DbragError, Kind};
+use crate::privileged;
+use crate::tenant;
+
+/// Sample values kept per column, and their longest length.
+const SAMPLES_PER_COLUMN: usize = 5;
+const SAMPLE_MAX_CHARS: usize = 80;
+/// Rows read per table to draw samples from.
+const SAMPLE_ROWS: i64 = 50;
+/// A NOTICE every this many tables during a sync.
+const PROGRESS_EVERY: usize = 100;
+
+/// One JSON object per table of a schema: columns, keys, comments, estimate.
+/// The same text runs through SPI and on a remote PostgreSQL server.
+pub const INTROSPECT_SQL: &str = r#"
+SELECT pg_catalog.json_build_object(
+  'table', c.relname,
+  'kind', c.relkind::text,
+  'comment', pg_catalog.obj_description(c.oid, 'pg_class'),
+  'row_estimate', CASE WHEN c.reltuples < 0 THEN NULL ELSE c.reltuples::bigint END,
+  'columns', (SELECT pg_catalog.json_agg(pg_catalog.json_build_object(
+                 'name', a.attname,
+                 'type', pg_catalog.format_type(a.atttypid, a.atttypmod),
+                 'comment', pg_catalog.col_description(c.oid, a.attnum)) ORDER BY a.attnum)
+              FROM pg_catalog.pg_attribute a
+              WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped),
+  'primary_key', (SELECT pg_catalog.json_agg(a.attname ORDER BY k.ord)
+                  FROM pg_catalog.pg_index i
+                  CROSS JOIN LATERAL pg_catalog.unnest(i.indkey::int2[]) WITH ORDINALITY k(attnum, ord)
+                  JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+                  WHERE i.indrelid = c.oid AND i.indisprimary),
+  'foreign_keys', (SELECT pg_catalog.json_agg(pg_catalog.json_build_object(
+                     'columns', (SELECT pg_catalog.json_agg(a.attname ORDER BY k.ord)
+                                 FROM pg_catalog.unnest(co.conkey) WITH ORDINALITY k(attnum, ord)
+                                 JOIN pg_catalog.pg_attribute a ON a.attrelid = co.conrelid AND a.attnum = k.attnum),
+                     'schema', rn.nspname,
+                     'table', rc.relname,
+                     'other_columns', (SELECT pg_catalog.json_agg(a.attname ORDER BY k.ord)
+                                       FROM pg_catalog.unnest(co.confkey) WITH ORDINALITY k(attnum, ord)
+                                       JOIN pg_catalog.pg_attribute a ON a.attrelid = co.confrelid AND a.attnum = k.attnum))
+                     ORDER BY co.conname)
+                   FROM pg_catalog.pg_constraint co
+                   JOIN pg_catalog.pg_class rc ON rc.oid = co.confrelid
+                   JOIN pg_catalog.pg_namespace rn ON rn.oid = rc.relnamespace
+                   WHERE co.conrelid = c.oid AND co.contype = 'f')
+)::text
+FROM pg_catalog.pg_class c
+JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = $1 AND c.relkind IN ('r', 'p', 'v', 'm', 'f') AND NOT c.relispartition
+ORDER BY c.relname
+"#;
+
+/// What sync_catalog found for one table, ready to store.
+#[derive(Debug, Clone)]
+pub struct TableEntry {
+    pub schema_name: String,
+    pub table_name: String,
+    pub description: Option<String>,
+    pub column_descriptions: Map<String, Value>,
+    pub data_types: Map<String, Value>,
+    pub sample_values: Map<String, Value>,
+    pub relationships: Vec<Value>,
+    pub row_estimate: Option<i64>,
+    pub primary_key: Vec<String>,
+    pub column_order: Vec<String>,
+}
+
+impl TableEntry {
+    fn source_hash(&self) -> String {
+        let canonical = json!([
+            self.description,
+            self.column_descriptions,
+            self.data_types,
+            self.sample_values,
+            self.relationships,
+            self.row_estimate,
+            self.primary_key,
+            self.column_order,
+        ]);
+        hex::encode(Sha256::digest(canonical.to_string().as_bytes()))
+    }
+
+    fn to_row(&self) -> Value {
+        json!({
+            "schema_name": self.schema_name,
+            "table_name": self.table_name,
+            "table_description": self.description,
+            "column_descriptions": self.column_descriptions,
+            "data_types": self.data_types,
+            "sample_values": self.sample_values,
+            "relationships": self.relationships,
+            "row_estimate": self.row_estimate,
+            "primary_key": self.primary_key,
+            "column_order": self.column_order,
+            "source_hash": self.source_hash(),
+        })
+    }
+}
+
+/// Columns whose values are never sampled: their names look like secrets.
+pub fn looks_secret(column: &str) -> bool {
+    const WORDS: &[&str] = &[
+        "password",
+        "passwd",
+        "pwd",
+        "secret",
+        "token",
+        "ssn",
+        "key",
+        "apikey",
+        "salt",
+        "hash",
+        "cvv",
+        "pin",
+        "iban",
+        "credential",
+        "credentials",
+        "otp",
+        "private",
+    ];
+    let lower = column.to_lowercase();
+    if ["social_security", "credit_card", "card_number", "api_key"]
+        .iter()
+        .any(|p| lower.contains(p))
+    {
+        return true;
+    }
+    dbrag_core::split_identifier(column)
+        .iter()
+        .any(|w| WORDS.contains(&w.as_str()))
+}
+
+/// Parse the introspection rows into entries (samples filled separately).
+pub fn entries_from_introspection(schema: &str, rows: &[String]) -> Vec<TableEntry> {
+    let mut entries: Vec<TableEntry> = Vec::new();
+    for raw in rows {
+        let Ok(v) = serde_json::from_str::<Value>(raw) else {
+            continue;
+        };
+        let Some(table) = v["table"].as_str() else {
+            continue;
+        };
+        let mut data_types = Map::new();
+        let mut column_descriptions = Map::new();
+        let mut column_order = Vec::new();
+        for col in v["columns"].as_array().into_iter().flatten() {
+            let Some(name) = col["name"].as_str() else {
+                continue;
+            };
+            column_order.push(name.to_string());
+            data_types.insert(name.to_string(), col["type"].clone());
+            if let Some(c) = col["comment"].as_str() {
+                column_descriptions.insert(name.to_string(), json!(c));
+            }
+        }
+        let relationships = v["foreign_keys"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|fk| {
+                json!({"dir": "out", "columns": fk["columns"], "schema": fk["schema"],
+                       "table": fk["table"], "other_columns": fk["other_columns"]})
+            })
+            .collect();
+        entries.push(TableEntry {
+            schema_name: schema.to_string(),
+            table_name: table.to_string(),
+            description: v["comment"].as_str().map(str::to_string),
+            column_descriptions,
+            data_types,
+            sample_values: Map::new(),
+            relationships,
+            row_estimate: v["row_estimate"].as_i64(),
+            primary_key: v["primary_key"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|c| c.as_str().map(str::to_string))
+                .collect(),
+            column_order,
+        });
+    }
+    add_incoming_relationships(&mut entries);
+    entries
+}
+
+/// Mirror each foreign key on the table it points to, so either end knows
+/// its join partners.
+fn add_incoming_relationships(entries: &mut [TableEntry]) {
+    let index: HashMap<(String, String), usize> = entries
+        .iter()
+        .enumerate()
+        .map(|(i, e)| ((e.schema_name.clone(), e.table_name.clone()), i))
+        .collect();
+    let mut incoming: Vec<(usize, Value)> = Vec::new();
+    for e in entries.iter() {
+        for rel in &e.relationships {
+            let key = (
+                rel["schema"].as_str().unwrap_or_default().to_string(),
+                rel["table"].as_str().unwrap_or_default().to_string(),
+            );
+            if let Some(&target) = index.get(&key) {
+                incoming.push((
+                    target,
+                    json!({"dir": "in", "columns": rel["other_columns"], "schema": e.schema_name,
+                           "table": e.table_name, "other_columns": rel["columns"]}),
+                ));
+            }
+        }
+    }
+    for (target, rel) in incoming {
+        entries[target].relationships.push(rel);
+    }
+}
+
+/// Distinct sample values per column from a few rows given as JSON objects.
+pub fn samples_from_rows(entry: &TableEntry, rows: &[Value]) -> Map<String, Value> {
+    let mut out = Map::new();
+    for column in entry.data_types.keys() {
+        if looks_secret(column) {
+            continue;
+        }
+        let kind = entry.data_types[column].as_str().unwrap_or_default();
+        if kind.starts_with("bytea") || kind.contains("json") || kind.starts_with("tsvector") {
+            continue;
+        }
+        let mut seen: Vec<String> = Vec::new();
+        for row in rows {
+            let text = match &row[column] {
+                Value::Null => continue,
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            let text: String = text.chars().take(SAMPLE_MAX_CHARS).collect();
+            if !text.trim().is_empty() && !seen.contains(&text) {
+                seen.push(text);
+            }
+            if seen.len() >= SAMPLES_PER_COLUMN {
+                break;
+            }
+        }
+        if !seen.is_empty() {
+            out.insert(column.clone(), json!(seen));
+        }
+    }
+    out
+}
+
+/// Introspect a local schema as the calling user.
+fn introspect_local(schema: &str) -> Vec<TableEntry> {
+    let can_use: bool = Spi::get_one_with_args::<bool>(
+        "SELECT pg_catalog.has_schema_privilege($1, 'USAGE')",
+        &[DatumWithOid::from(schema)],
+    )
+    .ok()
+    .flatten()
+    .unwrap_or(false);
+    if !can_use {
+        raise(
+            Kind::Forbidden,
+            format!("permission denied for schema {schema}"),
+        );
+    }
+    let rows: Vec<String> = privileged::with_pinned_search_path(|| {
+        Spi::connect(|client| {
+            let mut out = Vec::new();
+            for row in client.select(INTROSPECT_SQL, None, &[DatumWithOid::from(schema)])? {
+                if let Some(s) = row.get::<String>(1)? {
+                    out.push(s);
+                }
+            }
+            Ok::<_, pgrx::spi::Error>(out)
+        })
+    })
+    .unwrap_or_else(|e| {
+        raise(
+            Kind::NotConfigured,
+            format!("introspection of schema {schema} failed: {e}"),
+        )
+    });
+    let mut entries = entries_from_introspection(schema, &rows);
+    for (i, entry) in entries.iter_mut().enumerate() {
+        entry.sample_values = sample_local(entry);
+        if (i + 1) % PROGRESS_EVERY == 0 {
+            notice!("sync_catalog: sampled {} tables of {}", i + 1, rows.len());
+        }
+    }
+    entries
+}
+
+/// A few rows of a local table, read as the caller; an unreadable table
+/// simply yields no samples.
+fn sample_local(entry: &TableEntry) -> Map<String, Value> {
+    let readable = Spi::get_one_with_args::<bool>(
+        "SELECT pg_catalog.has_table_privilege(pg_catalog.format('%I.%I', $1::text, $2::text), 'SELECT')",
+        &[DatumWithOid::from(entry.schema_name.as_str()), DatumWithOid::from(entry.table_name.as_str())],
+    )
+    .ok()
+    .flatten()
+    .unwrap_or(false);
+    if !readable {
+        return Map::new();
+    }
+    let rows: Vec<Value> = privileged::with_pinned_search_path(|| {
+        let sql = format!(
+            "SELECT pg_catalog.to_jsonb(t) FROM {}.{} t LIMIT {SAMPLE_ROWS}",
+            quote_ident(&entry.schema_name),
+            quote_ident(&entry.table_name)
+        );
+        Spi::connect(|client| {
+            let mut out = Vec::new();
+            for row in client.select(&sql, None, &[])? {
+                if let Some(j) = row.get::<pgrx::JsonB>(1)? {
+                    out.push(j.0);
+                }
+            }
+            Ok::<_, pgrx::spi::Error>(out)
+        })
+    })
+    .unwrap_or_default();
+    samples_from_rows(entry, &rows)
+}
+
+/// A quoted identifier, as quote_ident() would write it.
+pub fn quote_ident(ident: &str) -> String {
+    format!("\"{}\"", ident.replace('"', "\"\""))
+}
+
+/// Introspect whatever the connection reaches.
+fn introspect(conn: &Connection) -> Vec<TableEntry> {
+    match conn.kind {
+        EngineKind::Local => introspect_local(&conn.schema_name),
+        other => DbragError::new(
+            Kind::NotConfigured,
+            format!(
+                "sync_catalog does not support {} connections yet",
+                other.as_str()
+            ),
+        )
+        .raise(),
+    }
+}
+
+/// Counts of one sync.
+pub struct SyncSummary {
+    pub added: i32,
+    pub changed: i32,
+    pub removed: i32,
+    pub unchanged: i32,
+}
+
+/// Store `entries` as the connection's catalog: insert new tables, rewrite
+/// changed ones, delete vanished ones, leave unchanged rows alone.
+pub fn store(conn: &Connection, entries: &[TableEntry]) -> SyncSummary {
+    let tenant_pg = tenant::to_pg(conn.tenant_id);
+    let conn_pg = tenant::to_pg(conn.id);
+    let existing: BTreeMap<(String, String), String> = privileged::as_extension(|| {
+        Spi::connect(|client| {
+            let mut out = BTreeMap::new();
+            for row in client.select(
+                "SELECT schema_name, table_name, coalesce(source_hash, '') FROM control_plane.table_metadata_catalog \
+                 WHERE tenant_id = $1 AND connection_id = $2",
+                None,
+                &[DatumWithOid::from(tenant_pg), DatumWithOid::from(conn_pg)],
+            )? {
+                let s: String = row.get(1)?.unwrap_or_default();
+                let t: String = row.get(2)?.unwrap_or_default();
+                let h: String = row.get(3)?.unwrap_or_default();
+                out.insert((s, t), h);
+            }
+            Ok::<_, pgrx::spi::Error>(out)
+        })
+    })
+    .unwrap_or_default();
+
+    let mut summary = SyncSummary {
+        added: 0,
+        changed: 0,
+        removed: 0,
+        unchanged: 0,
+    };
+    let mut to_write: Vec<Value> = Vec::new();
+    for e in entries {
+        let key = (e.schema_name.clone(), e.table_name.clone());
+        match existing.get(&key) {
+            Some(h) if *h == e.source_hash() => summary.unchanged += 1,
+            Some(_) => {
+                summary.changed += 1;
+                to_write.push(e.to_row());
+            }
+            None => {
+                summary.added += 1;
+                to_write.push(e.to_row());
+            }
+        }
+    }
+    let schemas: Vec<String> = entries.iter().map(|e| e.schema_name.clone()).collect();
+    let tables: Vec<String> = entries.iter().map(|e| e.table_name.clone()).collect();
+    let written = pgrx::JsonB(Value::Array(to_write));
+    let removed: i64 = privileged::as_extension(|| {
+        Spi::connect_mut(|client| {
+            client.update(
+                "INSERT INTO control_plane.table_metadata_catalog AS c \
+                   (tenant_id, connection_id, schema_name, table_name, table_description, column_descriptions, \
+                    data_types, sample_values, relationships, row_estimate, primary_key, column_order, \
+                    source_hash, last_synced) \
+                 SELECT $1, $2, r.schema_name, r.table_name, r.table_description, \
+                        coalesce(r.column_descriptions, '{}'), coalesce(r.data_types, '{}'), \
+                        coalesce(r.sample_values, '{}'), coalesce(r.relationships, '[]'), \
+                        r.row_estimate, coalesce(r.primary_key, '{}'), coalesce(r.column_order, '{}'), \
+                        r.source_hash, pg_catalog.now() \
+                 FROM pg_catalog.jsonb_to_recordset($3) AS r(schema_name text, table_name text, \
+                      table_description text, column_descriptions jsonb, data_types jsonb, sample_values jsonb, \
+                      relationships jsonb, row_estimate bigint, primary_key text[], column_order text[], \
+                      source_hash text) \
+                 ON CONFLICT (tenant_id, connection_id, schema_name, table_name) DO UPDATE SET \
+                   table_description = EXCLUDED.table_description, column_descriptions = EXCLUDED.column_descriptions, \
+                   data_types = EXCLUDED.data_types, sample_values = EXCLUDED.sample_values, \
+                   relationships = EXCLUDED.relationships, row_estimate = EXCLUDED.row_estimate, \
+                   primary_key = EXCLUDED.primary_key, column_order = EXCLUDED.column_order, \
+                   source_hash = EXCLUDED.source_hash, last_synced = EXCLUDED.last_synced",
+                None,
+                &[DatumWithOid::from(tenant_pg), DatumWithOid::from(conn_pg), DatumWithOid::from(written)],
+            )?;
+            let gone = client.update(
+                "DELETE FROM control_plane.table_metadata_catalog c \
+                 WHERE c.tenant_id = $1 AND c.connection_id = $2 AND NOT EXISTS ( \
+                   SELECT 1 FROM unnest($3::text[], $4::text[]) u(s, t) \
+                   WHERE u.s = c.schema_name AND u.t = c.table_name)",
+                None,
+                &[
+                    DatumWithOid::from(tenant_pg),
+                    DatumWithOid::from(conn_pg),
+                    DatumWithOid::from(schemas),
+                    DatumWithOid::from(tables),
+                ],
+            )?;
+            let removed = gone.len() as i64;
+            client.update(
+                "UPDATE control_plane.tenant_databases SET status = 'connected', \
+                   connection_metadata = connection_metadata || pg_catalog.jsonb_build_object( \
+                     'last_synced', pg_catalog.now(), 'tables', $3::int, \
+                     'catalog_version', (SELECT pg_catalog.md5(coalesce(pg_catalog.string_agg(source_hash, ',' ORDER BY schema_name, table_name), '')) \
+                                         FROM control_plane.table_metadata_catalog WHERE tenant_id = $1 AND connection_id = $2)) \
+                 WHERE tenant_id = $1 AND connection_id = $2",
+                None,
+                &[DatumWithOid::from(tenant_pg), DatumWithOid::from(conn_pg), DatumWithOid::from(entries.len() as i32)],
+            )?;
+            Ok::<_, pgrx::spi::Error>(removed)
+        })
+    })
+    .unwrap_or_else(|e| raise(Kind::NotConfigured, format!("storing the catalog failed: {e}")));
+    summary.removed = removed as i32;
+    summary
+}
+
+/// `dbrag.sync_catalog(connection, describe)`: introspect and store; one summary row.
+#[pg_extern(volatile, parallel_unsafe)]
+fn sync_catalog(
+    connection: default!(Option<pgrx::Uuid>, "NULL"),
+    describe: default!(Option<bool>, false),
+) -> TableIterator<
+    'static,
+    (
+        name!(added, i32),
+        name!(changed, i32),
+        name!(removed, i32),
+        name!(unchanged, i32),
+    ),
+> {
+    let conn = connections::given_or_active(connection);
+    if describe.unwrap_or(false) {
+        DbragError::new(
+            Kind::NotConfigured,
+            "describe => true needs the model client, which is not built yet",
+        )
+        .hint("call dbrag.sync_catalog without describe")
+        .raise();
+    }
+    let entries = introspect(&conn);
+    let summary = store(&conn, &entries);
+    crate::audit::record(
+        "catalog_synced",
+        Some(&conn.tenant_id.to_string()),
+        json!({"connection_id": conn.id.to_string(), "tables": entries.len(),
+               "added": summary.added, "changed": summary.changed, "removed": summary.removed}),
+    );
+    TableIterator::once((
+        summary.added,
+        summary.changed,
+        summary.removed,
+        summary.unchanged,
+    ))
+}
+
+/// `dbrag.identifier_words(ident)`: `OrderItems` → `order items`, for search vectors.
+#[pg_extern(immutable, strict, parallel_safe)]
+fn identifier_words(ident: &str) -> String {
+    dbrag_core::identifier_words(ident)
+}

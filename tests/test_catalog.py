@@ -1,0 +1,158 @@
+"""Metadata catalog (SPEC §5): sync a local schema, search it in plain
+English, and keep tenants' catalogs apart."""
+
+import psycopg
+import pytest
+
+SCHEMA_SQL = """
+CREATE SCHEMA {s};
+CREATE TABLE {s}.singer (singer_id int PRIMARY KEY, name text, country text, age int);
+CREATE TABLE {s}.stadium (stadium_id int PRIMARY KEY, name text, capacity int, city text);
+CREATE TABLE {s}.concert (concert_id int PRIMARY KEY, concert_name text, year int,
+                          stadium_id int REFERENCES {s}.stadium);
+CREATE TABLE {s}.singer_in_concert (concert_id int REFERENCES {s}.concert,
+                                    singer_id int REFERENCES {s}.singer, PRIMARY KEY (concert_id, singer_id));
+CREATE TABLE {s}."OrderItems" ("orderId" int, "unitPrice" numeric, quantity int);
+CREATE TABLE {s}.accounts (id int PRIMARY KEY, login text, password_hash text, api_token text, ssn text);
+COMMENT ON TABLE {s}.accounts IS 'customers who buy from the shop';
+INSERT INTO {s}.singer VALUES (1, 'Joe Sharp', 'Netherlands', 52), (2, 'Timbaland', 'United States', 32);
+INSERT INTO {s}.stadium VALUES (1, 'Stark''s Park', 10104, 'Kirkcaldy');
+INSERT INTO {s}.accounts VALUES (1, 'ann', 'sekrit-hash-value', 'tok-123456', '123-45-6789');
+"""
+
+
+def make_local_connection(su, tenant, role, schema):
+    su.execute(SCHEMA_SQL.format(s=schema))
+    su.execute(f"GRANT USAGE ON SCHEMA {schema} TO {role}")
+    su.execute(f"GRANT SELECT ON ALL TABLES IN SCHEMA {schema} TO {role}")
+    return su.execute(
+        "INSERT INTO control_plane.tenant_databases (tenant_id, name, kind, schema_name, is_active) "
+        "VALUES (%s, %s, 'local', %s, true) RETURNING connection_id", (tenant, schema, schema)).fetchone()[0]
+
+
+@pytest.fixture
+def catalogs(su, tenants):
+    sa, sb = f"cat_a_{tenants.tag}", f"cat_b_{tenants.tag}"
+    ca = make_local_connection(su, tenants.a, tenants.a_role, sa)
+    cb = make_local_connection(su, tenants.b, tenants.b_role, sb)
+    su.execute(f"CREATE TABLE {sb}.b_only_secret_plans (plan text)")
+    su.execute(f"GRANT SELECT ON {sb}.b_only_secret_plans TO {tenants.b_role}")
+    return tenants, (sa, ca), (sb, cb)
+
+
+def sync(conn):
+    return conn.execute("SELECT added, changed, removed, unchanged FROM dbrag.sync_catalog()").fetchone()
+
+
+def test_sync_is_incremental(su, catalogs):
+    tenants, (sa, _), _ = catalogs
+    with tenants.conn(tenants.a_role) as a:
+        assert sync(a) == (6, 0, 0, 0)
+        assert sync(a) == (0, 0, 0, 6)
+        su.execute(f"ALTER TABLE {sa}.stadium ADD COLUMN opened date")
+        su.execute(f"DROP TABLE {sa}.\"OrderItems\"")
+        assert sync(a) == (0, 1, 1, 4)
+        status = su.execute("SELECT status::text FROM control_plane.tenant_databases WHERE schema_name = %s",
+                            (sa,)).fetchone()[0]
+        assert status == "connected"
+
+
+def test_catalog_content(catalogs):
+    tenants, (sa, _), _ = catalogs
+    with tenants.conn(tenants.a_role) as a:
+        sync(a)
+        row = a.execute("SELECT data_types, relationships, sample_values, row_estimate "
+                        "FROM control_plane.table_metadata_catalog WHERE table_name = 'concert'").fetchone()
+        types, rels, samples, _ = row
+        assert types["year"] == "integer"
+        assert {"dir": "out", "columns": ["stadium_id"], "schema": sa, "table": "stadium",
+                "other_columns": ["stadium_id"]} in rels
+        assert any(r["dir"] == "in" and r["table"] == "singer_in_concert" for r in rels)
+        singer_samples = a.execute("SELECT sample_values FROM control_plane.table_metadata_catalog "
+                                   "WHERE table_name = 'singer'").fetchone()[0]
+        assert "Joe Sharp" in singer_samples["name"]
+        secrets = a.execute("SELECT sample_values, table_description FROM control_plane.table_metadata_catalog "
+                            "WHERE table_name = 'accounts'").fetchone()
+        assert set(secrets[0]) == {"id", "login"}
+        assert secrets[1] == "customers who buy from the shop"
+
+
+def test_search_in_plain_english(catalogs):
+    tenants, (sa, _), _ = catalogs
+    with tenants.conn(tenants.a_role) as a:
+        sync(a)
+        top = a.execute("SELECT table_name, matched FROM dbrag.search_catalog('how many singers do we have', 3)").fetchall()
+        assert top[0][0] == "singer" and "singer" in top[0][1]
+        assert a.execute("SELECT table_name FROM dbrag.search_catalog('order items unit price')").fetchone()[0] == "OrderItems"
+        # A synonym found only in a comment.
+        assert a.execute("SELECT table_name FROM dbrag.search_catalog('customers', 1)").fetchone()[0] == "accounts"
+        # Two hits joined through a junction table bring it along.
+        rows = a.execute("SELECT table_name, via_join FROM dbrag.search_catalog('singer names per concert', 2)").fetchall()
+        assert ("singer_in_concert", True) in rows or ("singer_in_concert", False) in rows
+        assert a.execute("SELECT count(*) FROM dbrag.search_catalog('the of and')").fetchone()[0] == 0
+
+
+def test_tenants_never_see_each_others_catalog(catalogs):
+    tenants, (sa, ca), (sb, cb) = catalogs
+    with tenants.conn(tenants.a_role) as a, tenants.conn(tenants.b_role) as b:
+        sync(a)
+        sync(b)
+        assert {r[0] for r in a.execute("SELECT DISTINCT schema_name FROM control_plane.table_metadata_catalog")} == {sa}
+        assert {r[0] for r in b.execute("SELECT DISTINCT schema_name FROM control_plane.table_metadata_catalog")} == {sb}
+        assert a.execute("SELECT count(*) FROM dbrag.search_catalog('secret plans')").fetchone()[0] == 0
+        assert b.execute("SELECT table_name FROM dbrag.search_catalog('secret plans', 1)").fetchone()[0] == "b_only_secret_plans"
+        # A cannot sync B's connection by id.
+        with pytest.raises(psycopg.Error) as e:
+            a.execute("SELECT * FROM dbrag.sync_catalog(%s)", (cb,))
+        assert e.value.sqlstate == "42704"
+
+
+def test_local_schema_needs_usage(su, tenants):
+    schema = f"hidden_{tenants.tag}"
+    su.execute(f"CREATE SCHEMA {schema}; CREATE TABLE {schema}.t (x int)")
+    su.execute("INSERT INTO control_plane.tenant_databases (tenant_id, name, kind, schema_name, is_active) "
+               "VALUES (%s, 'hidden', 'local', %s, true)", (tenants.a, schema))
+    with tenants.conn(tenants.a_role) as a:
+        with pytest.raises(psycopg.Error) as e:
+            sync(a)
+        assert e.value.sqlstate == "42501"
+
+
+def test_search_errors(catalogs):
+    tenants, _, _ = catalogs
+    with tenants.conn(tenants.stranger) as c:
+        with pytest.raises(psycopg.Error) as e:
+            c.execute("SELECT * FROM dbrag.search_catalog('x')")
+        assert e.value.sqlstate == "42501"
+    with tenants.conn(tenants.a_role) as a:
+        sync(a)
+        for sql, state in (("SELECT * FROM dbrag.search_catalog(NULL)", "22004"),
+                           ("SELECT * FROM dbrag.search_catalog('x', 0)", "22023"),
+                           ("SELECT * FROM dbrag.search_catalog('x', NULL)", "22023")):
+            with pytest.raises(psycopg.Error) as e:
+                a.execute(sql)
+            assert e.value.sqlstate == state
+        # A huge question is bounded, not an error.
+        assert a.execute("SELECT count(*) FROM dbrag.search_catalog(repeat('singer ', 200000))").fetchone()[0] >= 1
+
+
+def test_search_uses_tenant_first_gin_index(su, catalogs):
+    tenants, (sa, ca), _ = catalogs
+    with tenants.conn(tenants.a_role) as a:
+        sync(a)
+    # A warehouse-sized catalog for tenant A: 20k more tables.
+    su.execute("INSERT INTO control_plane.table_metadata_catalog (tenant_id, connection_id, schema_name, table_name, data_types) "
+               "SELECT %s, %s, %s, 'generated_table_' || g, jsonb_build_object('col_' || (g %% 97), 'int') "
+               "FROM generate_series(1, 20000) g", (tenants.a, ca, sa))
+    su.execute("ANALYZE control_plane.table_metadata_catalog")
+    su.execute("LOAD 'auto_explain'")
+    su.execute("SET auto_explain.log_min_duration = 0; SET auto_explain.log_nested_statements = on; "
+               "SET auto_explain.log_level = notice")
+    notices = []
+    su.add_notice_handler(lambda d: notices.append(d.message_primary))
+    su.execute("SELECT dbrag.set_tenant(%s::uuid)", (tenants.a,))
+    top = su.execute("SELECT table_name FROM dbrag.search_catalog('singer country', 1)").fetchone()[0]
+    assert top == "singer"
+    plans = "\n".join(notices)
+    open("/tmp/search_plans.txt", "w").write(plans)
+    assert "table_metadata_catalog_search_idx" in plans, plans[-3000:]
