@@ -84,6 +84,9 @@ def test_remote_test_create_activate(su, tenants, remote):
         big = su.execute("SELECT dbrag._remote_query(%s, 'SELECT 1 AS one /* ' || repeat('x', 4000000) || ' */')",
                          (cid,)).fetchone()[0]
         assert big["rows"] == [["1"]]
+        # A remote permission error is a clear 58000 (the reader may not see hidden_payroll).
+        e = err(su, "SELECT dbrag._remote_query(%s, 'SELECT * FROM hidden_payroll')", (cid,))
+        assert e.sqlstate == "58000" and "permission denied" in str(e)
     finally:
         su.execute("SELECT dbrag.reset_tenant()")
 

@@ -185,6 +185,8 @@ fn deadline_after(ms: i32) -> Instant {
 }
 
 const READ: u32 = pg_sys::WL_SOCKET_READABLE;
+/// How long ending a remote transaction may take.
+const ROLLBACK_MS: i32 = 2000;
 const WRITE: u32 = pg_sys::WL_SOCKET_WRITEABLE;
 
 /// Wait until the socket is ready (or 100 ms passed), then serve interrupts.
@@ -533,6 +535,8 @@ impl Session {
     /// One read-only statement: `BEGIN READ ONLY`, a remote
     /// `statement_timeout`, then `sql` with `params` (extended protocol, so a
     /// single statement), all within `timeout_ms` as seen from here too.
+    /// The session stays usable after a statement that failed on the remote
+    /// (its transaction is rolled back); after a local timeout it does not.
     pub fn query_read_only(
         &mut self,
         sql: &str,
@@ -547,8 +551,14 @@ impl Session {
             deadline,
             timeout_ms,
         )?;
-        let rows = self.run(sql, Some(params), deadline, timeout_ms)?;
-        self.run("ROLLBACK", None, deadline, timeout_ms)?;
+        let outcome = self.run(sql, Some(params), deadline, timeout_ms);
+        if outcome.is_err() && self.busy {
+            return outcome;
+        }
+        // Ends the transaction also when the statement failed remotely.
+        let end = self.run("ROLLBACK", None, deadline_after(ROLLBACK_MS), ROLLBACK_MS);
+        let rows = outcome?;
+        end?;
         Ok(rows)
     }
 }
