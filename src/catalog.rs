@@ -15,6 +15,7 @@ use sha2::{Digest, Sha256};
 
 use crate::connections::{self, Connection, EngineKind};
 use crate::error::{raise, DbragError, Kind};
+use crate::gucs;
 use crate::privileged;
 use crate::tenant;
 
@@ -342,10 +343,47 @@ pub fn quote_ident(ident: &str) -> String {
     format!("\"{}\"", ident.replace('"', "\"\""))
 }
 
+/// Introspect a remote PostgreSQL schema over one session: the same
+/// introspection query, then a few rows of each table for samples. What the
+/// remote role may not read yields no samples.
+fn introspect_postgres(conn: &Connection) -> Vec<TableEntry> {
+    let timeout = gucs::QUERY_TIMEOUT_MS.get();
+    let mut session = connections::open_session(conn).unwrap_or_else(|e| e.raise());
+    let rows = session
+        .query_read_only(INTROSPECT_SQL, &[Some(conn.schema_name.as_str())], timeout)
+        .unwrap_or_else(|e| e.raise());
+    let texts: Vec<String> = rows.rows.into_iter().filter_map(|r| r.into_iter().next().flatten()).collect();
+    let mut entries = entries_from_introspection(&conn.schema_name, &texts);
+    let total = entries.len();
+    for (i, entry) in entries.iter_mut().enumerate() {
+        let sql = format!(
+            "SELECT pg_catalog.to_jsonb(t)::text FROM {}.{} t LIMIT {SAMPLE_ROWS}",
+            quote_ident(&entry.schema_name),
+            quote_ident(&entry.table_name)
+        );
+        let sample_rows: Vec<Value> = match session.query_read_only(&sql, &[], timeout) {
+            Ok(r) => r
+                .rows
+                .into_iter()
+                .filter_map(|row| row.into_iter().next().flatten())
+                .filter_map(|t| serde_json::from_str(&t).ok())
+                .collect(),
+            Err(e) if e.kind == Kind::Remote => Vec::new(),
+            Err(e) => e.raise(),
+        };
+        entry.sample_values = samples_from_rows(entry, &sample_rows);
+        if (i + 1) % PROGRESS_EVERY == 0 {
+            notice!("sync_catalog: sampled {} tables of {}", i + 1, total);
+        }
+    }
+    entries
+}
+
 /// Introspect whatever the connection reaches.
 fn introspect(conn: &Connection) -> Vec<TableEntry> {
     match conn.kind {
         EngineKind::Local => introspect_local(&conn.schema_name),
+        EngineKind::Postgres => introspect_postgres(conn),
         other => DbragError::new(
             Kind::NotConfigured,
             format!(

@@ -156,3 +156,25 @@ def test_search_uses_tenant_first_gin_index(su, catalogs):
     plans = "\n".join(notices)
     open("/tmp/search_plans.txt", "w").write(plans)
     assert "table_metadata_catalog_search_idx" in plans, plans[-3000:]
+
+
+def test_remote_postgres_catalog(database, tenants):
+    from remote_fixture import remote_conninfo, setup_remote
+    setup_remote()
+    with tenants.conn(tenants.b_role) as b, tenants.conn(tenants.a_role) as a:
+        cid = b.execute("SELECT dbrag.create_connection('remote shop', 'postgres', %s)",
+                        (remote_conninfo(),)).fetchone()[0]
+        b.execute("SELECT dbrag.activate_connection(%s)", (cid,))
+        added = b.execute("SELECT added FROM dbrag.sync_catalog()").fetchone()[0]
+        assert added == 4  # customers, orders, order_items, hidden_payroll (listed, not sampled)
+        assert b.execute("SELECT * FROM dbrag.sync_catalog()").fetchone() == (0, 0, 0, 4)
+        row = b.execute("SELECT sample_values, relationships FROM control_plane.table_metadata_catalog "
+                        "WHERE connection_id = %s AND table_name = 'customers'", (cid,)).fetchone()
+        assert "Ada" in row[0]["name"]
+        assert any(r["dir"] == "in" and r["table"] == "orders" for r in row[1])
+        hidden = b.execute("SELECT sample_values FROM control_plane.table_metadata_catalog "
+                           "WHERE connection_id = %s AND table_name = 'hidden_payroll'", (cid,)).fetchone()[0]
+        assert hidden == {}
+        assert b.execute("SELECT table_name FROM dbrag.search_catalog('customers by region', 1)").fetchone()[0] == "customers"
+        assert a.execute("SELECT count(*) FROM control_plane.table_metadata_catalog WHERE connection_id = %s",
+                         (cid,)).fetchone()[0] == 0
