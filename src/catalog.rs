@@ -352,7 +352,11 @@ fn introspect_postgres(conn: &Connection) -> Vec<TableEntry> {
     let rows = session
         .query_read_only(INTROSPECT_SQL, &[Some(conn.schema_name.as_str())], timeout)
         .unwrap_or_else(|e| e.raise());
-    let texts: Vec<String> = rows.rows.into_iter().filter_map(|r| r.into_iter().next().flatten()).collect();
+    let texts: Vec<String> = rows
+        .rows
+        .into_iter()
+        .filter_map(|r| r.into_iter().next().flatten())
+        .collect();
     let mut entries = entries_from_introspection(&conn.schema_name, &texts);
     let total = entries.len();
     for (i, entry) in entries.iter_mut().enumerate() {
