@@ -270,4 +270,3 @@ pub fn app_tenant_setting() -> Option<String> {
         }
     }
 }
-

@@ -7,7 +7,9 @@ use pgrx::prelude::*;
 mod audit;
 mod connections;
 mod error;
+pub mod guard;
 mod gucs;
+pub mod llm;
 mod privileged;
 mod tenant;
 
@@ -20,8 +22,16 @@ pgrx::extension_sql_file!(
     name = "control_plane",
     requires = [tenant::current_tenant_id, tenant::_invalidate_tenant_cache]
 );
-pgrx::extension_sql_file!("../sql/isolation.sql", name = "isolation", requires = ["control_plane"]);
-pgrx::extension_sql_file!("../sql/tenant_admin.sql", name = "tenant_admin", requires = ["isolation", tenant::_audit]);
+pgrx::extension_sql_file!(
+    "../sql/isolation.sql",
+    name = "isolation",
+    requires = ["control_plane"]
+);
+pgrx::extension_sql_file!(
+    "../sql/tenant_admin.sql",
+    name = "tenant_admin",
+    requires = ["isolation", tenant::_audit]
+);
 pgrx::extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 
 #[pg_guard]

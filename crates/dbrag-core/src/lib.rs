@@ -7,6 +7,8 @@
 pub mod answer;
 pub mod envelope;
 pub mod jwt;
+pub mod llmhttp;
+pub mod sqlguard;
 pub mod words;
 
 pub use answer::{
