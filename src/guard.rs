@@ -79,7 +79,7 @@ impl GuardError {
     pub fn raise(self) -> ! {
         let hint = match &self {
             GuardError::NotReadOnlySelect(_) => "only one read-only SELECT (or WITH … SELECT) statement may run",
-            GuardError::Forbidden(_) => "the statement may read only the tables of the tenant's catalog and call only built-in, non-volatile functions",
+            GuardError::Forbidden(_) => "the statement may read only the tables of the tenant's catalog and call only allowed built-in functions",
             GuardError::Invalid { .. } => "the statement does not parse or refers to something that does not exist",
         };
         ErrorReport::new(self.sqlstate(), self.message().to_string(), "pg_dbrag")
@@ -783,15 +783,24 @@ unsafe extern "C-unwind" fn remote_walker(node: *mut pg_sys::Node, ctx: *mut c_v
 // SQL entry points for tests and diagnostics (superuser-only)
 // ---------------------------------------------------------------------------
 
-/// `dbrag._guard_check(sql, allowed)`: 'ok', or the guard's error (42601 not
-/// a single read-only SELECT, 42501 a forbidden relation or function, the
-/// original SQLSTATE for SQL that does not parse or analyze).
+/// `dbrag._guard_check(sql, allowed, raise_error)`: 'ok', or the guard's
+/// error (42601 not a single read-only SELECT, 42501 a forbidden relation or
+/// function, the original SQLSTATE for SQL that does not parse or analyze),
+/// raised, or returned as `'SQLSTATE: message'` when `raise_error` is false.
+/// `allowed` is `oid[]`; a `regclass[]` is accepted by implicit cast.
 #[pg_extern(volatile, parallel_unsafe, name = "_guard_check")]
-fn guard_check_sql(sql: Option<&str>, allowed: Option<Vec<Option<pg_sys::Oid>>>) -> &'static str {
+fn guard_check_sql(
+    sql: Option<&str>,
+    allowed: Option<Vec<Option<pg_sys::Oid>>>,
+    raise_error: default!(Option<bool>, true),
+) -> String {
     let sql = required(sql, "sql");
     let allowed: HashSet<pg_sys::Oid> = allowed.unwrap_or_default().into_iter().flatten().collect();
     match check_local(sql, &allowed) {
-        Ok(_) => "ok",
+        Ok(_) => "ok".into(),
+        Err(e) if raise_error == Some(false) => {
+            format!("{}: {}", sqlstate_text(e.sqlstate()), e.message())
+        }
         Err(e) => e.raise(),
     }
 }
@@ -820,7 +829,7 @@ fn guard_check_remote_sql(
 
 pgrx::extension_sql!(
     r#"
-REVOKE EXECUTE ON FUNCTION dbrag._guard_check(text, oid[]) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION dbrag._guard_check(text, oid[], boolean) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION dbrag._guard_check_remote(text, text[], text) FROM PUBLIC;
 "#,
     name = "guard_grants",
