@@ -8,7 +8,9 @@ pub mod answer;
 pub mod conninfo;
 pub mod envelope;
 pub mod jwt;
+pub mod llmhttp;
 pub mod prompt;
+pub mod sqlguard;
 pub mod words;
 
 pub use answer::{
