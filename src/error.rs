@@ -45,7 +45,7 @@ impl Kind {
             Kind::Remote => ERRCODE_SYSTEM_ERROR,
             Kind::Model => ERRCODE_EXTERNAL_ROUTINE_INVOCATION_EXCEPTION,
             Kind::Timeout => ERRCODE_QUERY_CANCELED,
-            Kind::RefusedSql => ERRCODE_SYNTAX_ERROR_OR_ACCESS_RULE_VIOLATION,
+            Kind::RefusedSql => ERRCODE_SYNTAX_ERROR,
         }
     }
 }

@@ -33,13 +33,12 @@
 
 use std::collections::{BTreeSet, HashSet};
 use std::ffi::{c_void, CStr, CString};
-use std::panic::AssertUnwindSafe;
 
 use dbrag_core::sqlguard;
 use pgrx::pg_sys;
 use pgrx::pg_sys::panic::{CaughtError, ErrorReport};
 use pgrx::prelude::*;
-use pgrx::{PgList, PgSqlErrorCode, PgTryBuilder};
+use pgrx::{PgList, PgSqlErrorCode};
 
 use crate::error::{required, DbragError, Kind};
 
@@ -133,59 +132,26 @@ fn sqlstate_text(code: PgSqlErrorCode) -> String {
 
 /// Errors that are not about the statement (a cancel, out of memory, an
 /// internal failure) and must reach the caller as they are.
-fn must_rethrow(code: PgSqlErrorCode) -> bool {
+pub fn must_rethrow(code: PgSqlErrorCode) -> bool {
     let s = sqlstate_text(code);
     matches!(&s[..2], "57" | "53" | "58" | "XX" | "40" | "25")
 }
 
-/// Run `f` inside an internal subtransaction with a scratch memory context.
-/// Kept (its locks held to the end of the transaction) when `f` returns Ok,
-/// rolled back otherwise. A PostgreSQL error raised by `f` becomes
-/// [`GuardError::Invalid`], unless [`must_rethrow`] says otherwise.
+/// Run `f` inside an internal subtransaction ([`crate::subxact::run`]). A
+/// PostgreSQL error raised by `f` becomes [`GuardError::Invalid`], unless
+/// [`must_rethrow`] says otherwise.
 fn guarded<R>(f: impl FnOnce() -> Result<R, GuardError>) -> Result<R, GuardError> {
-    // SAFETY: the PL/pgSQL exception-block protocol: remember the caller's
-    // memory context and resource owner, begin, work, then release or roll
-    // back exactly once and restore both.
-    unsafe {
-        let oldcxt = pg_sys::CurrentMemoryContext;
-        let oldowner = pg_sys::CurrentResourceOwner;
-        pg_sys::BeginInternalSubTransaction(std::ptr::null());
-        let scratch = pg_sys::AllocSetContextCreateInternal(
-            oldcxt,
-            c"dbrag guard".as_ptr(),
-            pg_sys::ALLOCSET_DEFAULT_MINSIZE as usize,
-            pg_sys::ALLOCSET_DEFAULT_INITSIZE as usize,
-            pg_sys::ALLOCSET_DEFAULT_MAXSIZE as usize,
-        );
-        pg_sys::MemoryContextSwitchTo(scratch);
-
-        let outcome: Result<Result<R, GuardError>, CaughtError> =
-            PgTryBuilder::new(AssertUnwindSafe(|| Ok(f())))
-                .catch_others(Err)
-                .execute();
-
-        pg_sys::MemoryContextSwitchTo(oldcxt);
-        if matches!(outcome, Ok(Ok(_))) {
-            pg_sys::ReleaseCurrentSubTransaction();
-        } else {
-            pg_sys::RollbackAndReleaseCurrentSubTransaction();
+    match crate::subxact::run(f) {
+        Ok(result) => result,
+        Err(CaughtError::PostgresError(report)) | Err(CaughtError::ErrorReport(report))
+            if !must_rethrow(report.sql_error_code()) =>
+        {
+            Err(GuardError::Invalid {
+                sqlstate: report.sql_error_code(),
+                message: report.message().to_string(),
+            })
         }
-        pg_sys::MemoryContextSwitchTo(oldcxt);
-        pg_sys::CurrentResourceOwner = oldowner;
-        pg_sys::MemoryContextDelete(scratch);
-
-        match outcome {
-            Ok(result) => result,
-            Err(CaughtError::PostgresError(report)) | Err(CaughtError::ErrorReport(report))
-                if !must_rethrow(report.sql_error_code()) =>
-            {
-                Err(GuardError::Invalid {
-                    sqlstate: report.sql_error_code(),
-                    message: report.message().to_string(),
-                })
-            }
-            Err(other) => other.rethrow(),
-        }
+        Err(other) => other.rethrow(),
     }
 }
 

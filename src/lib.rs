@@ -8,6 +8,7 @@ mod audit;
 mod catalog;
 mod connections;
 mod crypto;
+mod dataplane;
 mod error;
 mod guard;
 mod gucs;
@@ -15,6 +16,7 @@ mod llm;
 mod nl2sql;
 mod privileged;
 mod remote;
+mod subxact;
 mod tenant;
 mod timer;
 

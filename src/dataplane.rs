@@ -1,0 +1,50 @@
+//! Running a checked statement on a remote data plane, rows back as JSON.
+
+use serde_json::Value;
+
+use crate::catalog::quote_ident;
+use crate::connections::{self, Connection, EngineKind};
+use crate::error::{DbragError, Kind};
+
+/// Run `sql` (already through the guard) read-only on `conn`, at most
+/// `max_rows` rows (and whether more existed), within `timeout_ms`.
+pub fn execute_read_only(
+    conn: &Connection,
+    sql: &str,
+    max_rows: i64,
+    timeout_ms: i32,
+) -> Result<(Vec<Value>, bool), DbragError> {
+    match conn.kind {
+        EngineKind::Postgres => {
+            // The statement on lines of its own: a trailing comment cannot
+            // swallow the wrapper.
+            let wrapped = format!(
+                "SELECT pg_catalog.to_jsonb(q)::text FROM (\n{sql}\n) q LIMIT {}",
+                max_rows + 1
+            );
+            let mut session = connections::open_session(conn)?;
+            let rows = session.query_read_only(&wrapped, &[], timeout_ms)?;
+            let mut out: Vec<Value> = rows
+                .rows
+                .into_iter()
+                .filter_map(|r| r.into_iter().next().flatten())
+                .map(|t| serde_json::from_str(&t).unwrap_or(Value::String(t)))
+                .collect();
+            let truncated = out.len() as i64 > max_rows;
+            out.truncate(max_rows as usize);
+            Ok((out, truncated))
+        }
+        other => Err(DbragError::new(
+            Kind::NotConfigured,
+            format!(
+                "running statements on {} connections is not supported",
+                other.as_str()
+            ),
+        )),
+    }
+}
+
+/// The schema-qualified search path text for a local connection.
+pub fn local_search_path(schema: &str) -> String {
+    format!("{}, pg_catalog, pg_temp", quote_ident(schema))
+}
