@@ -35,6 +35,7 @@ def nl(su, tenants, llm_server):
     su.execute(f"ALTER DATABASE {DBNAME} RESET dbrag.llm_url")
     su.execute(f"ALTER DATABASE {DBNAME} RESET dbrag.llm_model")
     su.execute(f"ALTER ROLE {tenants.a_role} RESET ALL")
+    su.execute("SELECT dbrag.set_llm_api_key(NULL, global => true)")
 
 
 def history(conn):
