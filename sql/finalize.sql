@@ -23,3 +23,9 @@ GRANT EXECUTE ON FUNCTION dbrag.create_tenant(text, text, text),
     dbrag.add_tenant_member(uuid, regrole, text), dbrag.remove_tenant_member(uuid, regrole),
     dbrag.set_tenant_status(uuid, text), dbrag.issue_token(uuid, integer, text),
     dbrag._audit(text, uuid, jsonb) TO dbrag_admin;
+
+-- Schema-per-tenant: operators only.
+REVOKE EXECUTE ON FUNCTION dbrag.create_tenant_schema(uuid), dbrag.drop_tenant_schema(uuid, boolean),
+    dbrag._sync_tenant_schema(uuid) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION dbrag.create_tenant_schema(uuid), dbrag.drop_tenant_schema(uuid, boolean),
+    dbrag._sync_tenant_schema(uuid) TO dbrag_admin;

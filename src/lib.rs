@@ -9,6 +9,7 @@ mod catalog;
 mod connections;
 mod error;
 mod gucs;
+mod isolation;
 mod privileged;
 mod tenant;
 
@@ -25,6 +26,15 @@ pgrx::extension_sql_file!(
     "../sql/isolation.sql",
     name = "isolation",
     requires = ["control_plane"]
+);
+pgrx::extension_sql_file!(
+    "../sql/app_isolation.sql",
+    name = "app_isolation",
+    requires = [
+        "isolation",
+        isolation::_isolation_guarded,
+        isolation::_auto_isolate_mode
+    ]
 );
 pgrx::extension_sql_file!(
     "../sql/tenant_admin.sql",
