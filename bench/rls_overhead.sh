@@ -16,18 +16,19 @@
 #      one round trip (pgbench's \; compound statement); the hand-written
 #      script sends the uuid and the query the same way.
 # A shared or busy machine makes single runs swing by tens of percent, so
-# the ways run interleaved, round after round, and the summary gives the
-# median tps and the median of the per-round ratios (each ratio taken
-# between runs seconds apart).
-# Starts and stops its own cluster; about 7 minutes with the defaults.
+# hand and isolated alternate in short runs, round after round (the order
+# flips each round), and the summary gives the median tps and the median of
+# the per-round ratios (each taken between two runs seconds apart).
+# Starts and stops its own cluster; about 6 minutes with the defaults.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
 unset RUST_BACKTRACE
 WORK=${DBRAG_BENCH_WORK:-/tmp/pg_dbrag_bench_rls}
 PORT=${DBRAG_BENCH_PORT:-55520}
-DUR=${DUR:-8}           # seconds per pgbench run
-RUNS=${RUNS:-5}         # runs per way, interleaved
+DUR=${DUR:-5}           # seconds per pgbench run
+RUNS=${RUNS:-8}         # rounds of hand and isolated, interleaved
+NAIVE_RUNS=${NAIVE_RUNS:-2}  # rounds that also run the (slow) naive policy
 CLIENTS=${CLIENTS:-4}
 THREADS=${THREADS:-2}
 PW=bench-pw
@@ -142,20 +143,23 @@ bench() {  # scenario-shape, way, role, protocol
     echo "$ROUND $1 $2 $tps $n" >>"$RESULTS"
     printf '  %-8s %-9s run: %12s tps  (%s transactions)\n' "$1" "$2" "$tps" "$n"
 }
-echo "== pgbench: $CLIENTS clients, $THREADS threads, ${DUR}s per run, $RUNS runs per way, interleaved"
+echo "== pgbench: $CLIENTS clients, $THREADS threads, ${DUR}s per run, $RUNS rounds, hand and isolated"
+echo "   alternating (their order flips every round), naive in the first $NAIVE_RUNS rounds"
+echo "   load before: $(cut -d' ' -f1-3 /proc/loadavg)"
+pair() {  # shape, hand role, isolated role, protocol
+    if [ $((ROUND % 2)) = 1 ]; then
+        bench "$1" hand "$2" "$4"; bench "$1" isolated "$3" "$4"
+    else
+        bench "$1" isolated "$3" "$4"; bench "$1" hand "$2" "$4"
+    fi
+    [ "$ROUND" -gt "$NAIVE_RUNS" ] || bench "$1" naive "$3" "$4"
+}
 for ROUND in $(seq "$RUNS"); do
-    bench a_key hand bench_hand prepared
-    bench a_key isolated bench_member prepared
-    bench a_key naive bench_member prepared
-    bench a_all hand bench_hand prepared
-    bench a_all isolated bench_member prepared
-    bench a_all naive bench_member prepared
-    bench b_key hand bench_hand simple
-    bench b_key isolated bench_switcher simple
+    pair a_key bench_hand bench_member prepared
+    pair a_all bench_hand bench_member prepared
+    pair b_key bench_hand bench_switcher simple
 done
-# The naive policy under tenant switching costs what it costs in A; one run shows it.
-ROUND=1 bench b_key naive bench_switcher simple
-
+echo "   load after: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo
 echo "== summary (median tps of the runs)"
 python3 - "$RESULTS" <<'PY'

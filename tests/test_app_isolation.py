@@ -448,6 +448,12 @@ def test_auto_isolate_enforce(su, tenants, owner):
         o.execute(f"CREATE TABLE {schema}.p (tenant_id uuid, k int) PARTITION BY LIST (k)")
         o.execute(f"CREATE TABLE {schema}.p1 PARTITION OF {schema}.p FOR VALUES IN (1)")
         assert forced(su, f"{schema}.p") and forced(su, f"{schema}.p1")
+        # A table made elsewhere, without isolation, and then attached.
+        su.execute(f"CREATE TABLE {schema}.p2 (tenant_id uuid NOT NULL, k int)")
+        su.execute(f"ALTER TABLE {schema}.p2 OWNER TO {role}")
+        assert not forced(su, f"{schema}.p2")
+        o.execute(f"ALTER TABLE {schema}.p ATTACH PARTITION {schema}.p2 FOR VALUES IN (2)")
+        assert forced(su, f"{schema}.p2")
         o.execute(f"CREATE TABLE {schema}.copy AS SELECT '{tenants.a}'::uuid AS tenant_id, 1 AS n")
         assert forced(su, f"{schema}.copy")
         o.execute(f"CREATE TABLE {schema}.late (id int)")
