@@ -22,8 +22,11 @@ $$;
 -- `tenant_column` (same name, same kind: primary key, unique constraint or
 -- unique index; same INCLUDE, NULLS NOT DISTINCT, DEFERRABLE, predicate,
 -- replica identity and CLUSTER mark). Refuses when a foreign key depends on
--- it: those keys must be rebuilt tenant-first together, by hand.
-CREATE FUNCTION dbrag._tenant_first_unique_sql(idx oid, tenant_column name) RETURNS text[]
+-- it: those keys must be rebuilt tenant-first together, by hand. With
+-- strict => false (the report), an index it cannot rebuild yields a comment
+-- instead of an error.
+CREATE FUNCTION dbrag._tenant_first_unique_sql(idx oid, tenant_column name, strict boolean DEFAULT true)
+RETURNS text[]
 LANGUAGE plpgsql STABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     ix pg_catalog.pg_index;
@@ -96,6 +99,9 @@ BEGIN
                 (SELECT c2.relname FROM pg_catalog.pg_class c2 WHERE c2.oid = ix.indrelid)),
             pg_catalog.quote_ident(am));
         IF pg_catalog.left(def, pg_catalog.length(prefix)) <> prefix THEN
+            IF NOT strict THEN
+                RETURN ARRAY['-- rebuild by hand, with ' || pg_catalog.quote_ident(tenant_column) || ' first: ' || def];
+            END IF;
             RAISE EXCEPTION 'cannot rebuild unique index %: unexpected definition %', idx::regclass, def
                 USING ERRCODE = '22023';
         END IF;
@@ -521,7 +527,7 @@ findings AS (
                 THEN pg_catalog.format('-- rebuild the foreign keys that reference it as (%I, ...), then: '
                          'SELECT dbrag.enable_tenant_isolation(%L, %L, rebuild_unique => true);',
                          tt.tenant_column, tt.qname, tt.tenant_column)
-                ELSE pg_catalog.array_to_string(dbrag._tenant_first_unique_sql(u.idx, tt.tenant_column), ' ') END
+                ELSE pg_catalog.array_to_string(dbrag._tenant_first_unique_sql(u.idx, tt.tenant_column, false), ' ') END
     FROM tt, LATERAL dbrag._non_tenant_first_unique(tt.rel, tt.tenant_column) u
     UNION ALL
     -- 5. Views that check the tenant policies as their owner, and materialized views.

@@ -76,11 +76,33 @@ fn _isolation_guarded(
     ];
     let _guard = IsolationGuard::enter();
     let args: &[DatumWithOid] = if op == "enable" { &args } else { &args[..1] };
-    privileged::with_pinned_search_path(|| {
+    let table = privileged::with_pinned_search_path(|| {
         if let Err(e) = Spi::run_with_args(sql, args) {
             DbragError::from(e).raise()
         }
+        // The name as the catalogs spell it now, schema-qualified.
+        Spi::get_one_with_args::<String>(
+            "SELECT $1::pg_catalog.oid::pg_catalog.regclass::pg_catalog.text",
+            &[DatumWithOid::from(tbl)],
+        )
+        .ok()
+        .flatten()
     });
+    // Changing a table's isolation is an operator's act worth a record.
+    let mut detail = json!({"table": table});
+    if op == "enable" {
+        detail["tenant_column"] = json!(tenant_column);
+        detail["rebuild_unique"] = json!(rebuild_unique.unwrap_or(false));
+    }
+    audit::record(
+        if op == "enable" {
+            "isolation_enabled"
+        } else {
+            "isolation_disabled"
+        },
+        None,
+        detail,
+    );
 }
 
 /// `dbrag._auto_isolate_mode()`: what the event trigger should do now —

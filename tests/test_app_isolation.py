@@ -89,6 +89,10 @@ def test_app_table_isolation_at_100k_rows(su, tenants, owner):
         # The owner is bound too (FORCE): no tenant in force, no rows.
         assert o.execute(f"SELECT count(*) FROM {t}").fetchone()[0] == 0
         b_id = su.execute(f"SELECT id FROM {t} WHERE tenant_id = %s LIMIT 1", (tenants.b,)).fetchone()[0]
+        # Changing a table's isolation leaves an audit row.
+        assert su.execute("SELECT login_role, detail->>'tenant_column' FROM control_plane.audit_log "
+                          "WHERE event = 'isolation_enabled' AND detail->>'table' = %s", (t,)).fetchall() \
+            == [(role, "tenant_id")]
 
     with tenants.conn(tenants.a_role) as a, tenants.conn(tenants.b_role) as b:
         assert a.execute(f"SELECT count(*), count(DISTINCT tenant_id), min(tenant_id::text) FROM {t}").fetchone() \
