@@ -12,6 +12,7 @@ mod dataplane;
 mod error;
 mod guard;
 mod gucs;
+mod isolation;
 mod llm;
 mod nl2sql;
 mod privileged;
@@ -33,6 +34,15 @@ pgrx::extension_sql_file!(
     "../sql/isolation.sql",
     name = "isolation",
     requires = ["control_plane"]
+);
+pgrx::extension_sql_file!(
+    "../sql/app_isolation.sql",
+    name = "app_isolation",
+    requires = [
+        "isolation",
+        isolation::_isolation_guarded,
+        isolation::_auto_isolate_mode
+    ]
 );
 pgrx::extension_sql_file!(
     "../sql/tenant_admin.sql",
