@@ -240,6 +240,7 @@ struct Attempt {
     rows: Option<i64>,
     result_hash: Option<String>,
     cached: bool,
+    catalog_version: Option<String>,
 }
 
 /// Why a call ended without rows: the history status and the error.
@@ -343,19 +344,27 @@ fn ask_model(
     })
 }
 
-/// Relations of the connection's catalog that exist here, by oid.
+/// Relations of the connection's catalog that exist here, by oid, resolved
+/// as the caller in one statement.
 fn allowed_relations(conn: &Connection) -> std::collections::HashSet<pgrx::pg_sys::Oid> {
-    catalog_tables(conn)
-        .into_iter()
-        .filter_map(|(s, t)| {
-            Spi::get_one_with_args::<pgrx::pg_sys::Oid>(
-                "SELECT pg_catalog.to_regclass(pg_catalog.format('%I.%I', $1::text, $2::text))::pg_catalog.oid",
-                &[DatumWithOid::from(s.as_str()), DatumWithOid::from(t.as_str())],
-            )
-            .ok()
-            .flatten()
+    let (schemas, tables): (Vec<String>, Vec<String>) = catalog_tables(conn).into_iter().unzip();
+    privileged::with_pinned_search_path(|| {
+        Spi::connect(|client| {
+            let mut out = std::collections::HashSet::new();
+            for row in client.select(
+                "SELECT pg_catalog.to_regclass(pg_catalog.format('%I.%I', s, t))::pg_catalog.oid \
+                 FROM unnest($1::text[], $2::text[]) AS u(s, t)",
+                None,
+                &[DatumWithOid::from(schemas), DatumWithOid::from(tables)],
+            )? {
+                if let Some(oid) = row.get::<pgrx::pg_sys::Oid>(1)? {
+                    out.insert(oid);
+                }
+            }
+            Ok::<_, pgrx::spi::Error>(out)
         })
-        .collect()
+    })
+    .unwrap_or_default()
 }
 
 /// (schema, table) of every catalog row of the connection.
@@ -647,7 +656,7 @@ fn history_row(
         "prompt_tokens": attempt.prompt_tokens,
         "completion_tokens": attempt.completion_tokens,
         "result_hash": attempt.result_hash,
-        "catalog_version": catalog_version(conn),
+        "catalog_version": attempt.catalog_version,
     })
 }
 
@@ -663,7 +672,10 @@ fn answer_and_record(
         DbragError::new(Kind::BadArgument, "max_rows must be between 1 and 100000").raise();
     }
     let conn = connections::active();
-    let mut attempt = Attempt::default();
+    let mut attempt = Attempt {
+        catalog_version: catalog_version(&conn),
+        ..Attempt::default()
+    };
     match answer(&conn, &question, max_rows, run, &mut attempt) {
         Ok(rows) => {
             let status = if attempt.cached { "cached" } else { "ok" };
