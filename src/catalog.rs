@@ -320,15 +320,32 @@ fn sample_local(entry: &TableEntry) -> Map<String, Value> {
     }
     let rows: Vec<Value> = privileged::with_pinned_search_path(|| {
         let sql = format!(
-            "SELECT pg_catalog.to_jsonb(t) FROM {}.{} t LIMIT {SAMPLE_ROWS}",
+            "SELECT pg_catalog.to_jsonb(t)::pg_catalog.text FROM {}.{} t LIMIT {SAMPLE_ROWS}",
             quote_ident(&entry.schema_name),
             quote_ident(&entry.table_name)
         );
+        // A view or policy there runs its functions as the caller: no samples
+        // when their owner is not one the caller trusts (see crate::guard).
+        if let Some(why) = crate::guard::untrusted_code_in(&sql) {
+            notice!(
+                "sync_catalog: no samples of {}.{}: {why}",
+                entry.schema_name,
+                entry.table_name
+            );
+            return Ok(Vec::new());
+        }
         Spi::connect(|client| {
             let mut out = Vec::new();
+            // As text: a row with a number beyond an f64 or JSON nested
+            // over 128 levels made pgrx's JsonB panic and sync_catalog fail
+            // with XX000. Such a row now gives no samples (crate::jsonb).
             for row in client.select(&sql, None, &[])? {
-                if let Some(j) = row.get::<pgrx::JsonB>(1)? {
-                    out.push(j.0);
+                if let Some(j) = row
+                    .get::<String>(1)?
+                    .as_deref()
+                    .and_then(crate::jsonb::from_text)
+                {
+                    out.push(j);
                 }
             }
             Ok::<_, pgrx::spi::Error>(out)

@@ -1,7 +1,5 @@
 //! Running a checked statement on a remote data plane, rows back as JSON.
 
-use serde_json::Value;
-
 use crate::catalog::quote_ident;
 use crate::connections::{self, Connection, EngineKind};
 use crate::error::{DbragError, Kind};
@@ -13,7 +11,7 @@ pub fn execute_read_only(
     sql: &str,
     max_rows: i64,
     timeout_ms: i32,
-) -> Result<(Vec<Value>, bool), DbragError> {
+) -> Result<(Vec<String>, bool), DbragError> {
     match conn.kind {
         EngineKind::Postgres => {
             // The statement on lines of its own: a trailing comment cannot
@@ -24,11 +22,12 @@ pub fn execute_read_only(
             );
             let mut session = connections::open_session(conn)?;
             let rows = session.query_read_only(&wrapped, &[], timeout_ms)?;
-            let mut out: Vec<Value> = rows
+            // jsonb text as the remote printed it; jsonb_in checks it on
+            // the way out (crate::jsonb::JsonbText).
+            let mut out: Vec<String> = rows
                 .rows
                 .into_iter()
                 .filter_map(|r| r.into_iter().next().flatten())
-                .map(|t| serde_json::from_str(&t).unwrap_or(Value::String(t)))
                 .collect();
             let truncated = out.len() as i64 > max_rows;
             out.truncate(max_rows as usize);

@@ -13,6 +13,7 @@ mod error;
 mod guard;
 mod gucs;
 mod isolation;
+mod jsonb;
 mod llm;
 mod nl2sql;
 mod privileged;

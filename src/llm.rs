@@ -82,20 +82,28 @@ struct TenantOverrides {
 
 fn tenant_overrides(tenant: uuid::Uuid) -> Result<TenantOverrides, DbragError> {
     let id = pgrx::Uuid::from_bytes(*tenant.as_bytes());
-    let settings: Option<pgrx::JsonB> = privileged::as_extension(|| {
+    // As text: pgrx's JsonB panics on some valid jsonb (crate::jsonb).
+    let settings: Option<String> = privileged::as_extension(|| {
         Spi::connect(|client| {
             client
                 .select(
-                    "SELECT settings FROM control_plane.tenants WHERE tenant_id = $1",
+                    "SELECT settings::pg_catalog.text FROM control_plane.tenants WHERE tenant_id = $1",
                     Some(1),
                     &[DatumWithOid::from(id)],
                 )?
                 .first()
-                .get_one::<pgrx::JsonB>()
+                .get_one::<String>()
         })
     })?;
-    let Some(pgrx::JsonB(settings)) = settings else {
+    let Some(settings) = settings else {
         return Ok(TenantOverrides::default());
+    };
+    let Some(settings) = crate::jsonb::from_text(&settings) else {
+        return Err(DbragError::new(
+            Kind::BadArgument,
+            "the tenant's settings cannot be read: JSON nested over 128 levels or a number beyond double precision",
+        )
+        .hint("an operator fixes control_plane.tenants.settings"));
     };
     let field = |name: &str| -> Result<Option<String>, DbragError> {
         match settings.get(name) {

@@ -46,7 +46,9 @@ fn prompt_tables(conn: &Connection, question: &str) -> Vec<PromptTable> {
     let c = tenant::to_pg(conn.id);
     let rows: Vec<Value> = Spi::connect(|client| {
         let mut out = Vec::new();
-        let sql = "SELECT pg_catalog.to_jsonb(m) FROM dbrag.search_catalog($1, $2) s \
+        // As text: see crate::jsonb (pgrx's JsonB panics on some values).
+        let sql =
+            "SELECT pg_catalog.to_jsonb(m)::pg_catalog.text FROM dbrag.search_catalog($1, $2) s \
                    JOIN control_plane.table_metadata_catalog m \
                      ON m.tenant_id = $3 AND m.connection_id = $4 \
                     AND m.schema_name = s.schema_name AND m.table_name = s.table_name \
@@ -61,8 +63,12 @@ fn prompt_tables(conn: &Connection, question: &str) -> Vec<PromptTable> {
                 DatumWithOid::from(c),
             ],
         )? {
-            if let Some(j) = row.get::<pgrx::JsonB>(1)? {
-                out.push(j.0);
+            if let Some(j) = row
+                .get::<String>(1)?
+                .as_deref()
+                .and_then(crate::jsonb::from_text)
+            {
+                out.push(j);
             }
         }
         Ok::<_, pgrx::spi::Error>(out)
@@ -460,8 +466,8 @@ fn check(conn: &Connection, sql: &str) -> Checked {
 }
 
 /// Plan and run a checked statement as the calling user, read-only, under
-/// the deadline, at most `max_rows` rows.
-fn execute(conn: &Connection, sql: &str, max_rows: i64) -> Result<(Vec<Value>, bool), ExecError> {
+/// the deadline, at most `max_rows` rows, each as jsonb text.
+fn execute(conn: &Connection, sql: &str, max_rows: i64) -> Result<(Vec<String>, bool), ExecError> {
     let timeout = gucs::QUERY_TIMEOUT_MS.get();
     if conn.kind != EngineKind::Local {
         return crate::dataplane::execute_read_only(conn, sql, max_rows, timeout).map_err(
@@ -472,8 +478,11 @@ fn execute(conn: &Connection, sql: &str, max_rows: i64) -> Result<(Vec<Value>, b
             },
         );
     }
+    // Rows as text, never through pgrx's JsonB: a row holding a number
+    // beyond an f64 or JSON nested over 128 levels made it panic (XX000),
+    // and numerics lost digits on the way. See crate::jsonb.
     let wrapped = format!(
-        "SELECT pg_catalog.to_jsonb(q) FROM (\n{sql}\n) q LIMIT {}",
+        "SELECT pg_catalog.to_jsonb(q)::pg_catalog.text FROM (\n{sql}\n) q LIMIT {}",
         max_rows + 1
     );
     let explain = format!("EXPLAIN (FORMAT JSON)\n{sql}\n");
@@ -500,11 +509,7 @@ fn execute(conn: &Connection, sql: &str, max_rows: i64) -> Result<(Vec<Value>, b
                 client.update(&explain, None, &[])?;
                 let mut rows = Vec::new();
                 for row in client.select(&wrapped, None, &[])? {
-                    rows.push(
-                        row.get::<pgrx::JsonB>(1)?
-                            .map(|j| j.0)
-                            .unwrap_or(Value::Null),
-                    );
+                    rows.push(row.get::<String>(1)?.unwrap_or_else(|| "null".into()));
                 }
                 Ok::<_, pgrx::spi::Error>(rows)
             })
@@ -556,7 +561,7 @@ fn answer(
     max_rows: i64,
     run: bool,
     attempt: &mut Attempt,
-) -> Result<Vec<Value>, Failure> {
+) -> Result<Vec<String>, Failure> {
     let version = catalog_version(conn).unwrap_or_default();
     let mut retry: Option<(String, String)> = None;
     let mut from_cache = cached_sql(conn, question, &version);
@@ -599,7 +604,7 @@ fn answer(
             Ok((rows, truncated)) => {
                 attempt.execution_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
                 attempt.rows = Some(rows.len() as i64);
-                let text = serde_json::to_string(&rows).unwrap_or_default();
+                let text = format!("[{}]", rows.join(","));
                 attempt.result_hash = Some(hex::encode(sha2::Sha256::digest(text.as_bytes())));
                 if truncated {
                     notice!("pg_dbrag: the answer was cut at {max_rows} rows (max_rows)");
@@ -666,7 +671,7 @@ fn answer_and_record(
     question: Option<&str>,
     max_rows: i64,
     run: bool,
-) -> (Vec<Value>, Option<String>) {
+) -> (Vec<String>, Option<String>) {
     let question = check_question(question);
     if !(1..=100_000).contains(&max_rows) {
         DbragError::new(Kind::BadArgument, "max_rows must be between 1 and 100000").raise();
@@ -713,7 +718,7 @@ fn generate_sql(question: Option<&str>) -> Option<String> {
 fn ask(
     question: Option<&str>,
     max_rows: default!(Option<i32>, 1000),
-) -> SetOfIterator<'static, pgrx::JsonB> {
+) -> SetOfIterator<'static, crate::jsonb::JsonbText> {
     let (rows, _) = answer_and_record(question, max_rows.unwrap_or(1000) as i64, true);
-    SetOfIterator::new(rows.into_iter().map(pgrx::JsonB))
+    SetOfIterator::new(rows.into_iter().map(crate::jsonb::JsonbText))
 }

@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import json
 import os
+import re
 import time
 import uuid
 
@@ -96,3 +97,28 @@ class Tenants:
 @pytest.fixture
 def tenants(su):
     return Tenants(su)
+
+
+SERVER_LOG = os.path.join(os.environ.get("DBRAG_TEST_WORK", "/tmp/pg_dbrag_test"), "primary", "server.log")
+# What a crashed backend or an escaped Rust panic leaves in the server log.
+CRASH = re.compile(r"terminated by signal|was terminated by|PANIC:|panicked at|"
+                   r"all server processes terminated|database system was interrupted")
+
+
+@pytest.fixture(autouse=True)
+def no_backend_crash():
+    """Every test, attacks above all, must leave no crash in the server log:
+    the lines the test added are scanned, so a crash names its test (the
+    whole log is scanned again by scripts/test.sh)."""
+    try:
+        start = os.path.getsize(SERVER_LOG)
+    except OSError:
+        start = None
+    yield
+    if start is None:
+        return
+    with open(SERVER_LOG, "rb") as f:
+        f.seek(start)
+        added = f.read().decode("utf-8", "replace")
+    crashes = [line for line in added.splitlines() if CRASH.search(line)]
+    assert not crashes, "the server log shows a crash:\n" + "\n".join(crashes[:10])

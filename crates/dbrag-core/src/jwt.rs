@@ -155,12 +155,65 @@ fn decode_segment(seg: &str, why: &'static str) -> Result<Vec<u8>, TokenError> {
         .map_err(|_| TokenError::Malformed(why))
 }
 
-fn check_header(bytes: &[u8]) -> Result<(), TokenError> {
-    let header: Map<String, Value> = match serde_json::from_slice::<Value>(bytes) {
+/// Top-level member names of a JSON object text, refusing a name given twice.
+///
+/// serde_json keeps the last of duplicate members; another parser (an
+/// issuer's, a proxy's) may keep the first. A token whose `tenant_id` (or
+/// `alg`, `exp`) two parsers could read differently is refused outright
+/// (RFC 7515 §5.2 allows either; refusing is the safe one).
+struct UniqueMembers;
+
+impl<'de> serde::Deserialize<'de> for UniqueMembers {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Names;
+        impl<'de> serde::de::Visitor<'de> for Names {
+            type Value = UniqueMembers;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<UniqueMembers, A::Error> {
+                let mut seen = std::collections::HashSet::new();
+                while let Some(name) = map.next_key::<String>()? {
+                    if !seen.insert(name) {
+                        return Err(serde::de::Error::custom("duplicate member"));
+                    }
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
+                Ok(UniqueMembers)
+            }
+        }
+        d.deserialize_map(Names)
+    }
+}
+
+/// A JSON object with no duplicate top-level member.
+/// `messages`: not an object, not JSON, a duplicate member.
+fn json_object(
+    bytes: &[u8],
+    messages: [&'static str; 3],
+) -> Result<Map<String, Value>, TokenError> {
+    let map = match serde_json::from_slice::<Value>(bytes) {
         Ok(Value::Object(m)) => m,
-        Ok(_) => return Err(TokenError::Malformed("header is not a JSON object")),
-        Err(_) => return Err(TokenError::Malformed("header is not valid JSON")),
+        Ok(_) => return Err(TokenError::Malformed(messages[0])),
+        Err(_) => return Err(TokenError::Malformed(messages[1])),
     };
+    serde_json::from_slice::<UniqueMembers>(bytes)
+        .map_err(|_| TokenError::Malformed(messages[2]))?;
+    Ok(map)
+}
+
+fn check_header(bytes: &[u8]) -> Result<(), TokenError> {
+    let header = json_object(
+        bytes,
+        [
+            "header is not a JSON object",
+            "header is not valid JSON",
+            "header names a member twice",
+        ],
+    )?;
     match header.get("alg") {
         Some(Value::String(alg)) if alg == "HS256" => {}
         Some(Value::String(alg)) => {
@@ -184,11 +237,14 @@ fn check_header(bytes: &[u8]) -> Result<(), TokenError> {
 }
 
 fn parse_claims(bytes: &[u8]) -> Result<Claims, TokenError> {
-    let obj: Map<String, Value> = match serde_json::from_slice::<Value>(bytes) {
-        Ok(Value::Object(m)) => m,
-        Ok(_) => return Err(TokenError::Malformed("payload is not a JSON object")),
-        Err(_) => return Err(TokenError::Malformed("payload is not valid JSON")),
-    };
+    let obj = json_object(
+        bytes,
+        [
+            "payload is not a JSON object",
+            "payload is not valid JSON",
+            "payload names a claim twice",
+        ],
+    )?;
     let tenant_id = match obj.get("tenant_id") {
         None | Some(Value::Null) => return Err(TokenError::MissingClaim("tenant_id")),
         Some(Value::String(s)) => canonical_uuid(s).ok_or(TokenError::InvalidClaim("tenant_id"))?,
@@ -303,6 +359,40 @@ mod tests {
         let t = sign_hs256(&good_claims(), SECRET).unwrap();
         assert_eq!(verify_hs256(&t, b"", NOW), Err(TokenError::NoSecret));
         assert_eq!(sign_hs256(&good_claims(), b""), Err(TokenError::NoSecret));
+    }
+
+    #[test]
+    fn duplicate_members_are_refused() {
+        // Regression (attack suite): serde_json kept the last of two
+        // tenant_id claims, so a token could name one tenant to a
+        // first-wins parser and another to the server.
+        let other = "00000000-0000-0000-0000-000000000002";
+        let payload = format!(
+            r#"{{"tenant_id":"{other}","exp":{},"tenant_id":"{TENANT}"}}"#,
+            NOW + 60
+        );
+        let t = raw_token(r#"{"alg":"HS256"}"#, &payload, SECRET);
+        assert_eq!(
+            verify_hs256(&t, SECRET, NOW),
+            Err(TokenError::Malformed("payload names a claim twice"))
+        );
+        let good = good_claims().to_string();
+        let t = raw_token(r#"{"alg":"none","alg":"HS256"}"#, &good, SECRET);
+        assert_eq!(
+            verify_hs256(&t, SECRET, NOW),
+            Err(TokenError::Malformed("header names a member twice"))
+        );
+        // Nested objects may repeat names of the top level.
+        let nested = format!(
+            r#"{{"tenant_id":"{TENANT}","exp":{},"ext":{{"exp":1,"tenant_id":2}}}}"#,
+            NOW + 60
+        );
+        assert!(verify_hs256(
+            &raw_token(r#"{"alg":"HS256"}"#, &nested, SECRET),
+            SECRET,
+            NOW
+        )
+        .is_ok());
     }
 
     #[test]
