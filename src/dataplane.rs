@@ -10,6 +10,7 @@ pub fn execute_read_only(
     conn: &Connection,
     sql: &str,
     max_rows: i64,
+    max_bytes: usize,
     timeout_ms: i32,
 ) -> Result<(Vec<String>, bool), DbragError> {
     match conn.kind {
@@ -29,6 +30,16 @@ pub fn execute_read_only(
                 .into_iter()
                 .filter_map(|r| r.into_iter().next().flatten())
                 .collect();
+            // The same bound on the answer's size as for local connections
+            // (libpq has already buffered it; a remote server is trusted
+            // with the statement's timeout, see SECURITY.md).
+            if out.iter().map(String::len).sum::<usize>() > max_bytes {
+                return Err(DbragError::new(
+                    Kind::TooLarge,
+                    format!("the answer is larger than {} MB", max_bytes >> 20),
+                )
+                .hint("ask for fewer rows or columns (max_rows), or narrower values"));
+            }
             let truncated = out.len() as i64 > max_rows;
             out.truncate(max_rows as usize);
             Ok((out, truncated))

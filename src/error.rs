@@ -34,6 +34,8 @@ pub enum Kind {
     Duplicate,
     /// 2BP01: objects still depend on what is to be dropped.
     DependentObjects,
+    /// 54000: a result larger than the extension passes on.
+    TooLarge,
 }
 
 impl Kind {
@@ -52,6 +54,7 @@ impl Kind {
             Kind::RefusedSql => ERRCODE_SYNTAX_ERROR,
             Kind::Duplicate => ERRCODE_DUPLICATE_OBJECT,
             Kind::DependentObjects => ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST,
+            Kind::TooLarge => ERRCODE_PROGRAM_LIMIT_EXCEEDED,
         }
     }
 }

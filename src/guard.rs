@@ -137,6 +137,55 @@ pub fn must_rethrow(code: PgSqlErrorCode) -> bool {
     matches!(&s[..2], "57" | "53" | "58" | "XX" | "40" | "25")
 }
 
+/// How deep the walks below follow a parse tree. Deeper statements are
+/// refused before PostgreSQL's own stack check (`max_stack_depth`) would
+/// stop them: that ERROR, raised inside the walk, crosses every `#[pg_guard]`
+/// frame of it in turn, and with RUST_BACKTRACE set in the server's
+/// environment each crossing captured a backtrace thousands of frames deep:
+/// 400 nested sub-selects kept a backend busy for minutes, deaf to cancel and
+/// terminate (found by the attack suite). 500 is far beyond what a question
+/// needs and well inside the stack.
+const MAX_WALK_DEPTH: u32 = 500;
+
+thread_local! {
+    static WALK_DEPTH: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// One level of a walk; None when the statement nests too deeply.
+struct Depth;
+
+impl Depth {
+    fn enter() -> Option<Depth> {
+        let d = WALK_DEPTH.with(|c| {
+            c.set(c.get() + 1);
+            c.get()
+        });
+        let level = Depth;
+        // Long walks stay cancellable.
+        pgrx::check_for_interrupts!();
+        (d <= MAX_WALK_DEPTH).then_some(level)
+    }
+
+    fn reset() {
+        WALK_DEPTH.with(|c| c.set(0));
+    }
+}
+
+impl Drop for Depth {
+    fn drop(&mut self) {
+        WALK_DEPTH.with(|c| c.set(c.get().saturating_sub(1)));
+    }
+}
+
+fn too_deep() -> GuardError {
+    GuardError::Invalid {
+        sqlstate: PgSqlErrorCode::ERRCODE_STATEMENT_TOO_COMPLEX,
+        message: format!(
+            "the statement nests more than {MAX_WALK_DEPTH} levels deep; write it flatter"
+        ),
+    }
+}
+
 /// Run `f` inside an internal subtransaction ([`crate::subxact::run`]). A
 /// PostgreSQL error raised by `f` becomes [`GuardError::Invalid`], unless
 /// [`must_rethrow`] says otherwise.
@@ -274,6 +323,7 @@ pub fn check_local(
             0,
             std::ptr::null_mut(),
         );
+        Depth::reset();
         let mut walk = LocalWalk {
             allowed,
             refusal: None,
@@ -434,6 +484,10 @@ unsafe extern "C-unwind" fn local_walker(node: *mut pg_sys::Node, ctx: *mut c_vo
         return false;
     }
     let walk = &mut *(ctx as *mut LocalWalk);
+    let Some(_level) = Depth::enter() else {
+        walk.refusal = Some(too_deep());
+        return true;
+    };
     let fail = |walk: &mut LocalWalk, e: GuardError| {
         walk.refusal = Some(e);
         true
@@ -565,6 +619,10 @@ unsafe extern "C-unwind" fn trust_walker(node: *mut pg_sys::Node, ctx: *mut c_vo
         return false;
     }
     let walk = &mut *(ctx as *mut TrustWalk);
+    let Some(_level) = Depth::enter() else {
+        walk.refusal = Some(too_deep());
+        return true;
+    };
     match (*node).type_ {
         pg_sys::NodeTag::T_Query => {
             return pg_sys::query_tree_walker(
@@ -607,6 +665,7 @@ unsafe extern "C-unwind" fn trust_walker(node: *mut pg_sys::Node, ctx: *mut c_vo
 /// # Safety
 /// `query` is a freshly analyzed Query, inside [`guarded`].
 unsafe fn untrusted_code(query: *mut pg_sys::Query) -> Result<(), GuardError> {
+    Depth::reset();
     let mut walk = TrustWalk {
         caller: pg_sys::GetUserId(),
         refusal: None,
@@ -677,6 +736,7 @@ pub fn check_remote(
     let (text, ctext) = statement_text(sql)?;
     let (tables, functions) = guarded(|| unsafe {
         let raw = single_select(&ctext)?;
+        Depth::reset();
         let mut walk = RemoteWalk {
             allowed: allowed_tables,
             default_schema,
@@ -851,6 +911,10 @@ unsafe extern "C-unwind" fn remote_walker(node: *mut pg_sys::Node, ctx: *mut c_v
         return false;
     }
     let walk = &mut *(ctx as *mut RemoteWalk);
+    let Some(_level) = Depth::enter() else {
+        walk.refusal = Some(too_deep());
+        return true;
+    };
     if let Err(e) = check_remote_node(node, walk) {
         walk.refusal = Some(e);
         return true;

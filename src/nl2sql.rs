@@ -232,6 +232,9 @@ fn build_prompt(question: Option<&str>) -> pgrx::JsonB {
 
 // ---------------------------------------------------------------- generation and execution
 
+/// Largest answer `ask` returns, in bytes of jsonb text (all rows together).
+const MAX_ANSWER_BYTES: usize = 64 << 20;
+
 /// Retries after a failed attempt (SPEC §6: one).
 const RETRIES: usize = 1;
 
@@ -470,13 +473,12 @@ fn check(conn: &Connection, sql: &str) -> Checked {
 fn execute(conn: &Connection, sql: &str, max_rows: i64) -> Result<(Vec<String>, bool), ExecError> {
     let timeout = gucs::QUERY_TIMEOUT_MS.get();
     if conn.kind != EngineKind::Local {
-        return crate::dataplane::execute_read_only(conn, sql, max_rows, timeout).map_err(
-            |e| match e.kind {
+        return crate::dataplane::execute_read_only(conn, sql, max_rows, MAX_ANSWER_BYTES, timeout)
+            .map_err(|e| match e.kind {
                 Kind::Timeout => ExecError::Fatal(e),
                 Kind::Remote => ExecError::Retryable(e.message),
                 _ => ExecError::Fatal(e),
-            },
-        );
+            });
     }
     // Rows as text, never through pgrx's JsonB: a row holding a number
     // beyond an f64 or JSON nested over 128 levels made it panic (XX000),
@@ -507,18 +509,41 @@ fn execute(conn: &Connection, sql: &str, max_rows: i64) -> Result<(Vec<String>, 
                 // EXPLAIN is not a plain SELECT, so it cannot go through the
                 // read-only SPI path; the transaction is read-only anyway.
                 client.update(&explain, None, &[])?;
+                // Row by row through a cursor, counting bytes: the row cap
+                // bounds rows, not their width (one row of to_jsonb text may
+                // reach 1 GB), and a select would hold all of them at once.
                 let mut rows = Vec::new();
-                for row in client.select(&wrapped, None, &[])? {
-                    rows.push(row.get::<String>(1)?.unwrap_or_else(|| "null".into()));
+                let mut bytes = 0usize;
+                let mut cursor = client.try_open_cursor(&wrapped, &[])?;
+                loop {
+                    let batch = cursor.fetch(1)?;
+                    if batch.is_empty() {
+                        break;
+                    }
+                    for row in batch {
+                        let text = row.get::<String>(1)?.unwrap_or_else(|| "null".into());
+                        bytes += text.len();
+                        if bytes > MAX_ANSWER_BYTES {
+                            return Ok::<_, pgrx::spi::Error>(None);
+                        }
+                        rows.push(text);
+                    }
                 }
-                Ok::<_, pgrx::spi::Error>(rows)
+                Ok(Some(rows))
             })
         })
     });
     let fired = deadline.fired();
     drop(deadline);
     match outcome {
-        Ok(Ok(mut rows)) => {
+        Ok(Ok(None)) => Err(ExecError::Fatal(
+            DbragError::new(
+                Kind::TooLarge,
+                format!("the answer is larger than {} MB", MAX_ANSWER_BYTES >> 20),
+            )
+            .hint("ask for fewer rows or columns (max_rows), or narrower values"),
+        )),
+        Ok(Ok(Some(mut rows))) => {
             let truncated = rows.len() as i64 > max_rows;
             rows.truncate(max_rows as usize);
             Ok((rows, truncated))
