@@ -27,6 +27,16 @@ cleanup() {
 echo "== unit and property tests (dbrag-core)"
 cargo test -p dbrag-core --quiet 2>&1 | tail -n 25
 
+fuzz_status=0
+# Fuzzing of dbrag-core's parsers, about a minute in all (scripts/fuzz.sh);
+# DBRAG_SKIP_FUZZ=1 skips it for quick local runs.
+if [ "${DBRAG_SKIP_FUZZ:-0}" = 1 ]; then
+    echo "== fuzzing skipped (DBRAG_SKIP_FUZZ=1)"
+else
+    echo "== fuzzing (dbrag-core)"
+    bash scripts/fuzz.sh || fuzz_status=1
+fi
+
 echo "== build and install the extension"
 install_extension
 
@@ -39,7 +49,7 @@ start_cluster "$WORK/primary" "$DBRAG_TEST_PORT" "$DBRAG_TEST_PASSWORD" \
 start_cluster "$WORK/remote" "$DBRAG_REMOTE_PORT" "$DBRAG_TEST_PASSWORD"
 
 echo "== integration tests over real connections"
-status=0
+status=$fuzz_status
 python3 -m pytest tests -q -p no:cacheprovider "$@" || status=$?
 
 # A crash or a Rust panic that escaped would show in the server log.
