@@ -717,3 +717,86 @@ fn ask(
     let (rows, _) = answer_and_record(question, max_rows.unwrap_or(1000) as i64, true);
     SetOfIterator::new(rows.into_iter().map(pgrx::JsonB))
 }
+
+// ---------------------------------------------------------------- catalog descriptions
+
+const DESCRIBE_SYSTEM: &str =
+    "You document database tables for analysts who ask questions in plain language.\n\
+Answer with one JSON object and nothing else: {\"table\": \"<one sentence: what a row is>\", \
+\"columns\": {\"<column>\": \"<a few words>\"}}. Mention synonyms an analyst might use.";
+
+/// `sync_catalog(describe => true)`: the model writes a description for each
+/// table this sync wrote, and for its columns. Comments from the database
+/// win over the model's words; a table whose answer is unusable keeps none,
+/// with a WARNING, and the sync still succeeds.
+pub fn describe_tables(conn: &Connection, tables: &[(String, String)]) {
+    if tables.is_empty() {
+        return;
+    }
+    let cfg = model_config(conn.tenant_id).unwrap_or_else(|e| e.raise());
+    let t = tenant::to_pg(conn.tenant_id);
+    let c = tenant::to_pg(conn.id);
+    for (i, (schema, table)) in tables.iter().enumerate() {
+        let row: Option<pgrx::JsonB> = privileged::as_extension(|| {
+            Spi::connect(|client| {
+                client
+                    .select(
+                        "SELECT pg_catalog.to_jsonb(m) FROM control_plane.table_metadata_catalog m \
+                         WHERE tenant_id = $1 AND connection_id = $2 AND schema_name = $3 AND table_name = $4",
+                        Some(1),
+                        &[
+                            DatumWithOid::from(t),
+                            DatumWithOid::from(c),
+                            DatumWithOid::from(schema.as_str()),
+                            DatumWithOid::from(table.as_str()),
+                        ],
+                    )?
+                    .first()
+                    .get_one::<pgrx::JsonB>()
+            })
+        })
+        .ok()
+        .flatten();
+        let Some(pgrx::JsonB(row)) = row else {
+            continue;
+        };
+        let ddl = dbrag_core::prompt::table_ddl(&table_from_catalog_row(&row));
+        let reply = crate::llm::complete(&cfg, DESCRIBE_SYSTEM, &ddl).unwrap_or_else(|e| e.raise());
+        let Some((table_text, columns)) = dbrag_core::prompt::parse_descriptions(&reply.text)
+        else {
+            warning!(
+                "sync_catalog: the model's description of {schema}.{table} was not JSON; kept none"
+            );
+            continue;
+        };
+        let generated: serde_json::Map<String, Value> = columns
+            .into_iter()
+            .filter(|(col, _)| row["data_types"].get(col).is_some())
+            .map(|(col, d)| (col, Value::String(d)))
+            .collect();
+        privileged::as_extension(|| {
+            Spi::run_with_args(
+                "UPDATE control_plane.table_metadata_catalog \
+                 SET table_description = COALESCE(table_description, $5), \
+                     column_descriptions = $6::jsonb OPERATOR(pg_catalog.||) column_descriptions \
+                 WHERE tenant_id = $1 AND connection_id = $2 AND schema_name = $3 AND table_name = $4",
+                &[
+                    DatumWithOid::from(t),
+                    DatumWithOid::from(c),
+                    DatumWithOid::from(schema.as_str()),
+                    DatumWithOid::from(table.as_str()),
+                    DatumWithOid::from(table_text),
+                    DatumWithOid::from(pgrx::JsonB(Value::Object(generated))),
+                ],
+            )
+        })
+        .unwrap_or_else(|e| DbragError::from(e).raise());
+        if (i + 1) % 10 == 0 {
+            notice!(
+                "sync_catalog: described {} tables of {}",
+                i + 1,
+                tables.len()
+            );
+        }
+    }
+}
