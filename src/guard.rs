@@ -314,7 +314,7 @@ pub fn check_local(
             relations: BTreeSet::new(),
             functions: BTreeSet::new(),
         };
-        local_walker(
+        walk_local(
             query as *mut pg_sys::Node,
             &mut walk as *mut LocalWalk as *mut c_void,
         );
@@ -461,12 +461,43 @@ unsafe extern "C-unwind" fn function_checker(funcid: pg_sys::Oid, ctx: *mut c_vo
     }
 }
 
+/// Whether the stack is within 64 kB of `max_stack_depth`. The walkers stop
+/// there with a refusal instead of letting PostgreSQL's own stack check raise
+/// an ERROR deep inside a chain of callbacks.
+#[inline(never)]
+fn near_stack_limit() -> bool {
+    let probe = std::mem::MaybeUninit::<[u8; 64 * 1024]>::uninit();
+    std::hint::black_box(&probe);
+    // SAFETY: reads the stack pointer against max_stack_depth; never raises.
+    unsafe { pg_sys::stack_is_too_deep() }
+}
+
+fn too_deep() -> GuardError {
+    GuardError::Invalid {
+        sqlstate: PgSqlErrorCode::ERRCODE_STATEMENT_TOO_COMPLEX,
+        message: "the statement is nested too deeply".into(),
+    }
+}
+
+/// The callback PostgreSQL's walkers call. Rust code calls [`walk_local`]
+/// directly: a `#[pg_guard]` function called from Rust would turn a panic
+/// into a longjmp past the guard's subtransaction.
 #[pg_guard]
 unsafe extern "C-unwind" fn local_walker(node: *mut pg_sys::Node, ctx: *mut c_void) -> bool {
+    walk_local(node, ctx)
+}
+
+/// # Safety
+/// `node` is NULL or a node of an analyzed Query; `ctx` points to a [`LocalWalk`].
+unsafe fn walk_local(node: *mut pg_sys::Node, ctx: *mut c_void) -> bool {
     if node.is_null() {
         return false;
     }
     let walk = &mut *(ctx as *mut LocalWalk);
+    if near_stack_limit() {
+        walk.refusal = Some(too_deep());
+        return true;
+    }
     let fail = |walk: &mut LocalWalk, e: GuardError| {
         walk.refusal = Some(e);
         true
@@ -552,7 +583,7 @@ pub fn check_remote(
             tables: BTreeSet::new(),
             functions: BTreeSet::new(),
         };
-        remote_walker((*raw).stmt, &mut walk as *mut RemoteWalk as *mut c_void);
+        walk_remote((*raw).stmt, &mut walk as *mut RemoteWalk as *mut c_void);
         match walk.refusal {
             Some(e) => Err(e),
             None => Ok((walk.tables, walk.functions)),
@@ -712,12 +743,23 @@ fn check_remote_operator(parts: Vec<String>) -> Result<(), GuardError> {
     }
 }
 
+/// The callback `raw_expression_tree_walker` calls; Rust calls [`walk_remote`].
 #[pg_guard]
 unsafe extern "C-unwind" fn remote_walker(node: *mut pg_sys::Node, ctx: *mut c_void) -> bool {
+    walk_remote(node, ctx)
+}
+
+/// # Safety
+/// `node` is NULL or a raw parse node; `ctx` points to a [`RemoteWalk`].
+unsafe fn walk_remote(node: *mut pg_sys::Node, ctx: *mut c_void) -> bool {
     if node.is_null() {
         return false;
     }
     let walk = &mut *(ctx as *mut RemoteWalk);
+    if near_stack_limit() {
+        walk.refusal = Some(too_deep());
+        return true;
+    }
     if let Err(e) = check_remote_node(node, walk) {
         walk.refusal = Some(e);
         return true;
@@ -761,7 +803,7 @@ unsafe extern "C-unwind" fn remote_walker(node: *mut pg_sys::Node, ctx: *mut c_v
         Vec::new()
     });
     for (cte, name) in ctes.iter().zip(&names) {
-        if remote_walker((**cte).ctequery, ctx) {
+        if walk_remote((**cte).ctequery, ctx) {
             walk.scopes.pop();
             return true;
         }
