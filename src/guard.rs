@@ -31,6 +31,7 @@
 //! in the allowed set, every function, operator and cast type on the allow-lists
 //! of [`dbrag_core::sqlguard`].
 
+use std::any::Any;
 use std::collections::{BTreeSet, HashSet};
 use std::ffi::{c_void, CStr, CString};
 use std::panic::AssertUnwindSafe;
@@ -286,6 +287,9 @@ unsafe fn name_list(list: *mut pg_sys::List) -> Vec<String> {
 struct LocalWalk<'a> {
     allowed: &'a HashSet<pg_sys::Oid>,
     refusal: Option<GuardError>,
+    /// A panic (a PostgreSQL error caught by a pg_sys call) parked by a
+    /// callback, resumed once the C walker has returned.
+    parked: Option<Box<dyn Any + Send>>,
     relations: BTreeSet<u32>,
     functions: BTreeSet<String>,
 }
@@ -311,6 +315,7 @@ pub fn check_local(
         let mut walk = LocalWalk {
             allowed,
             refusal: None,
+            parked: None,
             relations: BTreeSet::new(),
             functions: BTreeSet::new(),
         };
@@ -318,6 +323,9 @@ pub fn check_local(
             query as *mut pg_sys::Node,
             &mut walk as *mut LocalWalk as *mut c_void,
         );
+        if let Some(payload) = walk.parked.take() {
+            std::panic::resume_unwind(payload);
+        }
         match walk.refusal {
             Some(e) => Err(e),
             None => Ok((walk.relations, walk.functions)),
@@ -332,6 +340,33 @@ pub fn check_local(
         tables,
         functions: functions.into_iter().collect(),
     })
+}
+
+/// The oids of the (schema, table) pairs that exist here, for [`check_local`]'s
+/// allowed set. Names are exact (as stored in the catalog, not case-folded);
+/// pairs that do not resolve are skipped. Looks names up without permission
+/// checks or locks, as a catalog read does.
+pub fn relation_oids<'a>(
+    tables: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> HashSet<pg_sys::Oid> {
+    let mut out = HashSet::new();
+    for (schema, table) in tables {
+        let (Ok(schema), Ok(table)) = (CString::new(schema), CString::new(table)) else {
+            continue;
+        };
+        // SAFETY: syscache lookups with missing_ok; InvalidOid when absent.
+        unsafe {
+            let nsp = pg_sys::get_namespace_oid(schema.as_ptr(), true);
+            if nsp == pg_sys::InvalidOid {
+                continue;
+            }
+            let rel = pg_sys::get_relname_relid(table.as_ptr(), nsp);
+            if rel != pg_sys::InvalidOid {
+                out.insert(rel);
+            }
+        }
+    }
+    out
 }
 
 fn relation_name(rel: pg_sys::Oid) -> (String, String) {
@@ -446,19 +481,43 @@ unsafe fn check_function(funcid: pg_sys::Oid) -> Result<String, GuardError> {
     Ok(name)
 }
 
-#[pg_guard]
-unsafe extern "C-unwind" fn function_checker(funcid: pg_sys::Oid, ctx: *mut c_void) -> bool {
-    let walk = &mut *(ctx as *mut LocalWalk);
-    match check_function(funcid) {
-        Ok(name) => {
-            walk.functions.insert(name);
-            false
-        }
-        Err(e) => {
-            walk.refusal = Some(e);
+/// Run one step of a walk called back from C. A panic (a PostgreSQL error
+/// that a pg_sys call inside already caught and flushed, or a Rust panic) is
+/// handed to `park` and the walk stops, so nothing unwinds or longjmps
+/// through PostgreSQL's walker frames; the Rust code that started the walk
+/// resumes it inside the guard's subtransaction. (With `#[pg_guard]`, an
+/// error at depth N would be re-raised N times, its detail growing each time.)
+///
+/// # Safety
+/// `park` stores into the walk's context, valid for the call.
+unsafe fn from_c(step: impl FnOnce() -> bool, park: impl FnOnce(Box<dyn Any + Send>)) -> bool {
+    match std::panic::catch_unwind(AssertUnwindSafe(step)) {
+        Ok(stop) => stop,
+        Err(payload) => {
+            park(payload);
             true
         }
     }
+}
+
+unsafe extern "C-unwind" fn function_checker(funcid: pg_sys::Oid, ctx: *mut c_void) -> bool {
+    let walk = ctx as *mut LocalWalk;
+    from_c(
+        || {
+            let walk = &mut *walk;
+            match check_function(funcid) {
+                Ok(name) => {
+                    walk.functions.insert(name);
+                    false
+                }
+                Err(e) => {
+                    walk.refusal = Some(e);
+                    true
+                }
+            }
+        },
+        |p| (*walk).parked = Some(p),
+    )
 }
 
 /// Whether the stack is within 64 kB of `max_stack_depth`. The walkers stop
@@ -479,12 +538,13 @@ fn too_deep() -> GuardError {
     }
 }
 
-/// The callback PostgreSQL's walkers call. Rust code calls [`walk_local`]
-/// directly: a `#[pg_guard]` function called from Rust would turn a panic
-/// into a longjmp past the guard's subtransaction.
-#[pg_guard]
+/// The callback PostgreSQL's walkers call (see [`from_c`]); Rust code calls
+/// [`walk_local`] directly.
 unsafe extern "C-unwind" fn local_walker(node: *mut pg_sys::Node, ctx: *mut c_void) -> bool {
-    walk_local(node, ctx)
+    from_c(
+        || walk_local(node, ctx),
+        |p| (*(ctx as *mut LocalWalk)).parked = Some(p),
+    )
 }
 
 /// # Safety
@@ -556,6 +616,7 @@ struct RemoteWalk<'a> {
     /// CTE names visible at the current point, innermost WITH last.
     scopes: Vec<Vec<String>>,
     refusal: Option<GuardError>,
+    parked: Option<Box<dyn Any + Send>>,
     tables: BTreeSet<(String, String)>,
     functions: BTreeSet<String>,
 }
@@ -580,10 +641,14 @@ pub fn check_remote(
             default_schema,
             scopes: Vec::new(),
             refusal: None,
+            parked: None,
             tables: BTreeSet::new(),
             functions: BTreeSet::new(),
         };
         walk_remote((*raw).stmt, &mut walk as *mut RemoteWalk as *mut c_void);
+        if let Some(payload) = walk.parked.take() {
+            std::panic::resume_unwind(payload);
+        }
         match walk.refusal {
             Some(e) => Err(e),
             None => Ok((walk.tables, walk.functions)),
@@ -743,10 +808,13 @@ fn check_remote_operator(parts: Vec<String>) -> Result<(), GuardError> {
     }
 }
 
-/// The callback `raw_expression_tree_walker` calls; Rust calls [`walk_remote`].
-#[pg_guard]
+/// The callback `raw_expression_tree_walker` calls (see [`from_c`]); Rust
+/// calls [`walk_remote`] directly.
 unsafe extern "C-unwind" fn remote_walker(node: *mut pg_sys::Node, ctx: *mut c_void) -> bool {
-    walk_remote(node, ctx)
+    from_c(
+        || walk_remote(node, ctx),
+        |p| (*(ctx as *mut RemoteWalk)).parked = Some(p),
+    )
 }
 
 /// # Safety
