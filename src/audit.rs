@@ -6,9 +6,7 @@
 //! the row in a transaction of its own (PostgreSQL has no autonomous
 //! transactions) while the backend waits, then the backend raises.
 
-use pgrx::bgworkers::{
-    BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags,
-};
+use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags};
 use pgrx::datum::DatumWithOid;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
@@ -22,35 +20,13 @@ pub const SYSTEM_TENANT: &str = "00000000-0000-0000-0000-000000000001";
 
 /// Tables the extension appends to, with the columns it may set.
 const DURABLE_TABLES: &[(&str, &[&str])] = &[
-    (
-        "audit_log",
-        &[
-            "tenant_id",
-            "event",
-            "login_role",
-            "acting_role",
-            "backend_pid",
-            "detail",
-        ],
-    ),
+    ("audit_log", &["tenant_id", "event", "login_role", "acting_role", "backend_pid", "detail"]),
     (
         "query_history",
         &[
-            "tenant_id",
-            "query_id",
-            "connection_id",
-            "login_role",
-            "question",
-            "generated_sql",
-            "status",
-            "error",
-            "llm_ms",
-            "execution_ms",
-            "row_count",
-            "prompt_tokens",
-            "completion_tokens",
-            "result_hash",
-            "catalog_version",
+            "tenant_id", "query_id", "connection_id", "login_role", "question", "generated_sql",
+            "status", "error", "llm_ms", "execution_ms", "row_count", "prompt_tokens",
+            "completion_tokens", "result_hash", "catalog_version",
         ],
     ),
 ];

@@ -52,8 +52,7 @@ pub struct Connection {
     pub is_active: bool,
 }
 
-const SELECT_CONNECTION: &str =
-    "SELECT connection_id, tenant_id, name, kind, schema_name, is_active \
+const SELECT_CONNECTION: &str = "SELECT connection_id, tenant_id, name, kind, schema_name, is_active \
      FROM control_plane.tenant_databases WHERE tenant_id = $1";
 
 fn fetch(sql: &str, args: &[DatumWithOid]) -> Option<Connection> {
@@ -62,9 +61,7 @@ fn fetch(sql: &str, args: &[DatumWithOid]) -> Option<Connection> {
             let rows = client.select(sql, Some(1), args)?;
             for row in rows {
                 let kind: String = row.get(4)?.unwrap_or_default();
-                let (Some(id), Some(tenant_id)) =
-                    (row.get::<pgrx::Uuid>(1)?, row.get::<pgrx::Uuid>(2)?)
-                else {
+                let (Some(id), Some(tenant_id)) = (row.get::<pgrx::Uuid>(1)?, row.get::<pgrx::Uuid>(2)?) else {
                     continue;
                 };
                 return Ok(Some(Connection {
@@ -87,17 +84,10 @@ pub fn load(id: uuid::Uuid) -> Connection {
     let t = tenant::require();
     fetch(
         &format!("{SELECT_CONNECTION} AND connection_id = $2"),
-        &[
-            DatumWithOid::from(tenant::to_pg(t)),
-            DatumWithOid::from(tenant::to_pg(id)),
-        ],
+        &[DatumWithOid::from(tenant::to_pg(t)), DatumWithOid::from(tenant::to_pg(id))],
     )
     .unwrap_or_else(|| {
-        DbragError::new(
-            Kind::NotFound,
-            format!("connection {id} does not exist for this tenant"),
-        )
-        .raise()
+        DbragError::new(Kind::NotFound, format!("connection {id} does not exist for this tenant")).raise()
     })
 }
 

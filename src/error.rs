@@ -60,11 +60,7 @@ pub struct DbragError {
 
 impl DbragError {
     pub fn new(kind: Kind, message: impl Into<String>) -> Self {
-        DbragError {
-            kind,
-            message: message.into(),
-            hint: None,
-        }
+        DbragError { kind, message: message.into(), hint: None }
     }
 
     pub fn hint(mut self, hint: impl Into<String>) -> Self {
@@ -114,10 +110,7 @@ impl<T> OrRaise<T> for Result<T> {
 /// internal errors with the SPI text, never a panic.
 impl From<pgrx::spi::Error> for DbragError {
     fn from(e: pgrx::spi::Error) -> Self {
-        DbragError::new(
-            Kind::NotConfigured,
-            format!("pg_dbrag internal query failed: {e}"),
-        )
+        DbragError::new(Kind::NotConfigured, format!("pg_dbrag internal query failed: {e}"))
     }
 }
 

@@ -270,3 +270,4 @@ pub fn app_tenant_setting() -> Option<String> {
         }
     }
 }
+

@@ -41,12 +41,7 @@ unsafe extern "C-unwind" fn on_relcache_invalidation(_arg: pg_sys::Datum, _relid
 
 pub fn init() {
     // SAFETY: registered once per backend from _PG_init.
-    unsafe {
-        pg_sys::CacheRegisterRelcacheCallback(
-            Some(on_relcache_invalidation),
-            pg_sys::Datum::from(0),
-        )
-    };
+    unsafe { pg_sys::CacheRegisterRelcacheCallback(Some(on_relcache_invalidation), pg_sys::Datum::from(0)) };
 }
 
 /// Tenant status as stored, looked up as the extension (no policy applies).
@@ -114,18 +109,12 @@ fn resolve(key: &CacheKey) -> Option<uuid::Uuid> {
 pub fn current() -> Option<uuid::Uuid> {
     let key = CacheKey {
         setting: gucs::tenant_setting(),
-        app_setting: if gucs::TRUST_GUC_TENANT.get() {
-            gucs::app_tenant_setting()
-        } else {
-            None
-        },
+        app_setting: if gucs::TRUST_GUC_TENANT.get() { gucs::app_tenant_setting() } else { None },
         session_user: privileged::session_user(),
         epoch: EPOCH.load(Ordering::Relaxed),
     };
     if let Some(hit) = RESOLVED.with(|c| {
-        c.borrow()
-            .as_ref()
-            .and_then(|(k, v)| (k == &key).then_some(*v))
+        c.borrow().as_ref().and_then(|(k, v)| (k == &key).then_some(*v))
     }) {
         return hit;
     }
@@ -183,11 +172,7 @@ fn switch_to(tenant: uuid::Uuid, is_local: bool, via: &str) -> pgrx::Uuid {
         }
     }
     gucs::write_tenant_setting(&tenant.to_string(), is_local);
-    audit::record(
-        "tenant_switch",
-        Some(&tenant.to_string()),
-        json!({"via": via, "is_local": is_local}),
-    );
+    audit::record("tenant_switch", Some(&tenant.to_string()), json!({"via": via, "is_local": is_local}));
     to_pg(tenant)
 }
 
@@ -197,17 +182,10 @@ fn set_tenant_token(token: Option<&str>, is_local: default!(Option<bool>, false)
     let token = required(token, "token");
     let is_local = is_local.unwrap_or(false);
     let Some(secret) = gucs::string_value(&gucs::JWT_SECRET) else {
-        audit::record_durable(
-            "token_refused",
-            None,
-            json!({"reason": "dbrag.jwt_secret is not set"}),
-        );
-        DbragError::new(
-            Kind::NotConfigured,
-            "token login is not configured: dbrag.jwt_secret is not set",
-        )
-        .hint("a superuser sets dbrag.jwt_secret in postgresql.conf or with ALTER SYSTEM")
-        .raise()
+        audit::record_durable("token_refused", None, json!({"reason": "dbrag.jwt_secret is not set"}));
+        DbragError::new(Kind::NotConfigured, "token login is not configured: dbrag.jwt_secret is not set")
+            .hint("a superuser sets dbrag.jwt_secret in postgresql.conf or with ALTER SYSTEM")
+            .raise()
     };
     match jwt::verify_hs256(token, secret.as_bytes(), now_unix()) {
         Ok(claims) => {
@@ -230,10 +208,7 @@ fn set_tenant_token(token: Option<&str>, is_local: default!(Option<bool>, false)
 
 /// `dbrag.set_tenant(uuid)`: for the trusted application server and operators.
 #[pg_extern(volatile, parallel_unsafe, name = "set_tenant")]
-fn set_tenant_uuid(
-    tenant: Option<pgrx::Uuid>,
-    is_local: default!(Option<bool>, false),
-) -> pgrx::Uuid {
+fn set_tenant_uuid(tenant: Option<pgrx::Uuid>, is_local: default!(Option<bool>, false)) -> pgrx::Uuid {
     let tenant = from_pg(required(tenant, "tenant"));
     let is_local = is_local.unwrap_or(false);
     if !(privileged::current_user_has_role(c"dbrag_app") || privileged::is_platform_admin()) {
@@ -271,17 +246,11 @@ fn issue_token(
 ) -> String {
     let tenant = from_pg(required(tenant, "tenant"));
     if !privileged::is_platform_admin() {
-        raise(
-            Kind::Forbidden,
-            "permission denied to issue tokens: requires dbrag_admin",
-        );
+        raise(Kind::Forbidden, "permission denied to issue tokens: requires dbrag_admin");
     }
     let ttl = ttl_seconds.unwrap_or(3600);
     if !(1..=31 * 24 * 3600).contains(&ttl) {
-        raise(
-            Kind::BadArgument,
-            "ttl_seconds must be between 1 and 2678400",
-        );
+        raise(Kind::BadArgument, "ttl_seconds must be between 1 and 2678400");
     }
     let Some(secret) = gucs::string_value(&gucs::JWT_SECRET) else {
         raise(Kind::NotConfigured, "dbrag.jwt_secret is not set");
@@ -291,11 +260,7 @@ fn issue_token(
     if let Some(r) = role {
         claims["role"] = json!(r);
     }
-    audit::record(
-        "token_issued",
-        Some(&tenant.to_string()),
-        json!({"ttl_seconds": ttl}),
-    );
+    audit::record("token_issued", Some(&tenant.to_string()), json!({"ttl_seconds": ttl}));
     match jwt::sign_hs256(&claims, secret.as_bytes()) {
         Ok(t) => t,
         Err(e) => raise(Kind::BadArgument, e.to_string()),
@@ -313,9 +278,5 @@ fn _invalidate_tenant_cache(rel: pg_sys::Oid) {
 #[pg_extern(volatile, parallel_unsafe)]
 fn _audit(event: &str, tenant: Option<pgrx::Uuid>, detail: default!(Option<pgrx::JsonB>, "'{}'")) {
     let tenant = tenant.map(|t| from_pg(t).to_string());
-    audit::record(
-        event,
-        tenant.as_deref(),
-        detail.map(|d| d.0).unwrap_or(json!({})),
-    );
+    audit::record(event, tenant.as_deref(), detail.map(|d| d.0).unwrap_or(json!({})));
 }
