@@ -31,6 +31,7 @@
 //! in the allowed set, every function, operator and cast type on the allow-lists
 //! of [`dbrag_core::sqlguard`].
 
+use std::any::Any;
 use std::collections::{BTreeSet, HashSet};
 use std::ffi::{c_void, CStr, CString};
 
@@ -38,6 +39,8 @@ use dbrag_core::sqlguard;
 use pgrx::pg_sys;
 use pgrx::pg_sys::panic::{CaughtError, ErrorReport};
 use pgrx::prelude::*;
+use std::panic::AssertUnwindSafe;
+
 use pgrx::{PgList, PgSqlErrorCode};
 
 use crate::error::{required, DbragError, Kind};
@@ -252,6 +255,9 @@ unsafe fn name_list(list: *mut pg_sys::List) -> Vec<String> {
 struct LocalWalk<'a> {
     allowed: &'a HashSet<pg_sys::Oid>,
     refusal: Option<GuardError>,
+    /// A panic (a PostgreSQL error caught by a pg_sys call) parked by a
+    /// callback, resumed once the C walker has returned.
+    parked: Option<Box<dyn Any + Send>>,
     relations: BTreeSet<u32>,
     functions: BTreeSet<String>,
 }
@@ -277,13 +283,17 @@ pub fn check_local(
         let mut walk = LocalWalk {
             allowed,
             refusal: None,
+            parked: None,
             relations: BTreeSet::new(),
             functions: BTreeSet::new(),
         };
-        local_walker(
+        walk_local(
             query as *mut pg_sys::Node,
             &mut walk as *mut LocalWalk as *mut c_void,
         );
+        if let Some(payload) = walk.parked.take() {
+            std::panic::resume_unwind(payload);
+        }
         match walk.refusal {
             Some(e) => Err(e),
             None => Ok((walk.relations, walk.functions)),
@@ -298,6 +308,33 @@ pub fn check_local(
         tables,
         functions: functions.into_iter().collect(),
     })
+}
+
+/// The oids of the (schema, table) pairs that exist here, for [`check_local`]'s
+/// allowed set. Names are exact (as stored in the catalog, not case-folded);
+/// pairs that do not resolve are skipped. Looks names up without permission
+/// checks or locks, as a catalog read does.
+pub fn relation_oids<'a>(
+    tables: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> HashSet<pg_sys::Oid> {
+    let mut out = HashSet::new();
+    for (schema, table) in tables {
+        let (Ok(schema), Ok(table)) = (CString::new(schema), CString::new(table)) else {
+            continue;
+        };
+        // SAFETY: syscache lookups with missing_ok; InvalidOid when absent.
+        unsafe {
+            let nsp = pg_sys::get_namespace_oid(schema.as_ptr(), true);
+            if nsp == pg_sys::InvalidOid {
+                continue;
+            }
+            let rel = pg_sys::get_relname_relid(table.as_ptr(), nsp);
+            if rel != pg_sys::InvalidOid {
+                out.insert(rel);
+            }
+        }
+    }
+    out
 }
 
 fn relation_name(rel: pg_sys::Oid) -> (String, String) {
@@ -412,27 +449,83 @@ unsafe fn check_function(funcid: pg_sys::Oid) -> Result<String, GuardError> {
     Ok(name)
 }
 
-#[pg_guard]
-unsafe extern "C-unwind" fn function_checker(funcid: pg_sys::Oid, ctx: *mut c_void) -> bool {
-    let walk = &mut *(ctx as *mut LocalWalk);
-    match check_function(funcid) {
-        Ok(name) => {
-            walk.functions.insert(name);
-            false
-        }
-        Err(e) => {
-            walk.refusal = Some(e);
+/// Run one step of a walk called back from C. A panic (a PostgreSQL error
+/// that a pg_sys call inside already caught and flushed, or a Rust panic) is
+/// handed to `park` and the walk stops, so nothing unwinds or longjmps
+/// through PostgreSQL's walker frames; the Rust code that started the walk
+/// resumes it inside the guard's subtransaction. (With `#[pg_guard]`, an
+/// error at depth N would be re-raised N times, its detail growing each time.)
+///
+/// # Safety
+/// `park` stores into the walk's context, valid for the call.
+unsafe fn from_c(step: impl FnOnce() -> bool, park: impl FnOnce(Box<dyn Any + Send>)) -> bool {
+    match std::panic::catch_unwind(AssertUnwindSafe(step)) {
+        Ok(stop) => stop,
+        Err(payload) => {
+            park(payload);
             true
         }
     }
 }
 
-#[pg_guard]
+unsafe extern "C-unwind" fn function_checker(funcid: pg_sys::Oid, ctx: *mut c_void) -> bool {
+    let walk = ctx as *mut LocalWalk;
+    from_c(
+        || {
+            let walk = &mut *walk;
+            match check_function(funcid) {
+                Ok(name) => {
+                    walk.functions.insert(name);
+                    false
+                }
+                Err(e) => {
+                    walk.refusal = Some(e);
+                    true
+                }
+            }
+        },
+        |p| (*walk).parked = Some(p),
+    )
+}
+
+/// Whether the stack is within 64 kB of `max_stack_depth`. The walkers stop
+/// there with a refusal instead of letting PostgreSQL's own stack check raise
+/// an ERROR deep inside a chain of callbacks.
+#[inline(never)]
+fn near_stack_limit() -> bool {
+    let probe = std::mem::MaybeUninit::<[u8; 64 * 1024]>::uninit();
+    std::hint::black_box(&probe);
+    // SAFETY: reads the stack pointer against max_stack_depth; never raises.
+    unsafe { pg_sys::stack_is_too_deep() }
+}
+
+fn too_deep() -> GuardError {
+    GuardError::Invalid {
+        sqlstate: PgSqlErrorCode::ERRCODE_STATEMENT_TOO_COMPLEX,
+        message: "the statement is nested too deeply".into(),
+    }
+}
+
+/// The callback PostgreSQL's walkers call (see [`from_c`]); Rust code calls
+/// [`walk_local`] directly.
 unsafe extern "C-unwind" fn local_walker(node: *mut pg_sys::Node, ctx: *mut c_void) -> bool {
+    from_c(
+        || walk_local(node, ctx),
+        |p| (*(ctx as *mut LocalWalk)).parked = Some(p),
+    )
+}
+
+/// # Safety
+/// `node` is NULL or a node of an analyzed Query; `ctx` points to a [`LocalWalk`].
+unsafe fn walk_local(node: *mut pg_sys::Node, ctx: *mut c_void) -> bool {
     if node.is_null() {
         return false;
     }
     let walk = &mut *(ctx as *mut LocalWalk);
+    if near_stack_limit() {
+        walk.refusal = Some(too_deep());
+        return true;
+    }
     let fail = |walk: &mut LocalWalk, e: GuardError| {
         walk.refusal = Some(e);
         true
@@ -491,6 +584,7 @@ struct RemoteWalk<'a> {
     /// CTE names visible at the current point, innermost WITH last.
     scopes: Vec<Vec<String>>,
     refusal: Option<GuardError>,
+    parked: Option<Box<dyn Any + Send>>,
     tables: BTreeSet<(String, String)>,
     functions: BTreeSet<String>,
 }
@@ -515,10 +609,14 @@ pub fn check_remote(
             default_schema,
             scopes: Vec::new(),
             refusal: None,
+            parked: None,
             tables: BTreeSet::new(),
             functions: BTreeSet::new(),
         };
-        remote_walker((*raw).stmt, &mut walk as *mut RemoteWalk as *mut c_void);
+        walk_remote((*raw).stmt, &mut walk as *mut RemoteWalk as *mut c_void);
+        if let Some(payload) = walk.parked.take() {
+            std::panic::resume_unwind(payload);
+        }
         match walk.refusal {
             Some(e) => Err(e),
             None => Ok((walk.tables, walk.functions)),
@@ -678,12 +776,26 @@ fn check_remote_operator(parts: Vec<String>) -> Result<(), GuardError> {
     }
 }
 
-#[pg_guard]
+/// The callback `raw_expression_tree_walker` calls (see [`from_c`]); Rust
+/// calls [`walk_remote`] directly.
 unsafe extern "C-unwind" fn remote_walker(node: *mut pg_sys::Node, ctx: *mut c_void) -> bool {
+    from_c(
+        || walk_remote(node, ctx),
+        |p| (*(ctx as *mut RemoteWalk)).parked = Some(p),
+    )
+}
+
+/// # Safety
+/// `node` is NULL or a raw parse node; `ctx` points to a [`RemoteWalk`].
+unsafe fn walk_remote(node: *mut pg_sys::Node, ctx: *mut c_void) -> bool {
     if node.is_null() {
         return false;
     }
     let walk = &mut *(ctx as *mut RemoteWalk);
+    if near_stack_limit() {
+        walk.refusal = Some(too_deep());
+        return true;
+    }
     if let Err(e) = check_remote_node(node, walk) {
         walk.refusal = Some(e);
         return true;
@@ -727,7 +839,7 @@ unsafe extern "C-unwind" fn remote_walker(node: *mut pg_sys::Node, ctx: *mut c_v
         Vec::new()
     });
     for (cte, name) in ctes.iter().zip(&names) {
-        if remote_walker((**cte).ctequery, ctx) {
+        if walk_remote((**cte).ctequery, ctx) {
             walk.scopes.pop();
             return true;
         }

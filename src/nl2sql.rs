@@ -344,27 +344,10 @@ fn ask_model(
     })
 }
 
-/// Relations of the connection's catalog that exist here, by oid, resolved
-/// as the caller in one statement.
+/// Relations of the connection's catalog that exist here, by oid.
 fn allowed_relations(conn: &Connection) -> std::collections::HashSet<pgrx::pg_sys::Oid> {
-    let (schemas, tables): (Vec<String>, Vec<String>) = catalog_tables(conn).into_iter().unzip();
-    privileged::with_pinned_search_path(|| {
-        Spi::connect(|client| {
-            let mut out = std::collections::HashSet::new();
-            for row in client.select(
-                "SELECT pg_catalog.to_regclass(pg_catalog.format('%I.%I', s, t))::pg_catalog.oid \
-                 FROM unnest($1::text[], $2::text[]) AS u(s, t)",
-                None,
-                &[DatumWithOid::from(schemas), DatumWithOid::from(tables)],
-            )? {
-                if let Some(oid) = row.get::<pgrx::pg_sys::Oid>(1)? {
-                    out.insert(oid);
-                }
-            }
-            Ok::<_, pgrx::spi::Error>(out)
-        })
-    })
-    .unwrap_or_default()
+    let tables = catalog_tables(conn);
+    crate::guard::relation_oids(tables.iter().map(|(s, t)| (s.as_str(), t.as_str())))
 }
 
 /// (schema, table) of every catalog row of the connection.
