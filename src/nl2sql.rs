@@ -380,24 +380,9 @@ fn catalog_tables(conn: &Connection) -> std::collections::HashSet<(String, Strin
 fn with_connection_search_path<R>(conn: &Connection, f: impl FnOnce() -> R) -> R {
     let path = std::ffi::CString::new(crate::dataplane::local_search_path(&conn.schema_name))
         .unwrap_or_default();
-    // SAFETY: GUC_ACTION_SAVE at a fresh nest level, undone right after.
-    let level = unsafe {
-        let level = pgrx::pg_sys::NewGUCNestLevel();
-        pgrx::pg_sys::set_config_option(
-            c"search_path".as_ptr(),
-            path.as_ptr(),
-            pgrx::pg_sys::GucContext::PGC_USERSET,
-            pgrx::pg_sys::GucSource::PGC_S_SESSION,
-            pgrx::pg_sys::GucAction::GUC_ACTION_SAVE,
-            true,
-            0,
-            false,
-        );
-        level
-    };
+    let level = privileged::push_search_path(&path);
     let out = f();
-    // SAFETY: closes the nest level opened above.
-    unsafe { pgrx::pg_sys::AtEOXact_GUC(true, level) };
+    privileged::restore_settings(level);
     out
 }
 
