@@ -6,6 +6,7 @@
 
 pub mod answer;
 pub mod conninfo;
+pub mod dialect_guard;
 pub mod envelope;
 pub mod jwt;
 pub mod prompt;
