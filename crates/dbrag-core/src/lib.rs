@@ -6,6 +6,7 @@
 
 pub mod answer;
 pub mod conninfo;
+pub mod dataplane_target;
 pub mod dialect_guard;
 pub mod envelope;
 pub mod jwt;
