@@ -30,3 +30,5 @@ GRANT EXECUTE ON FUNCTION dbrag.create_tenant(text, text, text),
 REVOKE EXECUTE ON FUNCTION dbrag.rotate_key() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION dbrag.rotate_key() TO dbrag_admin;
 REVOKE EXECUTE ON FUNCTION dbrag._remote_query(uuid, text, integer) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION dbrag._dataplane_query(uuid, text, integer, integer) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION dbrag._dataplane_check(uuid, text) FROM PUBLIC;

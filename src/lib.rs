@@ -8,11 +8,14 @@ mod audit;
 mod catalog;
 mod connections;
 mod crypto;
+mod dataplane;
 mod error;
 mod gucs;
+mod mysql;
 mod nl2sql;
 mod privileged;
 mod remote;
+mod sqlite;
 mod tenant;
 mod timer;
 

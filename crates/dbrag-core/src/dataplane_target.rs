@@ -93,7 +93,9 @@ fn percent_decode(s: &str, what: &str) -> Result<String, MysqlUriError> {
     let s = String::from_utf8(out)
         .map_err(|_| MysqlUriError::Syntax(format!("the URI's {what} is not UTF-8")))?;
     if s.contains('\0') {
-        return Err(MysqlUriError::Syntax(format!("the URI's {what} contains a NUL byte")));
+        return Err(MysqlUriError::Syntax(format!(
+            "the URI's {what} contains a NUL byte"
+        )));
     }
     Ok(s)
 }
@@ -115,9 +117,16 @@ pub fn parse_mysql_uri(uri: &str) -> Result<MysqlTarget, MysqlUriError> {
         None => (rest, None),
     };
     if let Some(q) = query {
-        if let Some(param) = q.split('&').map(|kv| kv.split('=').next().unwrap_or("")).find(|k| !k.is_empty()) {
+        if let Some(param) = q
+            .split('&')
+            .map(|kv| kv.split('=').next().unwrap_or(""))
+            .find(|k| !k.is_empty())
+        {
             let param = percent_decode(param, "parameters")?;
-            if matches!(param.to_ascii_lowercase().as_str(), "socket" | "pipe" | "named_pipe" | "prefer_socket") {
+            if matches!(
+                param.to_ascii_lowercase().as_str(),
+                "socket" | "pipe" | "named_pipe" | "prefer_socket"
+            ) {
                 return Err(MysqlUriError::Socket);
             }
             return Err(MysqlUriError::Parameter(param));
@@ -140,9 +149,13 @@ pub fn parse_mysql_uri(uri: &str) -> Result<MysqlTarget, MysqlUriError> {
     };
     let user = percent_decode(user, "user")?;
     if user.is_empty() {
-        return Err(MysqlUriError::Syntax("the MySQL URI names no user".to_string()));
+        return Err(MysqlUriError::Syntax(
+            "the MySQL URI names no user".to_string(),
+        ));
     }
-    let password = password.map(|p| percent_decode(p, "password")).transpose()?;
+    let password = password
+        .map(|p| percent_decode(p, "password"))
+        .transpose()?;
     let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
         let (h, after) = v6.split_once(']').ok_or_else(syntax)?;
         (h.to_string(), after.strip_prefix(':'))
@@ -155,11 +168,21 @@ pub fn parse_mysql_uri(uri: &str) -> Result<MysqlTarget, MysqlUriError> {
     if host.is_empty() {
         return Err(MysqlUriError::Socket);
     }
-    if host.starts_with('/') || host.starts_with('.') || host.starts_with('@') || host.contains('%') || host.contains('\\') {
+    if host.starts_with('/')
+        || host.starts_with('.')
+        || host.starts_with('@')
+        || host.contains('%')
+        || host.contains('\\')
+    {
         return Err(MysqlUriError::Socket);
     }
-    if !host.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':')) {
-        return Err(MysqlUriError::Syntax(format!("\"{host}\" is not a host name or address")));
+    if !host
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':'))
+    {
+        return Err(MysqlUriError::Syntax(format!(
+            "\"{host}\" is not a host name or address"
+        )));
     }
     let port = match port {
         None | Some("") => 3306,
@@ -179,7 +202,13 @@ pub fn parse_mysql_uri(uri: &str) -> Result<MysqlTarget, MysqlUriError> {
         None | Some("") => None,
         Some(p) => Some(percent_decode(p, "database")?),
     };
-    Ok(MysqlTarget { host, port, user, password, database })
+    Ok(MysqlTarget {
+        host,
+        port,
+        user,
+        password,
+        database,
+    })
 }
 
 /// The extra rule for anyone but a superuser: a password is required.
@@ -227,18 +256,28 @@ impl std::error::Error for SqlitePathError {}
 /// the file system (no existence oracle for other files).
 pub fn resolve_sqlite_path(dir: &Path, given: &str) -> Result<PathBuf, SqlitePathError> {
     if given.trim().is_empty() || given.contains('\0') {
-        return Err(SqlitePathError::Invalid("the SQLite path must be a non-empty file path".into()));
+        return Err(SqlitePathError::Invalid(
+            "the SQLite path must be a non-empty file path".into(),
+        ));
     }
-    if given.starts_with("file:") || given == ":memory:" || given.contains('?') && given.starts_with("file") {
+    if given.starts_with("file:")
+        || given == ":memory:"
+        || given.contains('?') && given.starts_with("file")
+    {
         return Err(SqlitePathError::Invalid(
             "give the SQLite database as a plain file path (no file: URI, no :memory:)".into(),
         ));
     }
     if !dir.is_absolute() {
-        return Err(SqlitePathError::BadDirectory("it must be an absolute path".into()));
+        return Err(SqlitePathError::BadDirectory(
+            "it must be an absolute path".into(),
+        ));
     }
     let given_path = Path::new(given);
-    if given_path.components().any(|c| matches!(c, Component::ParentDir)) {
+    if given_path
+        .components()
+        .any(|c| matches!(c, Component::ParentDir))
+    {
         return Err(SqlitePathError::Outside(given.to_string()));
     }
     let joined = if given_path.is_absolute() {
@@ -252,7 +291,9 @@ pub fn resolve_sqlite_path(dir: &Path, given: &str) -> Result<PathBuf, SqlitePat
     let canon_dir = dir
         .canonicalize()
         .map_err(|e| SqlitePathError::BadDirectory(e.kind().to_string()))?;
-    let canon = joined.canonicalize().map_err(|_| SqlitePathError::Missing(given.to_string()))?;
+    let canon = joined
+        .canonicalize()
+        .map_err(|_| SqlitePathError::Missing(given.to_string()))?;
     if !canon.starts_with(&canon_dir) || canon == canon_dir {
         return Err(SqlitePathError::Outside(given.to_string()));
     }
@@ -288,22 +329,57 @@ mod tests {
     fn mysql_refusals() {
         for (uri, want) in [
             ("mysql://root@/db", MysqlUriError::Socket),
-            ("mysql://root:x@%2Fvar%2Frun%2Fmysqld%2Fmysqld.sock/db", MysqlUriError::Socket),
-            ("mysql://root:x@/var/run/mysqld/mysqld.sock", MysqlUriError::Socket),
-            ("mysql://root:x@localhost/db?socket=/run/mysqld/mysqld.sock", MysqlUriError::Socket),
-            ("mysql://root:x@h/db?prefer_socket=true", MysqlUriError::Socket),
-            ("mysql://root:x@h/db?ssl-key=/etc/ssl/private/x.key", MysqlUriError::Parameter("ssl-key".into())),
+            (
+                "mysql://root:x@%2Fvar%2Frun%2Fmysqld%2Fmysqld.sock/db",
+                MysqlUriError::Socket,
+            ),
+            (
+                "mysql://root:x@/var/run/mysqld/mysqld.sock",
+                MysqlUriError::Socket,
+            ),
+            (
+                "mysql://root:x@localhost/db?socket=/run/mysqld/mysqld.sock",
+                MysqlUriError::Socket,
+            ),
+            (
+                "mysql://root:x@h/db?prefer_socket=true",
+                MysqlUriError::Socket,
+            ),
+            (
+                "mysql://root:x@h/db?ssl-key=/etc/ssl/private/x.key",
+                MysqlUriError::Parameter("ssl-key".into()),
+            ),
         ] {
             assert_eq!(parse_mysql_uri(uri), Err(want), "{uri}");
         }
-        for uri in ["postgresql://u:p@h/d", "mysql://h/d", "mysql://:p@h/d", "mysql://u:p@h:0/d",
-                    "mysql://u:p@h:99999/d", "mysql://u:p@h/d/e", "mysql://u:p@h%zz/d", "host=h user=u"] {
-            assert!(matches!(parse_mysql_uri(uri), Err(MysqlUriError::Syntax(_)) | Err(MysqlUriError::Socket)), "{uri}");
+        for uri in [
+            "postgresql://u:p@h/d",
+            "mysql://h/d",
+            "mysql://:p@h/d",
+            "mysql://u:p@h:0/d",
+            "mysql://u:p@h:99999/d",
+            "mysql://u:p@h/d/e",
+            "mysql://u:p@h%zz/d",
+            "host=h user=u",
+        ] {
+            assert!(
+                matches!(
+                    parse_mysql_uri(uri),
+                    Err(MysqlUriError::Syntax(_)) | Err(MysqlUriError::Socket)
+                ),
+                "{uri}"
+            );
         }
         let no_pw = parse_mysql_uri("mysql://root@127.0.0.1/db").unwrap();
-        assert_eq!(check_mysql_unprivileged(&no_pw), Err(MysqlUriError::NoPassword));
+        assert_eq!(
+            check_mysql_unprivileged(&no_pw),
+            Err(MysqlUriError::NoPassword)
+        );
         let empty = parse_mysql_uri("mysql://root:@127.0.0.1/db").unwrap();
-        assert_eq!(check_mysql_unprivileged(&empty), Err(MysqlUriError::NoPassword));
+        assert_eq!(
+            check_mysql_unprivileged(&empty),
+            Err(MysqlUriError::NoPassword)
+        );
         let e = parse_mysql_uri("mysql://u:sekr1t@h:bad/d").unwrap_err();
         assert!(!e.to_string().contains("sekr1t"));
     }
@@ -324,17 +400,34 @@ mod tests {
         std::fs::create_dir_all(dir.join("sub")).unwrap();
         std::fs::write(dir.join("sub/a.db"), b"x").unwrap();
         let canon = dir.canonicalize().unwrap();
-        assert_eq!(resolve_sqlite_path(&dir, "shop.db").unwrap(), canon.join("shop.db"));
-        assert_eq!(resolve_sqlite_path(&dir, "sub/a.db").unwrap(), canon.join("sub/a.db"));
-        assert_eq!(resolve_sqlite_path(&dir, "./sub/./a.db").unwrap(), canon.join("sub/a.db"));
+        assert_eq!(
+            resolve_sqlite_path(&dir, "shop.db").unwrap(),
+            canon.join("shop.db")
+        );
+        assert_eq!(
+            resolve_sqlite_path(&dir, "sub/a.db").unwrap(),
+            canon.join("sub/a.db")
+        );
+        assert_eq!(
+            resolve_sqlite_path(&dir, "./sub/./a.db").unwrap(),
+            canon.join("sub/a.db")
+        );
         let abs = dir.join("shop.db");
         assert!(resolve_sqlite_path(&dir, abs.to_str().unwrap()).is_ok());
-        let outside = |p: &str| matches!(resolve_sqlite_path(&dir, p), Err(SqlitePathError::Outside(_)));
+        let outside = |p: &str| {
+            matches!(
+                resolve_sqlite_path(&dir, p),
+                Err(SqlitePathError::Outside(_))
+            )
+        };
         assert!(outside("../outside.db"));
         assert!(outside("sub/../../outside.db"));
         assert!(outside("/etc/passwd"));
         assert!(outside(base.join("outside.db").to_str().unwrap()));
-        assert!(outside("/etc/does-not-exist"), "no existence oracle outside");
+        assert!(
+            outside("/etc/does-not-exist"),
+            "no existence oracle outside"
+        );
         #[cfg(unix)]
         {
             std::os::unix::fs::symlink(base.join("outside.db"), dir.join("link.db")).unwrap();
@@ -342,15 +435,39 @@ mod tests {
             std::os::unix::fs::symlink(dir.join("shop.db"), dir.join("inside_link.db")).unwrap();
             assert!(outside("link.db"));
             assert!(outside("up/outside.db"));
-            assert_eq!(resolve_sqlite_path(&dir, "inside_link.db").unwrap(), canon.join("shop.db"));
+            assert_eq!(
+                resolve_sqlite_path(&dir, "inside_link.db").unwrap(),
+                canon.join("shop.db")
+            );
         }
-        assert!(matches!(resolve_sqlite_path(&dir, "nope.db"), Err(SqlitePathError::Missing(_))));
-        assert!(matches!(resolve_sqlite_path(&dir, "sub"), Err(SqlitePathError::Missing(_))));
-        assert!(matches!(resolve_sqlite_path(&dir, "."), Err(SqlitePathError::Outside(_))));
-        assert!(matches!(resolve_sqlite_path(&dir, ""), Err(SqlitePathError::Invalid(_))));
-        assert!(matches!(resolve_sqlite_path(&dir, "file:shop.db?vfs=unix"), Err(SqlitePathError::Invalid(_))));
-        assert!(matches!(resolve_sqlite_path(&dir, ":memory:"), Err(SqlitePathError::Invalid(_))));
-        assert!(matches!(resolve_sqlite_path(Path::new("rel"), "x.db"), Err(SqlitePathError::BadDirectory(_))));
+        assert!(matches!(
+            resolve_sqlite_path(&dir, "nope.db"),
+            Err(SqlitePathError::Missing(_))
+        ));
+        assert!(matches!(
+            resolve_sqlite_path(&dir, "sub"),
+            Err(SqlitePathError::Missing(_))
+        ));
+        assert!(matches!(
+            resolve_sqlite_path(&dir, "."),
+            Err(SqlitePathError::Outside(_))
+        ));
+        assert!(matches!(
+            resolve_sqlite_path(&dir, ""),
+            Err(SqlitePathError::Invalid(_))
+        ));
+        assert!(matches!(
+            resolve_sqlite_path(&dir, "file:shop.db?vfs=unix"),
+            Err(SqlitePathError::Invalid(_))
+        ));
+        assert!(matches!(
+            resolve_sqlite_path(&dir, ":memory:"),
+            Err(SqlitePathError::Invalid(_))
+        ));
+        assert!(matches!(
+            resolve_sqlite_path(Path::new("rel"), "x.db"),
+            Err(SqlitePathError::BadDirectory(_))
+        ));
         let _ = std::fs::remove_dir_all(&base);
     }
 
