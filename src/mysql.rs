@@ -488,11 +488,14 @@ pub fn list_tables(
                 format!("database \"{db}\" does not exist on the MySQL server (or this account may not see it)"),
             ));
             }
-            conn.exec(
-            "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? ORDER BY TABLE_NAME",
-            (db.as_str(),),
-        )
-        .map_err(|e| my_error(e, &t, "listing tables"))
+            let mut names: Vec<String> = conn
+                .exec(
+                    "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = ?",
+                    (db.as_str(),),
+                )
+                .map_err(|e| my_error(e, &t, "listing tables"))?;
+            names.sort();
+            Ok(names)
         },
     )
 }

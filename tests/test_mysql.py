@@ -5,6 +5,7 @@ sqlparser tree refusing each deny-listed construct before it reaches the
 server (shown with the server's general log), timeouts and cancellation,
 and isolation between tenants."""
 
+import json
 import threading
 import time
 import uuid
@@ -88,7 +89,7 @@ def test_mysql_test_create_sync_activate_search(su, tenants, mysql):
         b.execute("SELECT dbrag.activate_connection(%s)", (cid,))
         hits = b.execute("SELECT table_name, via_join FROM dbrag.search_catalog('customer names by region')").fetchall()
         assert hits[0] == ("customers", False)
-        prompt = b.execute("SELECT dbrag.build_prompt('total of orders per customer')").fetchone()[0]
+        prompt = json.dumps(b.execute("SELECT dbrag.build_prompt('total of orders per customer')").fetchone()[0])
         assert "MySQL" in prompt and "orders" in prompt
 
     blob = su.execute("SELECT credentials FROM control_plane.tenant_databases WHERE connection_id = %s",
@@ -221,7 +222,7 @@ DENIED = [
     ("SELECT '{tag}', authentication_string FROM mysql.user", "42501"),
     ("SELECT '{tag}', table_name FROM information_schema.tables", "42501"),
     ("SELECT '{tag}' FROM otherdb.secret_stuff", "42501"),
-    ("SELECT * FROM customers WHERE name = '{tag}' /*!, load_file('/etc/passwd') */", "42501"),
+    ("SELECT name /*!, load_file('/etc/passwd') */ FROM customers WHERE name = '{tag}'", "42501"),
     ("SELECT /*+ SET_VAR(max_statement_time=0) */ '{tag}' FROM customers", "42501"),
     ("SELECT * FROM customers WHERE name = '{tag}' FOR UPDATE", "42601"),
     ("SELECT * FROM customers WHERE name = '{tag}' INTO OUTFILE '/tmp/out'", "42601"),

@@ -5,12 +5,14 @@ constructs, timeouts and cancellation on the backend's own thread, and
 isolation between tenants."""
 
 import hashlib
+import json
 import os
 import sqlite3
 import threading
 import time
 
 import psycopg
+import psycopg.sql
 import pytest
 
 from conftest import connect
@@ -57,7 +59,7 @@ def set_dir(value):
         if value is None:
             su.execute("ALTER SYSTEM RESET dbrag.sqlite_dir")
         else:
-            su.execute("ALTER SYSTEM SET dbrag.sqlite_dir = %s", (value,))
+            su.execute(psycopg.sql.SQL("ALTER SYSTEM SET dbrag.sqlite_dir = {}").format(psycopg.sql.Literal(value)))
         su.execute("SELECT pg_reload_conf()")
     want = value or ""
     for _ in range(100):
@@ -141,7 +143,7 @@ def test_sqlite_test_create_sync_activate_search(su, tenants, sqlite_dir):
         b.execute("SELECT dbrag.activate_connection(%s)", (cid,))
         hits = b.execute("SELECT table_name FROM dbrag.search_catalog('customer names by region')").fetchall()
         assert hits[0] == ("customers",)
-        prompt = b.execute("SELECT dbrag.build_prompt('total of orders per customer')").fetchone()[0]
+        prompt = json.dumps(b.execute("SELECT dbrag.build_prompt('total of orders per customer')").fetchone()[0])
         assert "SQLite" in prompt
     su.execute("SELECT dbrag.set_tenant(%s::uuid)", (tenants.b,))
     try:
