@@ -63,6 +63,8 @@ BEGIN
     ON CONFLICT ON CONSTRAINT tenant_members_pkey DO UPDATE SET tenant_role = EXCLUDED.tenant_role;
     PERFORM dbrag._audit('member_added', tenant,
         pg_catalog.jsonb_build_object('member', member::text, 'tenant_role', tenant_role));
+    -- A tenant with a schema of its own: the member gets its schema role.
+    PERFORM dbrag._sync_tenant_schema(tenant);
 END
 $$;
 
@@ -74,6 +76,7 @@ BEGIN
     WHERE m.tenant_id = remove_tenant_member.tenant AND m.member = remove_tenant_member.member;
     IF FOUND THEN
         PERFORM dbrag._audit('member_removed', tenant, pg_catalog.jsonb_build_object('member', member::text));
+        PERFORM dbrag._sync_tenant_schema(tenant);
     END IF;
 END
 $$;
@@ -94,5 +97,7 @@ BEGIN
         RAISE EXCEPTION 'tenant % does not exist', tenant USING ERRCODE = '42704';
     END IF;
     PERFORM dbrag._audit('tenant_status', tenant, pg_catalog.jsonb_build_object('status', status));
+    -- Only an active tenant's members keep its schema role.
+    PERFORM dbrag._sync_tenant_schema(tenant);
 END
 $$;

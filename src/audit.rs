@@ -67,6 +67,11 @@ fn role_name(oid: pg_sys::Oid) -> String {
     }
 }
 
+/// The login role's name (what history and audit rows record).
+pub fn login_role_name() -> String {
+    role_name(privileged::session_user())
+}
+
 fn audit_row(event: &str, tenant: Option<&str>, detail: Value) -> Value {
     json!({
         "tenant_id": tenant.unwrap_or(SYSTEM_TENANT),

@@ -14,7 +14,7 @@ use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 
 use crate::connections::{self, Connection, EngineKind};
-use crate::error::{raise, DbragError, Kind};
+use crate::error::{raise, Kind};
 use crate::gucs;
 use crate::privileged;
 use crate::tenant;
@@ -437,6 +437,8 @@ pub struct SyncSummary {
     pub changed: i32,
     pub removed: i32,
     pub unchanged: i32,
+    /// Tables written by this sync (added or changed).
+    pub written: Vec<(String, String)>,
 }
 
 /// Store `entries` as the connection's catalog: insert new tables, rewrite
@@ -468,6 +470,7 @@ pub fn store(conn: &Connection, entries: &[TableEntry]) -> SyncSummary {
         changed: 0,
         removed: 0,
         unchanged: 0,
+        written: Vec::new(),
     };
     let mut to_write: Vec<Value> = Vec::new();
     for e in entries {
@@ -476,10 +479,12 @@ pub fn store(conn: &Connection, entries: &[TableEntry]) -> SyncSummary {
             Some(h) if *h == e.source_hash() => summary.unchanged += 1,
             Some(_) => {
                 summary.changed += 1;
+                summary.written.push(key.clone());
                 to_write.push(e.to_row());
             }
             None => {
                 summary.added += 1;
+                summary.written.push(key.clone());
                 to_write.push(e.to_row());
             }
         }
@@ -559,16 +564,11 @@ fn sync_catalog(
     ),
 > {
     let conn = connections::given_or_active(connection);
-    if describe.unwrap_or(false) {
-        DbragError::new(
-            Kind::NotConfigured,
-            "describe => true needs the model client, which is not built yet",
-        )
-        .hint("call dbrag.sync_catalog without describe")
-        .raise();
-    }
     let entries = introspect(&conn);
     let summary = store(&conn, &entries);
+    if describe.unwrap_or(false) {
+        crate::nl2sql::describe_tables(&conn, &summary.written);
+    }
     crate::audit::record(
         "catalog_synced",
         Some(&conn.tenant_id.to_string()),

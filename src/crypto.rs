@@ -327,6 +327,20 @@ fn stored_llm_keys(tenant: Option<uuid::Uuid>) -> (Option<Vec<u8>>, Option<Vec<u
 /// The model API key for `tenant`: its own key first, else the global one.
 /// For the NL-to-SQL code only; the plaintext never goes back to SQL.
 #[allow(dead_code)] // called by the NL-to-SQL module
+/// The tenant's own LLM API key only (for a tenant that set its own URL).
+pub fn tenant_llm_api_key(tenant: uuid::Uuid) -> Option<String> {
+    let (own, _) = stored_llm_keys(Some(tenant));
+    own.map(|blob| {
+        open_internal(
+            &blob,
+            Purpose::LlmKey {
+                tenant: Some(tenant),
+            },
+        )
+        .or_raise()
+    })
+}
+
 pub fn llm_api_key(tenant: Option<uuid::Uuid>) -> Option<String> {
     let (own, global) = stored_llm_keys(tenant);
     if let (Some(blob), Some(t)) = (own, tenant) {

@@ -12,6 +12,7 @@ use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
 use serde_json::Value;
 
+use crate::catalog::quote_ident;
 use crate::connections::{self, Connection, EngineKind};
 use crate::error::{raise, required, DbragError, Kind, OrRaise, Result};
 use crate::gucs;
@@ -81,6 +82,30 @@ fn dialect_of(conn: &Connection) -> Result<(Dialect, String)> {
     }
 }
 
+/// The guard for a `mysql` or `sqlite` connection, with the guard's own
+/// verdict: `GuardError::Syntax` is for the model's retry, the others are
+/// refusals.
+pub fn check_dialect(
+    conn: &Connection,
+    sql: &str,
+    allowed_tables: &HashSet<(String, String)>,
+) -> Result<std::result::Result<String, GuardError>> {
+    let (dialect, schema) = dialect_of(conn)?;
+    Ok(dialect_guard::check(dialect, sql, &schema, allowed_tables).map(|c| c.sql))
+}
+
+/// A guard verdict as the error to raise.
+pub fn guard_error(e: GuardError) -> DbragError {
+    match e {
+        GuardError::Forbidden(m) => DbragError::new(Kind::Forbidden, m).hint(
+            "the statement may read only the tables of the tenant's catalog and call only allowed built-in functions",
+        ),
+        GuardError::NotReadOnlySelect(m) => DbragError::new(Kind::RefusedSql, m)
+            .hint("only one read-only SELECT (or WITH … SELECT) statement may run"),
+        GuardError::Syntax(m) => DbragError::new(Kind::RefusedSql, m),
+    }
+}
+
 /// The guard for a `mysql` or `sqlite` connection: one read-only SELECT
 /// over `allowed_tables` (schema, table) and allowed functions. Returns the
 /// statement to run (as printed by the parser, comments dropped). Refusals:
@@ -91,17 +116,7 @@ pub fn check_statement(
     sql: &str,
     allowed_tables: &HashSet<(String, String)>,
 ) -> Result<String> {
-    let (dialect, schema) = dialect_of(conn)?;
-    dialect_guard::check(dialect, sql, &schema, allowed_tables)
-        .map(|c| c.sql)
-        .map_err(|e| match e {
-            GuardError::Forbidden(m) => DbragError::new(Kind::Forbidden, m).hint(
-                "the statement may read only the tables of the tenant's catalog and call only allowed built-in functions",
-            ),
-            GuardError::NotReadOnlySelect(m) => DbragError::new(Kind::RefusedSql, m)
-                .hint("only one read-only SELECT (or WITH … SELECT) statement may run"),
-            GuardError::Syntax(m) => DbragError::new(Kind::RefusedSql, m),
-        })
+    check_dialect(conn, sql, allowed_tables)?.map_err(guard_error)
 }
 
 /// The decrypted target of a `mysql` connection, checked for the caller.
@@ -255,4 +270,9 @@ fn _dataplane_check(connection: Option<pgrx::Uuid>, sql: Option<&str>) -> String
     }
     let conn = connections::load(tenant::from_pg(required(connection, "connection")));
     check_statement(&conn, required(sql, "sql"), &catalog_tables(&conn)).or_raise()
+}
+
+/// The schema-qualified search path text for a local connection.
+pub fn local_search_path(schema: &str) -> String {
+    format!("{}, pg_catalog, pg_temp", quote_ident(schema))
 }

@@ -30,6 +30,10 @@ pub enum Kind {
     Timeout,
     /// 42601: generated SQL that does not pass the guard.
     RefusedSql,
+    /// 42710: an object to be created exists already and is not ours.
+    Duplicate,
+    /// 2BP01: objects still depend on what is to be dropped.
+    DependentObjects,
 }
 
 impl Kind {
@@ -45,7 +49,9 @@ impl Kind {
             Kind::Remote => ERRCODE_SYSTEM_ERROR,
             Kind::Model => ERRCODE_EXTERNAL_ROUTINE_INVOCATION_EXCEPTION,
             Kind::Timeout => ERRCODE_QUERY_CANCELED,
-            Kind::RefusedSql => ERRCODE_SYNTAX_ERROR_OR_ACCESS_RULE_VIOLATION,
+            Kind::RefusedSql => ERRCODE_SYNTAX_ERROR,
+            Kind::Duplicate => ERRCODE_DUPLICATE_OBJECT,
+            Kind::DependentObjects => ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST,
         }
     }
 }

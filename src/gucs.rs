@@ -5,7 +5,7 @@
 
 use std::ffi::{CStr, CString};
 
-use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
+use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting, PostgresGucEnum};
 use pgrx::pg_sys;
 
 /// Name of the setting that holds the tenant in force.
@@ -30,9 +30,33 @@ pub static QUERY_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(10_000);
 pub static REMOTE_CONNECT_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(5_000);
 pub static SEARCH_CONFIG: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"english"));
-pub static AUTO_ISOLATE: GucSetting<Option<CString>> =
-    GucSetting::<Option<CString>>::new(Some(c"off"));
+pub static AUTO_ISOLATE: GucSetting<AutoIsolate> = GucSetting::<AutoIsolate>::new(AutoIsolate::Off);
 pub static SQLITE_DIR: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+
+/// `dbrag.auto_isolate`: what the event trigger does with a new or altered
+/// table that has a tenant column but no forced row-level security.
+#[derive(PostgresGucEnum, Clone, Copy, PartialEq, Eq, Debug)]
+pub enum AutoIsolate {
+    /// Nothing.
+    #[name = c"off"]
+    Off,
+    /// A WARNING that names the table and the statement that isolates it.
+    #[name = c"warn"]
+    Warn,
+    /// Isolate it with dbrag.enable_tenant_isolation; refuse the DDL when that fails.
+    #[name = c"enforce"]
+    Enforce,
+}
+
+impl AutoIsolate {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AutoIsolate::Off => "off",
+            AutoIsolate::Warn => "warn",
+            AutoIsolate::Enforce => "enforce",
+        }
+    }
+}
 
 /// Accept an empty value or a canonical UUID, so a superuser's typo fails at
 /// `SET` time instead of silently meaning "no tenant".
@@ -215,10 +239,10 @@ pub fn register() {
         GucContext::Suset,
         GucFlags::empty(),
     );
-    GucRegistry::define_string_guc(
+    GucRegistry::define_enum_guc(
         c"dbrag.auto_isolate",
-        c"off, warn or enforce: what happens to a new table with a tenant column and no RLS.",
-        c"",
+        c"off, warn or enforce: what happens to a new or altered table with a tenant column and no forced RLS.",
+        c"warn: a WARNING with the statement that isolates it; enforce: dbrag.enable_tenant_isolation runs, and the DDL is refused when it cannot.",
         &AUTO_ISOLATE,
         GucContext::Suset,
         GucFlags::empty(),

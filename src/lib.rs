@@ -10,12 +10,16 @@ mod connections;
 mod crypto;
 mod dataplane;
 mod error;
+mod guard;
 mod gucs;
+mod isolation;
+mod llm;
 mod mysql;
 mod nl2sql;
 mod privileged;
 mod remote;
 mod sqlite;
+mod subxact;
 mod tenant;
 mod timer;
 
@@ -32,6 +36,15 @@ pgrx::extension_sql_file!(
     "../sql/isolation.sql",
     name = "isolation",
     requires = ["control_plane"]
+);
+pgrx::extension_sql_file!(
+    "../sql/app_isolation.sql",
+    name = "app_isolation",
+    requires = [
+        "isolation",
+        isolation::_isolation_guarded,
+        isolation::_auto_isolate_mode
+    ]
 );
 pgrx::extension_sql_file!(
     "../sql/tenant_admin.sql",

@@ -223,3 +223,580 @@ fn build_prompt(question: Option<&str>) -> pgrx::JsonB {
         "columns_trimmed": p.columns_trimmed,
     }))
 }
+
+// ---------------------------------------------------------------- generation and execution
+
+/// Retries after a failed attempt (SPEC §6: one).
+const RETRIES: usize = 1;
+
+/// What one call did, for the history row.
+#[derive(Default)]
+struct Attempt {
+    sql: Option<String>,
+    llm_ms: f64,
+    execution_ms: Option<f64>,
+    prompt_tokens: i64,
+    completion_tokens: i64,
+    rows: Option<i64>,
+    result_hash: Option<String>,
+    cached: bool,
+    catalog_version: Option<String>,
+}
+
+/// Why a call ended without rows: the history status and the error.
+struct Failure {
+    status: &'static str,
+    error: DbragError,
+}
+
+impl Failure {
+    fn new(status: &'static str, error: DbragError) -> Self {
+        Failure { status, error }
+    }
+}
+
+fn catalog_version(conn: &Connection) -> Option<String> {
+    privileged::as_extension(|| {
+        Spi::connect(|client| {
+            client
+                .select(
+                    "SELECT connection_metadata ->> 'catalog_version' FROM control_plane.tenant_databases \
+                     WHERE tenant_id = $1 AND connection_id = $2",
+                    Some(1),
+                    &[DatumWithOid::from(tenant::to_pg(conn.tenant_id)), DatumWithOid::from(tenant::to_pg(conn.id))],
+                )?
+                .first()
+                .get_one::<String>()
+        })
+    })
+    .ok()
+    .flatten()
+}
+
+/// SQL generated earlier for the same question against the same catalog.
+fn cached_sql(conn: &Connection, question: &str, version: &str) -> Option<String> {
+    privileged::as_extension(|| {
+        Spi::connect(|client| {
+            client
+                .select(
+                    "SELECT generated_sql FROM control_plane.query_history \
+                     WHERE tenant_id = $1 AND connection_id = $2 AND question = $3 AND catalog_version = $4 \
+                       AND status IN ('ok', 'cached') AND generated_sql IS NOT NULL \
+                     ORDER BY created_at DESC LIMIT 1",
+                    Some(1),
+                    &[
+                        DatumWithOid::from(tenant::to_pg(conn.tenant_id)),
+                        DatumWithOid::from(tenant::to_pg(conn.id)),
+                        DatumWithOid::from(question),
+                        DatumWithOid::from(version),
+                    ],
+                )?
+                .first()
+                .get_one::<String>()
+        })
+    })
+    .ok()
+    .flatten()
+}
+
+/// The model settings and key for the tenant: a tenant that points its
+/// model elsewhere sends only its own key there, never the global one.
+fn model_config(tenant_id: uuid::Uuid) -> Result<crate::llm::ModelConfig, DbragError> {
+    let probe = crate::llm::config_for(tenant_id, None)?;
+    let key = if probe.url_is_tenant_override {
+        crate::crypto::tenant_llm_api_key(tenant_id)
+    } else {
+        crate::crypto::llm_api_key(Some(tenant_id))
+    };
+    crate::llm::config_for(tenant_id, key)
+}
+
+/// Ask the model for SQL; the statement as the model wrote it.
+fn ask_model(
+    conn: &Connection,
+    question: &str,
+    retry: Option<(String, String)>,
+    attempt: &mut Attempt,
+) -> Result<String, Failure> {
+    let cfg = model_config(conn.tenant_id).map_err(|e| Failure::new("model_error", e))?;
+    let prompt = prompt_for(conn, question, retry);
+    let started = std::time::Instant::now();
+    let reply = crate::llm::complete(&cfg, &prompt.system, &prompt.user);
+    attempt.llm_ms += started.elapsed().as_secs_f64() * 1000.0;
+    let reply = reply.map_err(|e| {
+        let status = if e.kind == Kind::Timeout {
+            "timeout"
+        } else {
+            "model_error"
+        };
+        Failure::new(status, e)
+    })?;
+    attempt.prompt_tokens += reply.prompt_tokens.unwrap_or(0);
+    attempt.completion_tokens += reply.completion_tokens.unwrap_or(0);
+    dbrag_core::extract_sql(&reply.text).map_err(|e| {
+        Failure::new(
+            "model_error",
+            DbragError::new(
+                Kind::Model,
+                format!("the model's answer holds no usable SQL: {e}"),
+            ),
+        )
+    })
+}
+
+/// Relations of the connection's catalog that exist here, by oid, resolved
+/// as the caller in one statement.
+fn allowed_relations(conn: &Connection) -> std::collections::HashSet<pgrx::pg_sys::Oid> {
+    let (schemas, tables): (Vec<String>, Vec<String>) = catalog_tables(conn).into_iter().unzip();
+    privileged::with_pinned_search_path(|| {
+        Spi::connect(|client| {
+            let mut out = std::collections::HashSet::new();
+            for row in client.select(
+                "SELECT pg_catalog.to_regclass(pg_catalog.format('%I.%I', s, t))::pg_catalog.oid \
+                 FROM unnest($1::text[], $2::text[]) AS u(s, t)",
+                None,
+                &[DatumWithOid::from(schemas), DatumWithOid::from(tables)],
+            )? {
+                if let Some(oid) = row.get::<pgrx::pg_sys::Oid>(1)? {
+                    out.insert(oid);
+                }
+            }
+            Ok::<_, pgrx::spi::Error>(out)
+        })
+    })
+    .unwrap_or_default()
+}
+
+/// (schema, table) of every catalog row of the connection.
+fn catalog_tables(conn: &Connection) -> std::collections::HashSet<(String, String)> {
+    privileged::as_extension(|| {
+        Spi::connect(|client| {
+            let mut out = std::collections::HashSet::new();
+            for row in client.select(
+                "SELECT schema_name, table_name FROM control_plane.table_metadata_catalog \
+                 WHERE tenant_id = $1 AND connection_id = $2",
+                None,
+                &[
+                    DatumWithOid::from(tenant::to_pg(conn.tenant_id)),
+                    DatumWithOid::from(tenant::to_pg(conn.id)),
+                ],
+            )? {
+                out.insert((
+                    row.get::<String>(1)?.unwrap_or_default(),
+                    row.get::<String>(2)?.unwrap_or_default(),
+                ));
+            }
+            Ok::<_, pgrx::spi::Error>(out)
+        })
+    })
+    .unwrap_or_default()
+}
+
+/// Run `f` with the local connection's schema first on the search path,
+/// so the model may write unqualified names; restored afterwards.
+fn with_connection_search_path<R>(conn: &Connection, f: impl FnOnce() -> R) -> R {
+    let path = std::ffi::CString::new(crate::dataplane::local_search_path(&conn.schema_name))
+        .unwrap_or_default();
+    // SAFETY: GUC_ACTION_SAVE at a fresh nest level, undone right after.
+    let level = unsafe {
+        let level = pgrx::pg_sys::NewGUCNestLevel();
+        pgrx::pg_sys::set_config_option(
+            c"search_path".as_ptr(),
+            path.as_ptr(),
+            pgrx::pg_sys::GucContext::PGC_USERSET,
+            pgrx::pg_sys::GucSource::PGC_S_SESSION,
+            pgrx::pg_sys::GucAction::GUC_ACTION_SAVE,
+            true,
+            0,
+            false,
+        );
+        level
+    };
+    let out = f();
+    // SAFETY: closes the nest level opened above.
+    unsafe { pgrx::pg_sys::AtEOXact_GUC(true, level) };
+    out
+}
+
+/// Check a statement for the connection: Ok(normalised SQL), or the
+/// failure (refused: no retry; invalid: the model may retry).
+enum Checked {
+    Ok(String),
+    Refused(DbragError),
+    Invalid(String),
+}
+
+fn check(conn: &Connection, sql: &str) -> Checked {
+    use crate::guard::GuardError;
+    let result = match conn.kind {
+        EngineKind::Local => {
+            let allowed = allowed_relations(conn);
+            with_connection_search_path(conn, || crate::guard::check_local(sql, &allowed))
+        }
+        EngineKind::Postgres => {
+            crate::guard::check_remote(sql, &catalog_tables(conn), &conn.schema_name)
+        }
+        EngineKind::Mysql | EngineKind::Sqlite => {
+            // sqlparser's tree in the engine's dialect (dbrag_core::dialect_guard).
+            return match crate::dataplane::check_dialect(conn, sql, &catalog_tables(conn)) {
+                Err(e) => Checked::Refused(e),
+                Ok(Ok(normalized)) => Checked::Ok(normalized),
+                Ok(Err(dbrag_core::dialect_guard::GuardError::Syntax(m))) => Checked::Invalid(m),
+                Ok(Err(e)) => Checked::Refused(crate::dataplane::guard_error(e)),
+            };
+        }
+    };
+    match result {
+        Ok(stmt) => Checked::Ok(stmt.sql),
+        // A permission the caller lacks is not the model's to fix.
+        Err(GuardError::Invalid { sqlstate, message })
+            if sqlstate == pgrx::PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE =>
+        {
+            Checked::Refused(DbragError::new(Kind::Forbidden, message))
+        }
+        Err(GuardError::Invalid { message, .. }) => Checked::Invalid(message),
+        Err(e) => Checked::Refused(e.into()),
+    }
+}
+
+/// Plan and run a checked statement as the calling user, read-only, under
+/// the deadline, at most `max_rows` rows.
+fn execute(conn: &Connection, sql: &str, max_rows: i64) -> Result<(Vec<Value>, bool), ExecError> {
+    let timeout = gucs::QUERY_TIMEOUT_MS.get();
+    if conn.kind != EngineKind::Local {
+        return crate::dataplane::execute_read_only(conn, sql, max_rows, timeout).map_err(
+            |e| match e.kind {
+                Kind::Timeout => ExecError::Fatal(e),
+                Kind::Remote => ExecError::Retryable(e.message),
+                _ => ExecError::Fatal(e),
+            },
+        );
+    }
+    let wrapped = format!(
+        "SELECT pg_catalog.to_jsonb(q) FROM (\n{sql}\n) q LIMIT {}",
+        max_rows + 1
+    );
+    let explain = format!("EXPLAIN (FORMAT JSON)\n{sql}\n");
+    let deadline = crate::timer::Deadline::arm(timeout);
+    let outcome = with_connection_search_path(conn, || {
+        crate::subxact::run(|| {
+            // SAFETY: saved at this subtransaction's nest level and restored
+            // when it ends, committed or not (a LOCAL setting would outlive it).
+            unsafe {
+                pgrx::pg_sys::set_config_option(
+                    c"transaction_read_only".as_ptr(),
+                    c"on".as_ptr(),
+                    pgrx::pg_sys::GucContext::PGC_USERSET,
+                    pgrx::pg_sys::GucSource::PGC_S_SESSION,
+                    pgrx::pg_sys::GucAction::GUC_ACTION_SAVE,
+                    true,
+                    0,
+                    false,
+                );
+            }
+            Spi::connect_mut(|client| {
+                // EXPLAIN is not a plain SELECT, so it cannot go through the
+                // read-only SPI path; the transaction is read-only anyway.
+                client.update(&explain, None, &[])?;
+                let mut rows = Vec::new();
+                for row in client.select(&wrapped, None, &[])? {
+                    rows.push(
+                        row.get::<pgrx::JsonB>(1)?
+                            .map(|j| j.0)
+                            .unwrap_or(Value::Null),
+                    );
+                }
+                Ok::<_, pgrx::spi::Error>(rows)
+            })
+        })
+    });
+    let fired = deadline.fired();
+    drop(deadline);
+    match outcome {
+        Ok(Ok(mut rows)) => {
+            let truncated = rows.len() as i64 > max_rows;
+            rows.truncate(max_rows as usize);
+            Ok((rows, truncated))
+        }
+        Ok(Err(e)) => Err(ExecError::Retryable(e.to_string())),
+        Err(caught) => {
+            if fired {
+                return Err(ExecError::Fatal(
+                    DbragError::new(
+                        Kind::Timeout,
+                        format!("the generated statement took longer than {timeout} ms"),
+                    )
+                    .hint("ask a narrower question, or raise dbrag.query_timeout_ms"),
+                ));
+            }
+            match crate::subxact::report_of(&caught) {
+                Some((pgrx::PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE, message)) => {
+                    Err(ExecError::Fatal(DbragError::new(Kind::Forbidden, message)))
+                }
+                Some((code, message)) if !crate::guard::must_rethrow(code) => {
+                    Err(ExecError::Retryable(message))
+                }
+                _ => caught.rethrow(),
+            }
+        }
+    }
+}
+
+enum ExecError {
+    /// The statement failed in a way the model may fix.
+    Retryable(String),
+    Fatal(DbragError),
+}
+
+/// Generate (or reuse) SQL, check it, and with `run` execute it; one retry
+/// with the error text when checking or running fails.
+fn answer(
+    conn: &Connection,
+    question: &str,
+    max_rows: i64,
+    run: bool,
+    attempt: &mut Attempt,
+) -> Result<Vec<Value>, Failure> {
+    let version = catalog_version(conn).unwrap_or_default();
+    let mut retry: Option<(String, String)> = None;
+    let mut from_cache = cached_sql(conn, question, &version);
+    for round in 0..=RETRIES {
+        let sql = match from_cache.take() {
+            Some(sql) => {
+                attempt.cached = true;
+                sql
+            }
+            None => {
+                attempt.cached = false;
+                ask_model(conn, question, retry.take(), attempt)?
+            }
+        };
+        attempt.sql = Some(sql.clone());
+        let last = round == RETRIES;
+        let checked = match check(conn, &sql) {
+            Checked::Ok(s) => s,
+            Checked::Refused(e) => return Err(Failure::new("refused", e)),
+            Checked::Invalid(msg) if !last => {
+                retry = Some((sql, msg));
+                continue;
+            }
+            Checked::Invalid(msg) => {
+                return Err(Failure::new(
+                    "error",
+                    DbragError::new(
+                        Kind::RefusedSql,
+                        format!("the generated statement is not valid: {msg}"),
+                    ),
+                ))
+            }
+        };
+        attempt.sql = Some(checked.clone());
+        if !run {
+            return Ok(Vec::new());
+        }
+        let started = std::time::Instant::now();
+        match execute(conn, &checked, max_rows) {
+            Ok((rows, truncated)) => {
+                attempt.execution_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
+                attempt.rows = Some(rows.len() as i64);
+                let text = serde_json::to_string(&rows).unwrap_or_default();
+                attempt.result_hash = Some(hex::encode(sha2::Sha256::digest(text.as_bytes())));
+                if truncated {
+                    notice!("pg_dbrag: the answer was cut at {max_rows} rows (max_rows)");
+                }
+                return Ok(rows);
+            }
+            Err(ExecError::Fatal(e)) => {
+                attempt.execution_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
+                let status = if e.kind == Kind::Timeout {
+                    "timeout"
+                } else {
+                    "error"
+                };
+                return Err(Failure::new(status, e));
+            }
+            Err(ExecError::Retryable(msg)) if !last => retry = Some((checked, msg)),
+            Err(ExecError::Retryable(msg)) => {
+                return Err(Failure::new(
+                    "error",
+                    DbragError::new(
+                        Kind::RefusedSql,
+                        format!("the generated statement failed: {msg}"),
+                    ),
+                ))
+            }
+        }
+    }
+    Err(Failure::new(
+        "error",
+        DbragError::new(Kind::Model, "no statement passed"),
+    ))
+}
+
+use sha2::Digest;
+
+fn history_row(
+    conn: &Connection,
+    question: &str,
+    attempt: &Attempt,
+    status: &str,
+    error: Option<&str>,
+) -> Value {
+    json!({
+        "tenant_id": conn.tenant_id.to_string(),
+        "connection_id": conn.id.to_string(),
+        "login_role": crate::audit::login_role_name(),
+        "question": question,
+        "generated_sql": attempt.sql,
+        "status": status,
+        "error": error,
+        "llm_ms": attempt.llm_ms,
+        "execution_ms": attempt.execution_ms,
+        "row_count": attempt.rows,
+        "prompt_tokens": attempt.prompt_tokens,
+        "completion_tokens": attempt.completion_tokens,
+        "result_hash": attempt.result_hash,
+        "catalog_version": attempt.catalog_version,
+    })
+}
+
+/// The whole call: answer, history row, and on failure a durable history
+/// row (and audit row for refusals) before the error is raised.
+fn answer_and_record(
+    question: Option<&str>,
+    max_rows: i64,
+    run: bool,
+) -> (Vec<Value>, Option<String>) {
+    let question = check_question(question);
+    if !(1..=100_000).contains(&max_rows) {
+        DbragError::new(Kind::BadArgument, "max_rows must be between 1 and 100000").raise();
+    }
+    let conn = connections::active();
+    let mut attempt = Attempt {
+        catalog_version: catalog_version(&conn),
+        ..Attempt::default()
+    };
+    match answer(&conn, &question, max_rows, run, &mut attempt) {
+        Ok(rows) => {
+            let status = if attempt.cached { "cached" } else { "ok" };
+            crate::audit::insert_row(
+                "query_history",
+                &history_row(&conn, &question, &attempt, status, None),
+            );
+            (rows, attempt.sql)
+        }
+        Err(f) => {
+            crate::audit::write_durable(
+                "query_history",
+                history_row(&conn, &question, &attempt, f.status, Some(&f.error.message)),
+            );
+            if f.status == "refused" {
+                crate::audit::record_durable(
+                    "sql_refused",
+                    Some(&conn.tenant_id.to_string()),
+                    json!({"reason": f.error.message, "sql": attempt.sql}),
+                );
+            }
+            f.error.raise()
+        }
+    }
+}
+
+/// `dbrag.generate_sql(question)`: one checked SQL statement for the question.
+#[pg_extern(volatile, parallel_unsafe)]
+fn generate_sql(question: Option<&str>) -> Option<String> {
+    answer_and_record(question, 1, false).1
+}
+
+/// `dbrag.ask(question, max_rows)`: generate, check and run; one jsonb per row.
+#[pg_extern(volatile, parallel_unsafe)]
+fn ask(
+    question: Option<&str>,
+    max_rows: default!(Option<i32>, 1000),
+) -> SetOfIterator<'static, pgrx::JsonB> {
+    let (rows, _) = answer_and_record(question, max_rows.unwrap_or(1000) as i64, true);
+    SetOfIterator::new(rows.into_iter().map(pgrx::JsonB))
+}
+
+// ---------------------------------------------------------------- catalog descriptions
+
+const DESCRIBE_SYSTEM: &str =
+    "You document database tables for analysts who ask questions in plain language.\n\
+Answer with one JSON object and nothing else: {\"table\": \"<one sentence: what a row is>\", \
+\"columns\": {\"<column>\": \"<a few words>\"}}. Mention synonyms an analyst might use.";
+
+/// `sync_catalog(describe => true)`: the model writes a description for each
+/// table this sync wrote, and for its columns. Comments from the database
+/// win over the model's words; a table whose answer is unusable keeps none,
+/// with a WARNING, and the sync still succeeds.
+pub fn describe_tables(conn: &Connection, tables: &[(String, String)]) {
+    if tables.is_empty() {
+        return;
+    }
+    let cfg = model_config(conn.tenant_id).unwrap_or_else(|e| e.raise());
+    let t = tenant::to_pg(conn.tenant_id);
+    let c = tenant::to_pg(conn.id);
+    for (i, (schema, table)) in tables.iter().enumerate() {
+        let row: Option<pgrx::JsonB> = privileged::as_extension(|| {
+            Spi::connect(|client| {
+                client
+                    .select(
+                        "SELECT pg_catalog.to_jsonb(m) FROM control_plane.table_metadata_catalog m \
+                         WHERE tenant_id = $1 AND connection_id = $2 AND schema_name = $3 AND table_name = $4",
+                        Some(1),
+                        &[
+                            DatumWithOid::from(t),
+                            DatumWithOid::from(c),
+                            DatumWithOid::from(schema.as_str()),
+                            DatumWithOid::from(table.as_str()),
+                        ],
+                    )?
+                    .first()
+                    .get_one::<pgrx::JsonB>()
+            })
+        })
+        .ok()
+        .flatten();
+        let Some(pgrx::JsonB(row)) = row else {
+            continue;
+        };
+        let ddl = dbrag_core::prompt::table_ddl(&table_from_catalog_row(&row));
+        let reply = crate::llm::complete(&cfg, DESCRIBE_SYSTEM, &ddl).unwrap_or_else(|e| e.raise());
+        let Some((table_text, columns)) = dbrag_core::prompt::parse_descriptions(&reply.text)
+        else {
+            warning!(
+                "sync_catalog: the model's description of {schema}.{table} was not JSON; kept none"
+            );
+            continue;
+        };
+        let generated: serde_json::Map<String, Value> = columns
+            .into_iter()
+            .filter(|(col, _)| row["data_types"].get(col).is_some())
+            .map(|(col, d)| (col, Value::String(d)))
+            .collect();
+        privileged::as_extension(|| {
+            Spi::run_with_args(
+                "UPDATE control_plane.table_metadata_catalog \
+                 SET table_description = COALESCE(table_description, $5), \
+                     column_descriptions = $6::jsonb OPERATOR(pg_catalog.||) column_descriptions \
+                 WHERE tenant_id = $1 AND connection_id = $2 AND schema_name = $3 AND table_name = $4",
+                &[
+                    DatumWithOid::from(t),
+                    DatumWithOid::from(c),
+                    DatumWithOid::from(schema.as_str()),
+                    DatumWithOid::from(table.as_str()),
+                    DatumWithOid::from(table_text),
+                    DatumWithOid::from(pgrx::JsonB(Value::Object(generated))),
+                ],
+            )
+        })
+        .unwrap_or_else(|e| DbragError::from(e).raise());
+        if (i + 1) % 10 == 0 {
+            notice!(
+                "sync_catalog: described {} tables of {}",
+                i + 1,
+                tables.len()
+            );
+        }
+    }
+}

@@ -159,8 +159,31 @@ fn now_unix() -> i64 {
         .unwrap_or(0)
 }
 
+/// Open cursors of this session. A cursor evaluates the tenant when its scan
+/// starts and keeps it: one opened (or partly fetched) under tenant A would
+/// go on returning A's rows after a switch to B.
+fn open_cursors() -> i64 {
+    // The unnamed portal is the statement calling us, not a cursor.
+    privileged::with_pinned_search_path(|| {
+        Spi::get_one::<i64>(
+            "SELECT count(*) FROM pg_catalog.pg_cursors WHERE name OPERATOR(pg_catalog.<>) ''",
+        )
+    })
+    .ok()
+    .flatten()
+    .unwrap_or(0)
+}
+
 /// Put `tenant` in force after checking that it exists and is active.
 fn switch_to(tenant: uuid::Uuid, is_local: bool, via: &str) -> pgrx::Uuid {
+    if current() != Some(tenant) && open_cursors() > 0 {
+        DbragError::new(
+            Kind::NotConfigured,
+            "cannot switch tenants while cursors are open",
+        )
+        .hint("close them first (CLOSE ALL); a cursor keeps the tenant it started with")
+        .raise();
+    }
     match tenant_status(tenant).as_deref() {
         Some("active") => {}
         Some(status) => {

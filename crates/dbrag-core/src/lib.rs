@@ -10,7 +10,9 @@ pub mod dataplane_target;
 pub mod dialect_guard;
 pub mod envelope;
 pub mod jwt;
+pub mod llmhttp;
 pub mod prompt;
+pub mod sqlguard;
 pub mod words;
 
 pub use answer::{

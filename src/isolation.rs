@@ -1,0 +1,382 @@
+//! Tenant isolation for application tables (SPEC §3): the guard that keeps
+//! the `dbrag.auto_isolate` event trigger quiet while pg_dbrag itself changes
+//! a table's isolation, and schema-per-tenant.
+//!
+//! The DDL of `enable_tenant_isolation` lives in `sql/app_isolation.sql`;
+//! here it runs inside [`IsolationGuard`], so the statements it issues one
+//! by one (each a `ddl_command_end` of its own) are not judged half-done.
+
+use std::cell::Cell;
+
+use pgrx::datum::DatumWithOid;
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+use serde_json::json;
+
+use crate::audit;
+use crate::error::{raise, required, DbragError, Kind};
+use crate::gucs::{self, AutoIsolate};
+use crate::privileged;
+use crate::tenant;
+
+thread_local! {
+    /// How many guarded isolation calls are running in this backend.
+    static DEPTH: Cell<u32> = const { Cell::new(0) };
+}
+
+/// Marks "pg_dbrag is changing isolation" until dropped. An ERROR raised
+/// inside unwinds through Rust frames as a panic, so the drop runs on that
+/// path too.
+struct IsolationGuard;
+
+impl IsolationGuard {
+    fn enter() -> Self {
+        DEPTH.with(|d| d.set(d.get() + 1));
+        IsolationGuard
+    }
+}
+
+impl Drop for IsolationGuard {
+    fn drop(&mut self) {
+        DEPTH.with(|d| d.set(d.get().saturating_sub(1)));
+    }
+}
+
+/// `dbrag._isolation_guarded(op, tbl, tenant_column, rebuild_unique)`: run
+/// the SQL body of enable/disable_tenant_isolation as the caller, guarded.
+#[pg_extern(volatile, parallel_unsafe)]
+fn _isolation_guarded(
+    op: &str,
+    tbl: Option<pg_sys::Oid>,
+    tenant_column: Option<&str>,
+    rebuild_unique: Option<bool>,
+) {
+    let sql = match op {
+        "enable" => {
+            "SELECT dbrag._enable_tenant_isolation($1::pg_catalog.regclass, $2::pg_catalog.name, \
+             COALESCE($3, false))"
+        }
+        "disable" => {
+            if gucs::AUTO_ISOLATE.get() == AutoIsolate::Enforce {
+                DbragError::new(
+                    Kind::NotConfigured,
+                    "dbrag.auto_isolate is enforce: tenant tables stay isolated",
+                )
+                .hint("a superuser runs SET LOCAL dbrag.auto_isolate = off first, in the same transaction")
+                .raise()
+            }
+            "SELECT dbrag._disable_tenant_isolation($1::pg_catalog.regclass)"
+        }
+        _ => raise(Kind::BadArgument, "op must be enable or disable"),
+    };
+    let args = [
+        DatumWithOid::from(tbl),
+        DatumWithOid::from(tenant_column),
+        DatumWithOid::from(rebuild_unique),
+    ];
+    let _guard = IsolationGuard::enter();
+    let args: &[DatumWithOid] = if op == "enable" { &args } else { &args[..1] };
+    let table = privileged::with_pinned_search_path(|| {
+        if let Err(e) = Spi::run_with_args(sql, args) {
+            DbragError::from(e).raise()
+        }
+        // The name as the catalogs spell it now, schema-qualified.
+        Spi::get_one_with_args::<String>(
+            "SELECT $1::pg_catalog.oid::pg_catalog.regclass::pg_catalog.text",
+            &[DatumWithOid::from(tbl)],
+        )
+        .ok()
+        .flatten()
+    });
+    // Changing a table's isolation is an operator's act worth a record.
+    let mut detail = json!({"table": table});
+    if op == "enable" {
+        detail["tenant_column"] = json!(tenant_column);
+        detail["rebuild_unique"] = json!(rebuild_unique.unwrap_or(false));
+    }
+    audit::record(
+        if op == "enable" {
+            "isolation_enabled"
+        } else {
+            "isolation_disabled"
+        },
+        None,
+        detail,
+    );
+}
+
+/// `dbrag._auto_isolate_mode()`: what the event trigger should do now —
+/// `off` while pg_dbrag itself is changing isolation, else the setting.
+#[pg_extern(stable, parallel_safe)]
+fn _auto_isolate_mode() -> &'static str {
+    if DEPTH.with(|d| d.get()) > 0 {
+        return "off";
+    }
+    gucs::AUTO_ISOLATE.get().as_str()
+}
+
+// ---------------------------------------------------------------------------
+// Schema-per-tenant
+// ---------------------------------------------------------------------------
+
+// The tenant's settings record the schema under `tenant_schema` and its
+// role under `tenant_schema_role`.
+
+fn require_admin(what: &str) {
+    if !privileged::is_platform_admin() {
+        DbragError::new(
+            Kind::Forbidden,
+            format!("permission denied: {what} requires dbrag_admin"),
+        )
+        .hint("GRANT dbrag_admin TO <operator role>")
+        .raise()
+    }
+}
+
+/// Names derived from the tenant id: only `[a-z0-9_]`, so they never need
+/// quoting and cannot carry SQL.
+fn schema_names(tenant: uuid::Uuid) -> (String, String) {
+    let hex = tenant.simple().to_string();
+    (format!("tenant_{hex}"), format!("dbrag_t_{hex}"))
+}
+
+/// The tenant's status and recorded schema/role, read as the extension.
+fn tenant_schema_row(tenant: uuid::Uuid) -> Option<(String, Option<String>, Option<String>)> {
+    let id = tenant::to_pg(tenant);
+    let row = Spi::connect(|client| {
+        let rows = client.select(
+            "SELECT status::text, settings->>'tenant_schema', settings->>'tenant_schema_role' \
+             FROM control_plane.tenants WHERE tenant_id = $1",
+            Some(1),
+            &[DatumWithOid::from(id)],
+        )?;
+        let mut out = None;
+        for r in rows {
+            out = Some((
+                r.get::<String>(1)?.unwrap_or_default(),
+                r.get::<String>(2)?,
+                r.get::<String>(3)?,
+            ));
+        }
+        Ok::<_, pgrx::spi::Error>(out)
+    });
+    row.unwrap_or_else(|e| DbragError::from(e).raise())
+}
+
+fn exists(sql: &str, name: &str) -> bool {
+    Spi::get_one_with_args::<bool>(sql, &[DatumWithOid::from(name)])
+        .unwrap_or_else(|e| DbragError::from(e).raise())
+        .unwrap_or(false)
+}
+
+fn role_exists(name: &str) -> bool {
+    exists(
+        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = $1)",
+        name,
+    )
+}
+
+fn schema_exists(name: &str) -> bool {
+    exists(
+        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = $1)",
+        name,
+    )
+}
+
+fn run(sql: &str) {
+    if let Err(e) = Spi::run(sql) {
+        DbragError::from(e).raise()
+    }
+}
+
+/// Grant the tenant's schema role to exactly the tenant's member login
+/// roles (none while the tenant is not active), plus dbrag_admin. Runs as
+/// the extension; the caller has been checked.
+fn sync_members(tenant: uuid::Uuid, role: &str) {
+    let id = tenant::to_pg(tenant);
+    // Roles to add and to drop, computed in one query; names come back quoted.
+    let changes: Vec<(bool, String)> = Spi::connect(|client| {
+        let rows = client.select(
+            "WITH wanted AS ( \
+                 SELECT m.member::pg_catalog.oid AS oid FROM control_plane.tenant_members m \
+                 JOIN control_plane.tenants t ON t.tenant_id = m.tenant_id \
+                 JOIN pg_catalog.pg_roles r ON r.oid = m.member::pg_catalog.oid \
+                 WHERE m.tenant_id = $1 AND t.status = 'active' AND NOT (r.rolsuper OR r.rolbypassrls) \
+                 UNION SELECT oid FROM pg_catalog.pg_roles WHERE rolname = 'dbrag_admin'), \
+             have AS ( \
+                 SELECT am.member AS oid FROM pg_catalog.pg_auth_members am \
+                 JOIN pg_catalog.pg_roles g ON g.oid = am.roleid WHERE g.rolname = $2) \
+             SELECT true, pg_catalog.quote_ident(pg_catalog.pg_get_userbyid(oid)) \
+                 FROM (SELECT oid FROM wanted EXCEPT SELECT oid FROM have) a \
+             UNION ALL \
+             SELECT false, pg_catalog.quote_ident(pg_catalog.pg_get_userbyid(oid)) \
+                 FROM (SELECT oid FROM have EXCEPT SELECT oid FROM wanted) d",
+            None,
+            &[DatumWithOid::from(id), DatumWithOid::from(role)],
+        )?;
+        let mut out = Vec::new();
+        for r in rows {
+            if let (Some(grant), Some(name)) = (r.get::<bool>(1)?, r.get::<String>(2)?) {
+                out.push((grant, name));
+            }
+        }
+        Ok::<_, pgrx::spi::Error>(out)
+    })
+    .unwrap_or_else(|e| DbragError::from(e).raise());
+    for (grant, member) in changes {
+        if grant {
+            run(&format!("GRANT {role} TO {member}"));
+        } else {
+            run(&format!("REVOKE {role} FROM {member}"));
+        }
+    }
+}
+
+/// `dbrag.create_tenant_schema(tenant) → text`: a schema `tenant_<hex>` owned
+/// by a dedicated NOLOGIN role `dbrag_t_<hex>`, granted to the tenant's
+/// member login roles and to dbrag_admin, and to nobody else; recorded in the
+/// tenant's settings. Idempotent: returns the recorded schema. dbrag_admin only.
+#[pg_extern(volatile, parallel_unsafe)]
+fn create_tenant_schema(tenant: Option<pgrx::Uuid>) -> String {
+    let tenant = tenant::from_pg(required(tenant, "tenant"));
+    require_admin("create_tenant_schema");
+    let (schema, role) = schema_names(tenant);
+    privileged::as_extension(|| {
+        let Some((_, recorded_schema, recorded_role)) = tenant_schema_row(tenant) else {
+            raise(Kind::NotFound, format!("tenant {tenant} does not exist"))
+        };
+        let recorded = recorded_schema.as_deref() == Some(schema.as_str())
+            && recorded_role.as_deref() == Some(role.as_str());
+        if !recorded {
+            if role_exists(&role) {
+                DbragError::new(
+                    Kind::Duplicate,
+                    format!("role {role} already exists and is not this tenant's"),
+                )
+                .hint("drop or rename that role, then call dbrag.create_tenant_schema again")
+                .raise()
+            }
+            if schema_exists(&schema) {
+                DbragError::new(
+                    Kind::Duplicate,
+                    format!("schema {schema} already exists and is not this tenant's"),
+                )
+                .hint("drop or rename that schema, then call dbrag.create_tenant_schema again")
+                .raise()
+            }
+        }
+        if !role_exists(&role) {
+            run(&format!(
+                "CREATE ROLE {role} NOLOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE"
+            ));
+        }
+        run(&format!(
+            "COMMENT ON ROLE {role} IS 'pg_dbrag: schema role of tenant {tenant}'"
+        ));
+        if !schema_exists(&schema) {
+            run(&format!("CREATE SCHEMA {schema} AUTHORIZATION {role}"));
+        }
+        // New schemas grant nothing to PUBLIC; say so explicitly all the same.
+        run(&format!("REVOKE ALL ON SCHEMA {schema} FROM PUBLIC"));
+        run(&format!(
+            "COMMENT ON SCHEMA {schema} IS 'pg_dbrag: schema of tenant {tenant}'"
+        ));
+        let id = tenant::to_pg(tenant);
+        if let Err(e) = Spi::run_with_args(
+            "UPDATE control_plane.tenants SET settings = settings \
+             || pg_catalog.jsonb_build_object('tenant_schema', $2::text, 'tenant_schema_role', $3::text) \
+             WHERE tenant_id = $1",
+            &[DatumWithOid::from(id), DatumWithOid::from(schema.as_str()), DatumWithOid::from(role.as_str())],
+        ) {
+            DbragError::from(e).raise()
+        }
+        sync_members(tenant, &role);
+    });
+    audit::record(
+        "tenant_schema_created",
+        Some(&tenant.to_string()),
+        json!({"schema": schema, "role": role}),
+    );
+    schema
+}
+
+/// `dbrag.drop_tenant_schema(tenant, cascade)`: drop the tenant's schema
+/// (refused while it holds objects, unless cascade), whatever the schema
+/// role owns in this database, and the role. dbrag_admin only.
+#[pg_extern(volatile, parallel_unsafe)]
+fn drop_tenant_schema(tenant: Option<pgrx::Uuid>, cascade: default!(Option<bool>, false)) {
+    let tenant = tenant::from_pg(required(tenant, "tenant"));
+    let cascade = cascade.unwrap_or(false);
+    require_admin("drop_tenant_schema");
+    let (schema, role) = privileged::as_extension(|| {
+        let Some((_, Some(schema), Some(role))) = tenant_schema_row(tenant) else {
+            raise(
+                Kind::NotFound,
+                format!("tenant {tenant} has no schema of its own"),
+            )
+        };
+        // Recorded names were written by create_tenant_schema; check their
+        // shape all the same before they go into DDL.
+        if (schema.clone(), role.clone()) != schema_names(tenant) {
+            raise(
+                Kind::BadArgument,
+                "the tenant's recorded schema names are not pg_dbrag's",
+            );
+        }
+        if schema_exists(&schema) {
+            let occupied = exists(
+                "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d JOIN pg_catalog.pg_namespace n \
+                 ON d.refclassid = 'pg_catalog.pg_namespace'::pg_catalog.regclass AND d.refobjid = n.oid \
+                 WHERE n.nspname = $1)",
+                &schema,
+            );
+            if occupied && !cascade {
+                DbragError::new(
+                    Kind::DependentObjects,
+                    format!("schema {schema} of tenant {tenant} is not empty"),
+                )
+                .hint("drop its objects first, or call dbrag.drop_tenant_schema(tenant, cascade => true)")
+                .raise()
+            }
+            run(&format!(
+                "DROP SCHEMA {schema}{}",
+                if cascade { " CASCADE" } else { "" }
+            ));
+        }
+        if role_exists(&role) {
+            run(&format!("DROP OWNED BY {role}"));
+            run(&format!("DROP ROLE {role}"));
+        }
+        let id = tenant::to_pg(tenant);
+        if let Err(e) = Spi::run_with_args(
+            "UPDATE control_plane.tenants SET settings = settings - 'tenant_schema' - 'tenant_schema_role' \
+             WHERE tenant_id = $1",
+            &[DatumWithOid::from(id)],
+        ) {
+            DbragError::from(e).raise()
+        }
+        (schema, role)
+    });
+    audit::record(
+        "tenant_schema_dropped",
+        Some(&tenant.to_string()),
+        json!({"schema": schema, "role": role, "cascade": cascade}),
+    );
+}
+
+/// `dbrag._sync_tenant_schema(tenant)`: after a membership or status change,
+/// grant the tenant's schema role to exactly its active members. No-op for a
+/// tenant without a schema. dbrag_admin only (called by add/remove_tenant_member
+/// and set_tenant_status).
+#[pg_extern(volatile, parallel_unsafe)]
+fn _sync_tenant_schema(tenant: Option<pgrx::Uuid>) {
+    let tenant = tenant::from_pg(required(tenant, "tenant"));
+    require_admin("tenant administration");
+    privileged::as_extension(|| {
+        if let Some((_, Some(_), Some(role))) = tenant_schema_row(tenant) {
+            if role == schema_names(tenant).1 && role_exists(&role) {
+                sync_members(tenant, &role);
+            }
+        }
+    });
+}
