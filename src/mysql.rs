@@ -580,14 +580,13 @@ pub fn introspect(
             .map_err(fail("reading information_schema.COLUMNS"))?;
             let keys: Vec<mysql::Row> = conn
             .exec(
-                "SELECT k.TABLE_NAME, c.CONSTRAINT_TYPE, k.CONSTRAINT_NAME, k.COLUMN_NAME, \
-                        k.REFERENCED_TABLE_SCHEMA, k.REFERENCED_TABLE_NAME, k.REFERENCED_COLUMN_NAME \
-                 FROM information_schema.KEY_COLUMN_USAGE k \
-                 JOIN information_schema.TABLE_CONSTRAINTS c \
-                   ON c.CONSTRAINT_SCHEMA = k.CONSTRAINT_SCHEMA AND c.TABLE_NAME = k.TABLE_NAME \
-                  AND c.CONSTRAINT_NAME = k.CONSTRAINT_NAME \
-                 WHERE k.TABLE_SCHEMA = ? AND c.CONSTRAINT_TYPE IN ('PRIMARY KEY', 'FOREIGN KEY') \
-                 ORDER BY k.TABLE_NAME, k.CONSTRAINT_NAME, k.ORDINAL_POSITION",
+                // Not TABLE_CONSTRAINTS: MariaDB shows it only to accounts with
+                // more than SELECT. Both servers name the primary key PRIMARY.
+                "SELECT TABLE_NAME, CASE WHEN CONSTRAINT_NAME = 'PRIMARY' THEN 'PRIMARY KEY' ELSE 'FOREIGN KEY' END, \
+                        CONSTRAINT_NAME, COLUMN_NAME, REFERENCED_TABLE_SCHEMA, REFERENCED_TABLE_NAME, REFERENCED_COLUMN_NAME \
+                 FROM information_schema.KEY_COLUMN_USAGE \
+                 WHERE TABLE_SCHEMA = ? AND (CONSTRAINT_NAME = 'PRIMARY' OR REFERENCED_TABLE_NAME IS NOT NULL) \
+                 ORDER BY TABLE_NAME, CONSTRAINT_NAME, ORDINAL_POSITION",
                 (db.as_str(),),
             )
             .map_err(fail("reading information_schema.KEY_COLUMN_USAGE"))?;
