@@ -82,7 +82,7 @@ def test_mysql_test_create_sync_activate_search(su, tenants, mysql):
                 "other_columns": ["id"]} in orels
         assert "photo" not in cat["order_items"][4]  # blobs are not sampled
         assert cat["order_items"][7] == ["order_id", "line"]
-        assert cat["big_orders"][5] is None  # a view has no estimate
+        assert cat["big_orders"][6] is None  # a view has no estimate
 
         status = b.execute("SELECT status::text FROM dbrag.connections WHERE connection_id = %s", (cid,)).fetchone()
         assert status == ("connected",)
@@ -106,8 +106,9 @@ def test_mysql_test_create_sync_activate_search(su, tenants, mysql):
             "SELECT * FROM dbrag._dataplane_query(%s, 'SELECT c.name, o.total, o.ordered_at, o.placed_at, o.notes "
             "FROM customers c JOIN orders o ON o.customer_id = c.id ORDER BY o.id')", (cid,)).fetchall()]
         assert rows[0] == {"name": "Ada Lovelace", "total": 250.5, "ordered_at": "2024-01-05",
-                           "placed_at": "2024-01-05T10:11:12.345000", "notes": {"gift": True}}
-        assert rows[2]["notes"] == [1, 2] and len(rows) == 3
+                           "placed_at": "2024-01-05T10:11:12.345000", "notes": '{"gift": true}'}
+        # MariaDB's JSON is LONGTEXT with a check: it arrives as text (MySQL 8's as JSON).
+        assert rows[2]["notes"] == "[1, 2]" and len(rows) == 3
         # The row cap.
         capped = su.execute("SELECT count(*) FROM dbrag._dataplane_query(%s, 'SELECT n FROM nums', 7)",
                             (cid,)).fetchone()[0]
