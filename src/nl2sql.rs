@@ -404,14 +404,14 @@ fn check(conn: &Connection, sql: &str) -> Checked {
         EngineKind::Postgres => {
             crate::guard::check_remote(sql, &catalog_tables(conn), &conn.schema_name)
         }
-        _ => {
-            return Checked::Refused(DbragError::new(
-                Kind::NotConfigured,
-                format!(
-                    "questions on {} connections are not supported yet",
-                    conn.kind.as_str()
-                ),
-            ))
+        EngineKind::Mysql | EngineKind::Sqlite => {
+            // sqlparser's tree in the engine's dialect (dbrag_core::dialect_guard).
+            return match crate::dataplane::check_dialect(conn, sql, &catalog_tables(conn)) {
+                Err(e) => Checked::Refused(e),
+                Ok(Ok(normalized)) => Checked::Ok(normalized),
+                Ok(Err(dbrag_core::dialect_guard::GuardError::Syntax(m))) => Checked::Invalid(m),
+                Ok(Err(e)) => Checked::Refused(crate::dataplane::guard_error(e)),
+            };
         }
     };
     match result {
