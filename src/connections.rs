@@ -63,11 +63,10 @@ pub struct Connection {
     pub name: String,
     pub kind: EngineKind,
     pub schema_name: String,
-    pub is_active: bool,
 }
 
 const SELECT_CONNECTION: &str =
-    "SELECT connection_id, tenant_id, name, kind, schema_name, is_active \
+    "SELECT connection_id, tenant_id, name, kind, schema_name \
      FROM control_plane.tenant_databases WHERE tenant_id = $1";
 
 fn fetch(sql: &str, args: &[DatumWithOid]) -> Option<Connection> {
@@ -87,7 +86,6 @@ fn fetch(sql: &str, args: &[DatumWithOid]) -> Option<Connection> {
                     name: row.get(3)?.unwrap_or_default(),
                     kind: EngineKind::parse(&kind).unwrap_or(EngineKind::Local),
                     schema_name: row.get(5)?.unwrap_or_default(),
-                    is_active: row.get(6)?.unwrap_or(false),
                 }));
             }
             Ok::<_, pgrx::spi::Error>(None)
