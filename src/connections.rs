@@ -65,8 +65,7 @@ pub struct Connection {
     pub schema_name: String,
 }
 
-const SELECT_CONNECTION: &str =
-    "SELECT connection_id, tenant_id, name, kind, schema_name \
+const SELECT_CONNECTION: &str = "SELECT connection_id, tenant_id, name, kind, schema_name \
      FROM control_plane.tenant_databases WHERE tenant_id = $1";
 
 fn fetch(sql: &str, args: &[DatumWithOid]) -> Option<Connection> {
@@ -390,7 +389,7 @@ fn prepare_target(kind: EngineKind, conninfo: &str, tenant: Option<uuid::Uuid>) 
     let outcome = match kind {
         EngineKind::Postgres => return Target::Postgres(parse_postgres_conninfo(conninfo, tenant)),
         EngineKind::Mysql => crate::mysql::parse_target(conninfo).map(Target::Mysql),
-        EngineKind::Sqlite => crate::sqlite::resolve(conninfo).map(Target::Sqlite),
+        EngineKind::Sqlite => crate::sqlite::resolve(conninfo, tenant).map(Target::Sqlite),
         EngineKind::Local => Err(DbragError::new(
             Kind::BadArgument,
             "a local connection takes no conninfo",

@@ -126,7 +126,7 @@ pub fn mysql_target(conn: &Connection) -> Result<dbrag_core::dataplane_target::M
 
 /// The resolved file of a `sqlite` connection.
 pub fn sqlite_path(conn: &Connection) -> Result<std::path::PathBuf> {
-    sqlite::resolve(&connections::credentials(conn)?)
+    sqlite::resolve(&connections::credentials(conn)?, Some(conn.tenant_id))
 }
 
 /// Run one read-only statement on a remote data plane: at most `max_rows`

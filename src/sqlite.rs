@@ -37,20 +37,35 @@ const SAMPLE_ROWS: usize = 50;
 /// The schema name of the only database a connection reaches.
 pub const SCHEMA: &str = "main";
 
-/// The canonical path of `given` under `dbrag.sqlite_dir`, or the refusal.
-pub fn resolve(given: &str) -> Result<PathBuf> {
+/// The canonical path of `given` under the tenant's own directory,
+/// `dbrag.sqlite_dir/<tenant_id>/`, or the refusal. One directory per tenant:
+/// with a shared one, a tenant that knew another tenant's file name could
+/// open it through a connection of its own.
+pub fn resolve(given: &str, tenant: Option<uuid::Uuid>) -> Result<PathBuf> {
     let Some(dir) = gucs::string_value(&gucs::SQLITE_DIR) else {
         return Err(DbragError::new(
             Kind::NotConfigured,
             "SQLite connections are disabled: dbrag.sqlite_dir is not set",
         )
-        .hint("a superuser sets the one directory SQLite files may be opened from: ALTER SYSTEM SET dbrag.sqlite_dir = '/path'; SELECT pg_reload_conf()"));
+        .hint("a superuser sets the directory SQLite files may be opened from: ALTER SYSTEM SET dbrag.sqlite_dir = '/path'; SELECT pg_reload_conf()"));
     };
-    dataplane_target::resolve_sqlite_path(std::path::Path::new(&dir), given).map_err(|e| match e {
-        SqlitePathError::Outside(_) => DbragError::new(Kind::Forbidden, e.to_string())
-            .hint("give a path relative to dbrag.sqlite_dir, without .. and without symlinks that lead out of it"),
+    let Some(tenant) = tenant else {
+        return Err(DbragError::new(
+            Kind::Forbidden,
+            "SQLite files belong to tenants: put a tenant in force first",
+        ));
+    };
+    let tenant_dir = std::path::Path::new(&dir).join(tenant.to_string());
+    dataplane_target::resolve_sqlite_path(&tenant_dir, given).map_err(|e| match e {
+        SqlitePathError::Outside(_) => DbragError::new(Kind::Forbidden, e.to_string()).hint(
+            "give a path relative to the tenant's directory dbrag.sqlite_dir/<tenant_id>, without .. and without symlinks that lead out of it",
+        ),
         SqlitePathError::Missing(_) => DbragError::new(Kind::NotFound, e.to_string()),
-        SqlitePathError::BadDirectory(_) => DbragError::new(Kind::NotConfigured, e.to_string()),
+        SqlitePathError::BadDirectory(_) => DbragError::new(
+            Kind::NotConfigured,
+            format!("the tenant's SQLite directory {} is not usable: {e}", tenant_dir.display()),
+        )
+        .hint("an operator creates dbrag.sqlite_dir/<tenant_id>/ for each tenant that uses SQLite files"),
         SqlitePathError::Invalid(_) => DbragError::new(Kind::BadArgument, e.to_string()),
     })
 }

@@ -12,7 +12,7 @@ import pytest
 from conftest import DBNAME
 from llm_fixture import llm_server  # noqa: F401  (fixture)
 from mysql_fixture import general_log, mysql_uri, setup_mysql
-from test_sqlite import sqlite_dir  # noqa: F401  (fixture)
+from test_sqlite import sqlite_dir, tenant_files  # noqa: F401  (fixture)
 
 KEY = "sk-test-engines-77aa"
 
@@ -33,6 +33,7 @@ def engines(su, tenants, llm_server, sqlite_dir):  # noqa: F811
         aid = a.execute("SELECT dbrag.create_connection('my', 'mysql', %s)", (mysql_uri(),)).fetchone()[0]
         a.execute("SELECT * FROM dbrag.sync_catalog(%s)", (aid,))
         a.execute("SELECT dbrag.activate_connection(%s)", (aid,))
+    tenant_files(tenants.b)
     with tenants.conn(tenants.b_role) as b:
         bid = b.execute("SELECT dbrag.create_connection('lite', 'sqlite', 'shop.db')").fetchone()[0]
         b.execute("SELECT * FROM dbrag.sync_catalog(%s)", (bid,))

@@ -72,20 +72,29 @@ def set_dir(value):
 
 @pytest.fixture(scope="module")
 def sqlite_dir(database):
-    os.makedirs(os.path.join(SQLITE_DIR, "sub"), exist_ok=True)
+    os.makedirs(SQLITE_DIR, exist_ok=True)
     os.chmod(SQLITE_DIR, 0o755)
-    os.chmod(os.path.join(SQLITE_DIR, "sub"), 0o755)
-    make_db(os.path.join(SQLITE_DIR, "shop.db"))
-    make_db(os.path.join(SQLITE_DIR, "sub", "other.db"))
     make_db(OUTSIDE)
-    for name, target in [("link_out.db", OUTSIDE), ("up", WORK), ("link_in.db", os.path.join(SQLITE_DIR, "shop.db"))]:
-        p = os.path.join(SQLITE_DIR, name)
-        if os.path.lexists(p):
-            os.remove(p)
-        os.symlink(target, p)
     set_dir(SQLITE_DIR)
     yield SQLITE_DIR
     set_dir(None)
+
+
+def tenant_files(tenant):
+    """The tenant's own directory, dbrag.sqlite_dir/<tenant_id>/, with a
+    database, one in a subdirectory, and symlinks out of and inside it."""
+    home = os.path.join(SQLITE_DIR, str(tenant))
+    os.makedirs(os.path.join(home, "sub"), exist_ok=True)
+    for d in (home, os.path.join(home, "sub")):
+        os.chmod(d, 0o755)
+    make_db(os.path.join(home, "shop.db"))
+    make_db(os.path.join(home, "sub", "other.db"))
+    for name, target in [("link_out.db", OUTSIDE), ("up", WORK), ("link_in.db", os.path.join(home, "shop.db"))]:
+        p = os.path.join(home, name)
+        if os.path.lexists(p):
+            os.remove(p)
+        os.symlink(target, p)
+    return home
 
 
 def err(conn, sql, args=None):
@@ -101,6 +110,7 @@ def digest(path):
 
 @pytest.fixture
 def b_sqlite(su, tenants, sqlite_dir):
+    tenant_files(tenants.b)
     with tenants.conn(tenants.b_role) as b:
         cid = b.execute("SELECT dbrag.create_connection('shop_lite', 'sqlite', 'shop.db')").fetchone()[0]
         b.execute("SELECT * FROM dbrag.sync_catalog(%s)", (cid,))
@@ -113,7 +123,8 @@ def b_sqlite(su, tenants, sqlite_dir):
 # ------------------------------------------------------------------ workflow
 
 def test_sqlite_test_create_sync_activate_search(su, tenants, sqlite_dir):
-    before = digest(os.path.join(sqlite_dir, "shop.db"))
+    home = tenant_files(tenants.b)
+    before = digest(os.path.join(home, "shop.db"))
     with tenants.conn(tenants.b_role) as b:
         listed = b.execute("SELECT * FROM dbrag.test_connection('sqlite', 'shop.db')").fetchall()
         assert listed == [("main", t) for t in ["big_orders", "customers", "order_items", "orders"]]
@@ -159,7 +170,7 @@ def test_sqlite_test_create_sync_activate_search(su, tenants, sqlite_dir):
         assert e.sqlstate == "58000" and "nope" in str(e)
     finally:
         su.execute("SELECT dbrag.reset_tenant()")
-    assert digest(os.path.join(sqlite_dir, "shop.db")) == before  # opened read-only
+    assert digest(os.path.join(home, "shop.db")) == before  # opened read-only
 
 
 # ------------------------------------------------------------------ paths
@@ -178,6 +189,7 @@ ESCAPES = [
 
 @pytest.mark.parametrize("path", ESCAPES)
 def test_sqlite_path_escapes_are_refused(su, tenants, sqlite_dir, path):
+    tenant_files(tenants.b)
     with tenants.conn(tenants.b_role) as b:
         for sql in ["SELECT * FROM dbrag.test_connection('sqlite', %s)",
                     "SELECT dbrag.create_connection('esc', 'sqlite', %s)"]:
@@ -189,11 +201,12 @@ def test_sqlite_path_escapes_are_refused(su, tenants, sqlite_dir, path):
 
 
 def test_sqlite_paths_inside(tenants, sqlite_dir):
+    home = tenant_files(tenants.b)
     with tenants.conn(tenants.b_role) as b:
         # A symlink that stays inside, and the absolute form of an inside path.
         assert len(b.execute("SELECT * FROM dbrag.test_connection('sqlite', 'link_in.db')").fetchall()) == 4
         assert len(b.execute("SELECT * FROM dbrag.test_connection('sqlite', %s)",
-                             (os.path.join(sqlite_dir, "shop.db"),)).fetchall()) == 4
+                             (os.path.join(home, "shop.db"),)).fetchall()) == 4
         assert err(b, "SELECT * FROM dbrag.test_connection('sqlite', 'nope.db')").sqlstate == "42704"
         assert err(b, "SELECT * FROM dbrag.test_connection('sqlite', 'sub')").sqlstate == "42704"
         assert err(b, "SELECT * FROM dbrag.test_connection('sqlite', 'file:shop.db?mode=rw')").sqlstate == "22023"
@@ -204,6 +217,7 @@ def test_sqlite_dir_is_superuser_only_and_required(su, tenants, sqlite_dir):
     with tenants.conn(tenants.b_role) as b:
         for sql in ["SET dbrag.sqlite_dir = '/'", "SELECT set_config('dbrag.sqlite_dir', '/', false)"]:
             assert err(b, sql).sqlstate == "42501", sql
+    tenant_files(tenants.b)
     set_dir(None)
     try:
         with tenants.conn(tenants.b_role) as b:
@@ -310,3 +324,19 @@ def test_sqlite_tenant_a_cannot_reach_b(su, tenants, b_sqlite):
         assert err(su, "SELECT * FROM dbrag._dataplane_query(%s, 'SELECT 1')", (bid,)).sqlstate == "42704"
     finally:
         su.execute("SELECT dbrag.reset_tenant()")
+
+
+def test_sqlite_files_are_per_tenant(su, tenants, sqlite_dir):
+    # B's file, by relative escape or absolute path, is not A's to open; a
+    # tenant without a directory of its own reaches no file at all.
+    b_home = tenant_files(tenants.b)
+    with tenants.conn(tenants.a_role) as a:
+        e = err(a, "SELECT * FROM dbrag.test_connection('sqlite', 'shop.db')")
+        assert e.sqlstate == "55000" and str(tenants.a) in str(e)
+        tenant_files(tenants.a)
+        for path in (f"../{tenants.b}/shop.db", os.path.join(b_home, "shop.db")):
+            assert err(a, "SELECT * FROM dbrag.test_connection('sqlite', %s)", (path,)).sqlstate == "42501", path
+            assert err(a, "SELECT dbrag.create_connection('steal', 'sqlite', %s)", (path,)).sqlstate == "42501", path
+        assert len(a.execute("SELECT * FROM dbrag.test_connection('sqlite', 'shop.db')").fetchall()) == 4
+    with tenants.conn(tenants.stranger) as s:
+        assert err(s, "SELECT * FROM dbrag.test_connection('sqlite', 'shop.db')").sqlstate == "42501"
