@@ -66,3 +66,53 @@ stop_cluster() {
         as_postgres "$PG_BIN/pg_ctl" -D "$dir/data" -m immediate -w stop >/dev/null 2>&1 || true
     fi
 }
+
+# MariaDB from Debian's packages, for the mysql data-plane tests.
+MARIADBD=$(command -v mariadbd || echo /usr/sbin/mariadbd)
+MARIADB_INSTALL_DB=$(command -v mariadb-install-db || command -v mysql_install_db || echo /usr/bin/mariadb-install-db)
+
+# start_mariadb DIR PORT
+# A throwaway server on 127.0.0.1:PORT, run as the OS user mysql, with its
+# own data directory and socket under DIR and the general query log on (the
+# tests read it to show refused statements never reach the server). root
+# has no password and is reached only over DIR/mysqld.sock, as root.
+start_mariadb() {
+    local dir=$1 port=$2
+    stop_mariadb "$dir"
+    rm -rf "$dir"
+    mkdir -p "$dir/data"
+    chown -R mysql:mysql "$dir"
+    "$MARIADB_INSTALL_DB" --no-defaults --user=mysql --datadir="$dir/data" \
+        --auth-root-authentication-method=normal --skip-test-db >"$dir/install.log" 2>&1 || {
+        tail -20 "$dir/install.log"
+        return 1
+    }
+    runuser -u mysql -- "$MARIADBD" --no-defaults --datadir="$dir/data" \
+        --port="$port" --bind-address=127.0.0.1 --skip-networking=0 --skip-name-resolve \
+        --socket="$dir/mysqld.sock" --pid-file="$dir/mysqld.pid" --log-error="$dir/error.log" \
+        --general-log=1 --general-log-file="$dir/general.log" \
+        --innodb-buffer-pool-size=64M --max-connections=200 >/dev/null 2>&1 &
+    local i
+    for i in $(seq 1 120); do
+        if mariadb --no-defaults --socket="$dir/mysqld.sock" -u root -e "SELECT 1" >/dev/null 2>&1; then
+            return 0
+        fi
+        sleep 0.25
+    done
+    echo "mariadb did not start; see $dir/error.log"
+    tail -20 "$dir/error.log" 2>/dev/null
+    return 1
+}
+
+stop_mariadb() {
+    local dir=$1 pid
+    if [ -f "$dir/mysqld.pid" ]; then
+        pid=$(cat "$dir/mysqld.pid" 2>/dev/null || true)
+        if [ -n "$pid" ] && kill "$pid" 2>/dev/null; then
+            for _ in $(seq 1 80); do
+                kill -0 "$pid" 2>/dev/null || break
+                sleep 0.25
+            done
+        fi
+    fi
+}

@@ -9,7 +9,7 @@ export DEBIAN_FRONTEND=noninteractive
 
 need_apt=()
 for pkg in postgresql-15 postgresql-server-dev-15 postgresql-contrib libpq-dev libclang-dev clang sudo \
-           mariadb-server curl pkg-config; do
+           mariadb-server mariadb-client curl pkg-config; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then

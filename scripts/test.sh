@@ -12,6 +12,7 @@ mkdir -p "$WORK"
 chmod 755 "$WORK"
 export DBRAG_TEST_PORT=${DBRAG_TEST_PORT:-55432}
 export DBRAG_REMOTE_PORT=${DBRAG_REMOTE_PORT:-55433}
+export DBRAG_MYSQL_PORT=${DBRAG_MYSQL_PORT:-55434}
 export DBRAG_TEST_PASSWORD=${DBRAG_TEST_PASSWORD:-postgres-test-pw}
 export DBRAG_TEST_JWT_SECRET=${DBRAG_TEST_JWT_SECRET:-test-jwt-secret-0123456789abcdef}
 export DBRAG_TEST_MASTER_KEY=${DBRAG_TEST_MASTER_KEY:-000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f}
@@ -20,6 +21,7 @@ export DBRAG_TEST_WORK=$WORK
 cleanup() {
     stop_cluster "$WORK/primary"
     stop_cluster "$WORK/remote"
+    stop_mariadb "$WORK/mariadb"
 }
 # DBRAG_KEEP_CLUSTERS=1 leaves them running, to rerun pytest by hand.
 [ "${DBRAG_KEEP_CLUSTERS:-0}" = 1 ] || trap cleanup EXIT
@@ -47,6 +49,7 @@ start_cluster "$WORK/primary" "$DBRAG_TEST_PORT" "$DBRAG_TEST_PASSWORD" \
     "dbrag.master_key = '$DBRAG_TEST_MASTER_KEY'" \
     "log_min_messages = warning"
 start_cluster "$WORK/remote" "$DBRAG_REMOTE_PORT" "$DBRAG_TEST_PASSWORD"
+start_mariadb "$WORK/mariadb" "$DBRAG_MYSQL_PORT"
 
 echo "== integration tests over real connections"
 status=$fuzz_status

@@ -30,6 +30,8 @@ GRANT EXECUTE ON FUNCTION dbrag.create_tenant(text, text, text),
 REVOKE EXECUTE ON FUNCTION dbrag.rotate_key() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION dbrag.rotate_key() TO dbrag_admin;
 REVOKE EXECUTE ON FUNCTION dbrag._remote_query(uuid, text, integer) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION dbrag._dataplane_query(uuid, text, integer, integer) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION dbrag._dataplane_check(uuid, text) FROM PUBLIC;
 -- Schema-per-tenant: operators only.
 REVOKE EXECUTE ON FUNCTION dbrag.create_tenant_schema(uuid), dbrag.drop_tenant_schema(uuid, boolean),
     dbrag._sync_tenant_schema(uuid) FROM PUBLIC;

@@ -14,7 +14,7 @@ use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 
 use crate::connections::{self, Connection, EngineKind};
-use crate::error::{raise, DbragError, Kind};
+use crate::error::{raise, Kind};
 use crate::gucs;
 use crate::privileged;
 use crate::tenant;
@@ -405,15 +405,47 @@ fn introspect(conn: &Connection) -> Vec<TableEntry> {
     match conn.kind {
         EngineKind::Local => introspect_local(&conn.schema_name),
         EngineKind::Postgres => introspect_postgres(conn),
-        other => DbragError::new(
-            Kind::NotConfigured,
-            format!(
-                "sync_catalog does not support {} connections yet",
-                other.as_str()
-            ),
-        )
-        .raise(),
+        EngineKind::Mysql => introspect_mysql(conn),
+        EngineKind::Sqlite => introspect_sqlite(conn),
     }
+}
+
+/// Entries from introspection texts plus sample rows per table.
+fn entries_with_samples(
+    schema: &str,
+    tables: &[String],
+    samples: Vec<(String, Vec<Value>)>,
+) -> Vec<TableEntry> {
+    let mut entries = entries_from_introspection(schema, tables);
+    let samples: HashMap<String, Vec<Value>> = samples.into_iter().collect();
+    for entry in entries.iter_mut() {
+        if let Some(rows) = samples.get(&entry.table_name) {
+            entry.sample_values = samples_from_rows(entry, rows);
+        }
+    }
+    entries
+}
+
+/// Introspect a MySQL/MariaDB database through information_schema, on the
+/// client's worker thread (interruptible; each statement limited by
+/// dbrag.query_timeout_ms on the server).
+fn introspect_mysql(conn: &Connection) -> Vec<TableEntry> {
+    let target = crate::dataplane::mysql_target(conn).unwrap_or_else(|e| e.raise());
+    let found = crate::mysql::introspect(
+        &target,
+        &conn.schema_name,
+        gucs::REMOTE_CONNECT_TIMEOUT_MS.get(),
+        gucs::QUERY_TIMEOUT_MS.get(),
+    )
+    .unwrap_or_else(|e| e.raise());
+    entries_with_samples(&conn.schema_name, &found.tables, found.samples)
+}
+
+/// Introspect a SQLite file through sqlite_schema and its pragmas.
+fn introspect_sqlite(conn: &Connection) -> Vec<TableEntry> {
+    let path = crate::dataplane::sqlite_path(conn).unwrap_or_else(|e| e.raise());
+    let (tables, samples) = crate::sqlite::introspect(&path).unwrap_or_else(|e| e.raise());
+    entries_with_samples(crate::sqlite::SCHEMA, &tables, samples)
 }
 
 /// Counts of one sync.
@@ -422,6 +454,8 @@ pub struct SyncSummary {
     pub changed: i32,
     pub removed: i32,
     pub unchanged: i32,
+    /// Tables written by this sync (added or changed).
+    pub written: Vec<(String, String)>,
 }
 
 /// Store `entries` as the connection's catalog: insert new tables, rewrite
@@ -453,6 +487,7 @@ pub fn store(conn: &Connection, entries: &[TableEntry]) -> SyncSummary {
         changed: 0,
         removed: 0,
         unchanged: 0,
+        written: Vec::new(),
     };
     let mut to_write: Vec<Value> = Vec::new();
     for e in entries {
@@ -461,10 +496,12 @@ pub fn store(conn: &Connection, entries: &[TableEntry]) -> SyncSummary {
             Some(h) if *h == e.source_hash() => summary.unchanged += 1,
             Some(_) => {
                 summary.changed += 1;
+                summary.written.push(key.clone());
                 to_write.push(e.to_row());
             }
             None => {
                 summary.added += 1;
+                summary.written.push(key.clone());
                 to_write.push(e.to_row());
             }
         }
@@ -544,16 +581,11 @@ fn sync_catalog(
     ),
 > {
     let conn = connections::given_or_active(connection);
-    if describe.unwrap_or(false) {
-        DbragError::new(
-            Kind::NotConfigured,
-            "describe => true needs the model client, which is not built yet",
-        )
-        .hint("call dbrag.sync_catalog without describe")
-        .raise();
-    }
     let entries = introspect(&conn);
     let summary = store(&conn, &entries);
+    if describe.unwrap_or(false) {
+        crate::nl2sql::describe_tables(&conn, &summary.written);
+    }
     crate::audit::record(
         "catalog_synced",
         Some(&conn.tenant_id.to_string()),

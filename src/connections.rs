@@ -21,6 +21,7 @@ use crate::privileged;
 pub use crate::remote::RemoteRows;
 use crate::remote::{self, Session};
 use crate::tenant;
+use dbrag_core::dataplane_target::MysqlTarget;
 
 /// The engines a connection can reach.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,11 +63,9 @@ pub struct Connection {
     pub name: String,
     pub kind: EngineKind,
     pub schema_name: String,
-    pub is_active: bool,
 }
 
-const SELECT_CONNECTION: &str =
-    "SELECT connection_id, tenant_id, name, kind, schema_name, is_active \
+const SELECT_CONNECTION: &str = "SELECT connection_id, tenant_id, name, kind, schema_name \
      FROM control_plane.tenant_databases WHERE tenant_id = $1";
 
 fn fetch(sql: &str, args: &[DatumWithOid]) -> Option<Connection> {
@@ -86,7 +85,6 @@ fn fetch(sql: &str, args: &[DatumWithOid]) -> Option<Connection> {
                     name: row.get(3)?.unwrap_or_default(),
                     kind: EngineKind::parse(&kind).unwrap_or(EngineKind::Local),
                     schema_name: row.get(5)?.unwrap_or_default(),
-                    is_active: row.get(6)?.unwrap_or(false),
                 }));
             }
             Ok::<_, pgrx::spi::Error>(None)
@@ -147,9 +145,24 @@ fn conninfo_checked(conn: &Connection) -> Result<String> {
         return Err(DbragError::new(
             Kind::BadArgument,
             format!(
-                "connection {} is of kind {}, which has no conninfo",
+                "connection {} is of kind {}, not a remote PostgreSQL server",
                 conn.id,
                 conn.kind.as_str()
+            ),
+        ));
+    }
+    credentials(conn)
+}
+
+/// The decrypted conninfo (postgres), URI (mysql) or path (sqlite) of a
+/// connection, for internal use only: never log it, never return it to SQL.
+pub fn credentials(conn: &Connection) -> Result<String> {
+    if conn.kind == EngineKind::Local {
+        return Err(DbragError::new(
+            Kind::BadArgument,
+            format!(
+                "connection {} is a local schema, which has no conninfo",
+                conn.id
             ),
         ));
     }
@@ -325,21 +338,12 @@ fn remote_tables(session: &mut Session, schema: &str) -> Result<Vec<(String, Str
 
 fn parse_kind(kind: &str) -> EngineKind {
     match EngineKind::parse(kind.trim()) {
-        Some(k @ (EngineKind::Local | EngineKind::Postgres)) => k,
-        Some(other) => DbragError::new(
-            Kind::BadArgument,
-            format!(
-                "connection kind \"{}\" is not available in this version",
-                other.as_str()
-            ),
-        )
-        .hint("use 'local' (a schema of this database) or 'postgres' (a remote server)")
-        .raise(),
+        Some(k) => k,
         None => DbragError::new(
             Kind::BadArgument,
             format!("unknown connection kind \"{kind}\""),
         )
-        .hint("use 'local' (a schema of this database) or 'postgres' (a remote server)")
+        .hint("use 'local' (a schema of this database), 'postgres', 'mysql' (MySQL or MariaDB) or 'sqlite' (a file under dbrag.sqlite_dir)")
         .raise(),
     }
 }
@@ -373,6 +377,104 @@ fn parse_postgres_conninfo(conninfo: &str, tenant: Option<uuid::Uuid>) -> remote
     parsed
 }
 
+/// Where a non-local conninfo points, checked for the caller.
+enum Target {
+    Postgres(remote::Parsed),
+    Mysql(MysqlTarget),
+    Sqlite(std::path::PathBuf),
+}
+
+/// Parse and check a conninfo of `kind`; a refusal (42501) is audited durably.
+fn prepare_target(kind: EngineKind, conninfo: &str, tenant: Option<uuid::Uuid>) -> Target {
+    let outcome = match kind {
+        EngineKind::Postgres => return Target::Postgres(parse_postgres_conninfo(conninfo, tenant)),
+        EngineKind::Mysql => crate::mysql::parse_target(conninfo).map(Target::Mysql),
+        EngineKind::Sqlite => crate::sqlite::resolve(conninfo, tenant).map(Target::Sqlite),
+        EngineKind::Local => Err(DbragError::new(
+            Kind::BadArgument,
+            "a local connection takes no conninfo",
+        )),
+    };
+    match outcome {
+        Ok(t) => t,
+        Err(e) => {
+            if e.kind == Kind::Forbidden {
+                audit::record_durable(
+                    "connection_refused",
+                    tenant.map(|t| t.to_string()).as_deref(),
+                    json!({"kind": kind.as_str(), "reason": e.message}),
+                );
+            }
+            e.raise()
+        }
+    }
+}
+
+/// The schema a connection of `kind` reads: for MySQL the database
+/// (schema_name, or the URI's database when schema_name is the default
+/// 'public'); for SQLite always `main`.
+fn resolve_schema(kind: EngineKind, schema: &str, target: Option<&Target>) -> String {
+    match (kind, target) {
+        (EngineKind::Mysql, Some(Target::Mysql(t))) if schema == "public" => match &t.database {
+            Some(db) => db.clone(),
+            None => DbragError::new(Kind::BadArgument, "a mysql connection needs a database")
+                .hint("name it in the URI (mysql://user:password@host/database) or as schema_name")
+                .raise(),
+        },
+        (EngineKind::Sqlite, _) => {
+            if schema != "public" && schema != crate::sqlite::SCHEMA {
+                raise(
+                    Kind::BadArgument,
+                    "a SQLite connection reads the file's main schema: leave schema_name out or write 'main'",
+                );
+            }
+            crate::sqlite::SCHEMA.to_string()
+        }
+        _ => schema.to_string(),
+    }
+}
+
+/// Tables of `schema` the target shows, as (schema, table).
+fn target_tables(target: &mut Target, schema: &str) -> Result<Vec<(String, String)>> {
+    let connect_ms = gucs::REMOTE_CONNECT_TIMEOUT_MS.get();
+    match target {
+        Target::Postgres(parsed) => {
+            let mut session = Session::connect(parsed, connect_ms)?;
+            remote_tables(&mut session, schema)
+        }
+        Target::Mysql(t) => {
+            Ok(
+                crate::mysql::list_tables(t, schema, connect_ms, gucs::QUERY_TIMEOUT_MS.get())?
+                    .into_iter()
+                    .map(|name| (schema.to_string(), name))
+                    .collect(),
+            )
+        }
+        Target::Sqlite(path) => Ok(crate::sqlite::list_tables(path)?
+            .into_iter()
+            .map(|name| (crate::sqlite::SCHEMA.to_string(), name))
+            .collect()),
+    }
+}
+
+fn target_readable(target: &Target, schema: &str, given: &str) -> Readable {
+    match target {
+        Target::Postgres(parsed) => readable_parts(parsed),
+        Target::Mysql(t) => Readable {
+            host: Some(t.host.clone()),
+            port: Some(t.port as i32),
+            database: Some(schema.to_string()),
+            user: Some(t.user.clone()),
+        },
+        Target::Sqlite(_) => Readable {
+            host: None,
+            port: None,
+            database: Some(given.to_string()),
+            user: None,
+        },
+    }
+}
+
 // ---------------------------------------------------------------- SQL API
 
 /// `dbrag.test_connection(kind, conninfo, schema_name)`: connect and list the
@@ -401,10 +503,9 @@ fn test_connection(
         }
         _ => {
             let info = required(conninfo, "conninfo");
-            let parsed = parse_postgres_conninfo(info, t);
-            let mut session =
-                Session::connect(&parsed, gucs::REMOTE_CONNECT_TIMEOUT_MS.get()).or_raise();
-            remote_tables(&mut session, schema).or_raise()
+            let mut target = prepare_target(kind, info, t);
+            let schema = resolve_schema(kind, schema, Some(&target));
+            target_tables(&mut target, &schema).or_raise()
         }
     };
     TableIterator::new(tables)
@@ -467,12 +568,13 @@ fn create_connection(
     let schema = required(schema_name, "schema_name");
     check_schema_name(schema);
     let id = uuid::Uuid::new_v4();
+    let mut schema = schema.to_string();
     let (parts, credentials) = match kind {
         EngineKind::Local => {
             if conninfo.is_some() {
                 raise(Kind::BadArgument, "a local connection takes no conninfo");
             }
-            check_local_schema(schema).or_raise();
+            check_local_schema(&schema).or_raise();
             (
                 Readable {
                     host: None,
@@ -485,8 +587,9 @@ fn create_connection(
         }
         _ => {
             let info = required(conninfo, "conninfo");
-            let parsed = parse_postgres_conninfo(info, Some(t));
-            let parts = readable_parts(&parsed);
+            let target = prepare_target(kind, info, Some(t));
+            schema = resolve_schema(kind, &schema, Some(&target));
+            let parts = target_readable(&target, &schema, info);
             let blob = crypto::seal_internal(
                 info,
                 Purpose::Connection {
@@ -520,7 +623,7 @@ fn create_connection(
                 DatumWithOid::from(parts.port),
                 DatumWithOid::from(parts.database.clone()),
                 DatumWithOid::from(parts.user.clone()),
-                DatumWithOid::from(schema),
+                DatumWithOid::from(schema.as_str()),
                 DatumWithOid::from(credentials.as_deref()),
             ],
         )
@@ -560,23 +663,28 @@ fn update_connection(
         }
         changed.push("name");
     }
+    let mut new_schema: Option<String> = None;
     if let Some(s) = schema_name {
         check_schema_name(s);
         if conn.kind == EngineKind::Local {
             check_local_schema(s).or_raise();
         }
+        new_schema = Some(match conn.kind {
+            EngineKind::Sqlite => resolve_schema(conn.kind, s, None),
+            _ => s.to_string(),
+        });
         changed.push("schema_name");
     }
     let mut new_parts: Option<(Readable, Vec<u8>)> = None;
     if let Some(info) = conninfo {
-        if conn.kind != EngineKind::Postgres {
-            raise(
-                Kind::BadArgument,
-                format!("a {} connection takes no conninfo", conn.kind.as_str()),
-            );
+        if conn.kind == EngineKind::Local {
+            raise(Kind::BadArgument, "a local connection takes no conninfo");
         }
-        let parsed = parse_postgres_conninfo(info, Some(t));
-        let parts = readable_parts(&parsed);
+        let target = prepare_target(conn.kind, info, Some(t));
+        let schema_now = new_schema
+            .clone()
+            .unwrap_or_else(|| conn.schema_name.clone());
+        let parts = target_readable(&target, &schema_now, info);
         let blob = crypto::seal_internal(
             info,
             Purpose::Connection {
@@ -592,6 +700,11 @@ fn update_connection(
         return;
     }
     let reset = conninfo.is_some() || schema_name.is_some();
+    // A MySQL connection shows its database as database_name.
+    let shown_db = match (&new_schema, conn.kind) {
+        (Some(s), EngineKind::Mysql) => Some(s.clone()),
+        _ => None,
+    };
     let (host, port, db, user, blob) = match &new_parts {
         Some((p, b)) => (
             p.host.clone(),
@@ -600,7 +713,7 @@ fn update_connection(
             p.user.clone(),
             Some(b.as_slice()),
         ),
-        None => (None, None, None, None, None),
+        None => (None, None, shown_db.clone(), None, None),
     };
     privileged::as_extension(|| {
         Spi::run_with_args(
@@ -609,7 +722,7 @@ fn update_connection(
                schema_name = COALESCE($4, schema_name), \
                host = CASE WHEN $5 THEN $6 ELSE host END, \
                port = CASE WHEN $5 THEN $7 ELSE port END, \
-               database_name = CASE WHEN $5 THEN $8 ELSE database_name END, \
+               database_name = CASE WHEN $5 THEN $8 ELSE COALESCE($8, database_name) END, \
                username = CASE WHEN $5 THEN $9 ELSE username END, \
                credentials = CASE WHEN $5 THEN $10 ELSE credentials END, \
                status = CASE WHEN $11 THEN 'disconnected'::control_plane.database_status ELSE status END \
@@ -618,7 +731,7 @@ fn update_connection(
                 DatumWithOid::from(tenant::to_pg(t)),
                 DatumWithOid::from(tenant::to_pg(conn.id)),
                 DatumWithOid::from(name),
-                DatumWithOid::from(schema_name),
+                DatumWithOid::from(new_schema.as_deref()),
                 DatumWithOid::from(new_parts.is_some()),
                 DatumWithOid::from(host),
                 DatumWithOid::from(port),
@@ -683,10 +796,20 @@ fn activate_connection(connection: Option<pgrx::Uuid>) {
                 );
             }
         }
-        other => raise(
-            Kind::BadArgument,
-            format!("connection kind \"{}\" is not available", other.as_str()),
-        ),
+        EngineKind::Mysql => {
+            let target = crate::dataplane::mysql_target(&conn).or_raise();
+            crate::mysql::list_tables(
+                &target,
+                &conn.schema_name,
+                gucs::REMOTE_CONNECT_TIMEOUT_MS.get(),
+                gucs::QUERY_TIMEOUT_MS.get(),
+            )
+            .or_raise();
+        }
+        EngineKind::Sqlite => {
+            let path = crate::dataplane::sqlite_path(&conn).or_raise();
+            crate::sqlite::list_tables(&path).or_raise();
+        }
     }
     let args = [
         DatumWithOid::from(tenant::to_pg(conn.tenant_id)),

@@ -31,6 +31,7 @@
 //! in the allowed set, every function, operator and cast type on the allow-lists
 //! of [`dbrag_core::sqlguard`].
 
+use std::any::Any;
 use std::collections::{BTreeSet, HashSet};
 use std::ffi::{c_void, CStr, CString};
 
@@ -38,6 +39,8 @@ use dbrag_core::sqlguard;
 use pgrx::pg_sys;
 use pgrx::pg_sys::panic::{CaughtError, ErrorReport};
 use pgrx::prelude::*;
+use std::panic::AssertUnwindSafe;
+
 use pgrx::{PgList, PgSqlErrorCode};
 
 use crate::error::{required, DbragError, Kind};
@@ -135,55 +138,6 @@ fn sqlstate_text(code: PgSqlErrorCode) -> String {
 pub fn must_rethrow(code: PgSqlErrorCode) -> bool {
     let s = sqlstate_text(code);
     matches!(&s[..2], "57" | "53" | "58" | "XX" | "40" | "25")
-}
-
-/// How deep the walks below follow a parse tree. Deeper statements are
-/// refused before PostgreSQL's own stack check (`max_stack_depth`) would
-/// stop them: that ERROR, raised inside the walk, crosses every `#[pg_guard]`
-/// frame of it in turn, and with RUST_BACKTRACE set in the server's
-/// environment each crossing captured a backtrace thousands of frames deep:
-/// 400 nested sub-selects kept a backend busy for minutes, deaf to cancel and
-/// terminate (found by the attack suite). 500 is far beyond what a question
-/// needs and well inside the stack.
-const MAX_WALK_DEPTH: u32 = 500;
-
-thread_local! {
-    static WALK_DEPTH: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
-}
-
-/// One level of a walk; None when the statement nests too deeply.
-struct Depth;
-
-impl Depth {
-    fn enter() -> Option<Depth> {
-        let d = WALK_DEPTH.with(|c| {
-            c.set(c.get() + 1);
-            c.get()
-        });
-        let level = Depth;
-        // Long walks stay cancellable.
-        pgrx::check_for_interrupts!();
-        (d <= MAX_WALK_DEPTH).then_some(level)
-    }
-
-    fn reset() {
-        WALK_DEPTH.with(|c| c.set(0));
-    }
-}
-
-impl Drop for Depth {
-    fn drop(&mut self) {
-        WALK_DEPTH.with(|c| c.set(c.get().saturating_sub(1)));
-    }
-}
-
-fn too_deep() -> GuardError {
-    GuardError::Invalid {
-        sqlstate: PgSqlErrorCode::ERRCODE_STATEMENT_TOO_COMPLEX,
-        message: format!(
-            "the statement nests more than {MAX_WALK_DEPTH} levels deep; write it flatter"
-        ),
-    }
 }
 
 /// Run `f` inside an internal subtransaction ([`crate::subxact::run`]). A
@@ -301,6 +255,9 @@ unsafe fn name_list(list: *mut pg_sys::List) -> Vec<String> {
 struct LocalWalk<'a> {
     allowed: &'a HashSet<pg_sys::Oid>,
     refusal: Option<GuardError>,
+    /// A panic (a PostgreSQL error caught by a pg_sys call) parked by a
+    /// callback, resumed once the C walker has returned.
+    parked: Option<Box<dyn Any + Send>>,
     relations: BTreeSet<u32>,
     functions: BTreeSet<String>,
 }
@@ -323,17 +280,20 @@ pub fn check_local(
             0,
             std::ptr::null_mut(),
         );
-        Depth::reset();
         let mut walk = LocalWalk {
             allowed,
             refusal: None,
+            parked: None,
             relations: BTreeSet::new(),
             functions: BTreeSet::new(),
         };
-        local_walker(
+        walk_local(
             query as *mut pg_sys::Node,
             &mut walk as *mut LocalWalk as *mut c_void,
         );
+        if let Some(payload) = walk.parked.take() {
+            std::panic::resume_unwind(payload);
+        }
         if let Some(e) = walk.refusal {
             return Err(e);
         }
@@ -349,6 +309,33 @@ pub fn check_local(
         tables,
         functions: functions.into_iter().collect(),
     })
+}
+
+/// The oids of the (schema, table) pairs that exist here, for [`check_local`]'s
+/// allowed set. Names are exact (as stored in the catalog, not case-folded);
+/// pairs that do not resolve are skipped. Looks names up without permission
+/// checks or locks, as a catalog read does.
+pub fn relation_oids<'a>(
+    tables: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> HashSet<pg_sys::Oid> {
+    let mut out = HashSet::new();
+    for (schema, table) in tables {
+        let (Ok(schema), Ok(table)) = (CString::new(schema), CString::new(table)) else {
+            continue;
+        };
+        // SAFETY: syscache lookups with missing_ok; InvalidOid when absent.
+        unsafe {
+            let nsp = pg_sys::get_namespace_oid(schema.as_ptr(), true);
+            if nsp == pg_sys::InvalidOid {
+                continue;
+            }
+            let rel = pg_sys::get_relname_relid(table.as_ptr(), nsp);
+            if rel != pg_sys::InvalidOid {
+                out.insert(rel);
+            }
+        }
+    }
+    out
 }
 
 fn relation_name(rel: pg_sys::Oid) -> (String, String) {
@@ -463,31 +450,83 @@ unsafe fn check_function(funcid: pg_sys::Oid) -> Result<String, GuardError> {
     Ok(name)
 }
 
-#[pg_guard]
-unsafe extern "C-unwind" fn function_checker(funcid: pg_sys::Oid, ctx: *mut c_void) -> bool {
-    let walk = &mut *(ctx as *mut LocalWalk);
-    match check_function(funcid) {
-        Ok(name) => {
-            walk.functions.insert(name);
-            false
-        }
-        Err(e) => {
-            walk.refusal = Some(e);
+/// Run one step of a walk called back from C. A panic (a PostgreSQL error
+/// that a pg_sys call inside already caught and flushed, or a Rust panic) is
+/// handed to `park` and the walk stops, so nothing unwinds or longjmps
+/// through PostgreSQL's walker frames; the Rust code that started the walk
+/// resumes it inside the guard's subtransaction. (With `#[pg_guard]`, an
+/// error at depth N would be re-raised N times, its detail growing each time.)
+///
+/// # Safety
+/// `park` stores into the walk's context, valid for the call.
+unsafe fn from_c(step: impl FnOnce() -> bool, park: impl FnOnce(Box<dyn Any + Send>)) -> bool {
+    match std::panic::catch_unwind(AssertUnwindSafe(step)) {
+        Ok(stop) => stop,
+        Err(payload) => {
+            park(payload);
             true
         }
     }
 }
 
-#[pg_guard]
+unsafe extern "C-unwind" fn function_checker(funcid: pg_sys::Oid, ctx: *mut c_void) -> bool {
+    let walk = ctx as *mut LocalWalk;
+    from_c(
+        || {
+            let walk = &mut *walk;
+            match check_function(funcid) {
+                Ok(name) => {
+                    walk.functions.insert(name);
+                    false
+                }
+                Err(e) => {
+                    walk.refusal = Some(e);
+                    true
+                }
+            }
+        },
+        |p| (*walk).parked = Some(p),
+    )
+}
+
+/// Whether the stack is within 64 kB of `max_stack_depth`. The walkers stop
+/// there with a refusal instead of letting PostgreSQL's own stack check raise
+/// an ERROR deep inside a chain of callbacks.
+#[inline(never)]
+fn near_stack_limit() -> bool {
+    let probe = std::mem::MaybeUninit::<[u8; 64 * 1024]>::uninit();
+    std::hint::black_box(&probe);
+    // SAFETY: reads the stack pointer against max_stack_depth; never raises.
+    unsafe { pg_sys::stack_is_too_deep() }
+}
+
+fn too_deep() -> GuardError {
+    GuardError::Invalid {
+        sqlstate: PgSqlErrorCode::ERRCODE_STATEMENT_TOO_COMPLEX,
+        message: "the statement is nested too deeply".into(),
+    }
+}
+
+/// The callback PostgreSQL's walkers call (see [`from_c`]); Rust code calls
+/// [`walk_local`] directly.
 unsafe extern "C-unwind" fn local_walker(node: *mut pg_sys::Node, ctx: *mut c_void) -> bool {
+    from_c(
+        || walk_local(node, ctx),
+        |p| (*(ctx as *mut LocalWalk)).parked = Some(p),
+    )
+}
+
+/// # Safety
+/// `node` is NULL or a node of an analyzed Query; `ctx` points to a [`LocalWalk`].
+unsafe fn walk_local(node: *mut pg_sys::Node, ctx: *mut c_void) -> bool {
     if node.is_null() {
         return false;
     }
     let walk = &mut *(ctx as *mut LocalWalk);
-    let Some(_level) = Depth::enter() else {
+    if near_stack_limit() {
         walk.refusal = Some(too_deep());
         return true;
-    };
+    }
     let fail = |walk: &mut LocalWalk, e: GuardError| {
         walk.refusal = Some(e);
         true
@@ -547,29 +586,30 @@ unsafe extern "C-unwind" fn local_walker(node: *mut pg_sys::Node, ctx: *mut c_vo
 // call any function. When the application server (dbrag_app), an operator
 // or a superuser calls dbrag.ask() or dbrag.sync_catalog() for a tenant whose
 // login role may create objects in its schema, a view or policy planted
-// there would run the tenant's code with the caller's privileges: a switch
-// to another tenant, the admin policies that see every tenant, whatever the
-// server's role may read. So every function that code calls, and every
-// domain it casts to, must belong to a role the caller trusts: a superuser,
-// the caller itself, or a role the caller is a member of.
+// there ran the tenant's code with the caller's privileges (found by the
+// attack suite: an operator's ask() returned every tenant's name through
+// the admin policies). So every function that code calls, and every domain
+// it casts to, must belong to a role the caller trusts: a superuser, the
+// caller itself, or a role the caller is a member of.
 
 struct TrustWalk {
     caller: pg_sys::Oid,
     refusal: Option<GuardError>,
+    parked: Option<Box<dyn Any + Send>>,
 }
 
 /// Whether code owned by `owner` may run as `caller`.
 fn trusted_owner(caller: pg_sys::Oid, owner: pg_sys::Oid) -> bool {
-    // SAFETY: catalog lookups of two role oids.
+    // SAFETY: catalog lookups of two role oids; neither raises.
     owner == caller
         || unsafe { pg_sys::superuser_arg(owner) }
         || unsafe { pg_sys::is_member_of_role_nosuper(caller, owner) }
 }
 
-/// Owner of a pg_proc or pg_type row.
+/// Owner of a pg_proc (`PROCOID`) or pg_type (`TYPEOID`) row.
 ///
 /// # Safety
-/// Syscache lookup; `cache` is PROCOID or TYPEOID.
+/// Syscache lookup.
 unsafe fn owner_of(
     cache: pg_sys::SysCacheIdentifier::Type,
     oid: pg_sys::Oid,
@@ -588,41 +628,54 @@ unsafe fn owner_of(
 }
 
 /// # Safety
-/// Catalog lookups only.
+/// Catalog lookup only.
 unsafe fn role_name(role: pg_sys::Oid) -> String {
     cstr(pg_sys::GetUserNameFromId(role, true)).unwrap_or_else(|| u32::from(role).to_string())
 }
 
-#[pg_guard]
 unsafe extern "C-unwind" fn trust_checker(funcid: pg_sys::Oid, ctx: *mut c_void) -> bool {
-    let walk = &mut *(ctx as *mut TrustWalk);
-    let owner = owner_of(pg_sys::SysCacheIdentifier::PROCOID, funcid);
-    match owner {
-        Some(owner) if trusted_owner(walk.caller, owner) => false,
-        _ => {
-            let name = cstr(pg_sys::get_func_name(funcid))
-                .unwrap_or_else(|| u32::from(funcid).to_string());
-            let owner = owner.map(|o| role_name(o)).unwrap_or_else(|| "?".into());
-            walk.refusal = Some(GuardError::Forbidden(format!(
-                "a view or row-level security policy the statement reads calls function {name}, owned by role {owner}, \
-                 which would run with the privileges of role {}",
-                role_name(walk.caller)
-            )));
-            true
-        }
-    }
+    let walk = ctx as *mut TrustWalk;
+    from_c(
+        || {
+            let walk = &mut *walk;
+            let owner = owner_of(pg_sys::SysCacheIdentifier::PROCOID, funcid);
+            match owner {
+                Some(owner) if trusted_owner(walk.caller, owner) => false,
+                _ => {
+                    let name = cstr(pg_sys::get_func_name(funcid))
+                        .unwrap_or_else(|| u32::from(funcid).to_string());
+                    let owner = owner.map(|o| role_name(o)).unwrap_or_else(|| "?".into());
+                    walk.refusal = Some(GuardError::Forbidden(format!(
+                        "a view or row-level security policy the statement reads calls function {name}, \
+                         owned by role {owner}, which would run with the privileges of role {}",
+                        role_name(walk.caller)
+                    )));
+                    true
+                }
+            }
+        },
+        |p| (*walk).parked = Some(p),
+    )
 }
 
-#[pg_guard]
 unsafe extern "C-unwind" fn trust_walker(node: *mut pg_sys::Node, ctx: *mut c_void) -> bool {
+    from_c(
+        || walk_trust(node, ctx),
+        |p| (*(ctx as *mut TrustWalk)).parked = Some(p),
+    )
+}
+
+/// # Safety
+/// `node` is NULL or a node of a rewritten Query; `ctx` points to a [`TrustWalk`].
+unsafe fn walk_trust(node: *mut pg_sys::Node, ctx: *mut c_void) -> bool {
     if node.is_null() {
         return false;
     }
     let walk = &mut *(ctx as *mut TrustWalk);
-    let Some(_level) = Depth::enter() else {
+    if near_stack_limit() {
         walk.refusal = Some(too_deep());
         return true;
-    };
+    }
     match (*node).type_ {
         pg_sys::NodeTag::T_Query => {
             return pg_sys::query_tree_walker(
@@ -632,8 +685,8 @@ unsafe extern "C-unwind" fn trust_walker(node: *mut pg_sys::Node, ctx: *mut c_vo
                 pg_sys::QTW_EXAMINE_RTES_BEFORE as i32,
             );
         }
-        // Its subquery, functions, values and security quals are walked
-        // by query_tree_walker itself.
+        // Its subquery, functions, values and security quals are walked by
+        // query_tree_walker itself.
         pg_sys::NodeTag::T_RangeTblEntry => return false,
         pg_sys::NodeTag::T_CoerceToDomain => {
             // A domain's CHECK constraints run at the cast.
@@ -643,8 +696,8 @@ unsafe extern "C-unwind" fn trust_walker(node: *mut pg_sys::Node, ctx: *mut c_vo
                 owner => {
                     let owner = owner.map(|o| role_name(o)).unwrap_or_else(|| "?".into());
                     walk.refusal = Some(GuardError::Forbidden(format!(
-                        "a view the statement reads casts to a domain owned by role {owner}, whose checks \
-                         would run with the privileges of role {}",
+                        "a view the statement reads casts to a domain owned by role {owner}, \
+                         whose checks would run with the privileges of role {}",
                         role_name(walk.caller)
                     )));
                     return true;
@@ -665,19 +718,22 @@ unsafe extern "C-unwind" fn trust_walker(node: *mut pg_sys::Node, ctx: *mut c_vo
 /// # Safety
 /// `query` is a freshly analyzed Query, inside [`guarded`].
 unsafe fn untrusted_code(query: *mut pg_sys::Query) -> Result<(), GuardError> {
-    Depth::reset();
     let mut walk = TrustWalk {
         caller: pg_sys::GetUserId(),
         refusal: None,
+        parked: None,
     };
     let rewritten = PgList::<pg_sys::Query>::from_pg(pg_sys::QueryRewrite(query));
     for q in rewritten.iter_ptr() {
-        if trust_walker(
+        if walk_trust(
             q as *mut pg_sys::Node,
             &mut walk as *mut TrustWalk as *mut c_void,
         ) {
             break;
         }
+    }
+    if let Some(payload) = walk.parked.take() {
+        std::panic::resume_unwind(payload);
     }
     match walk.refusal {
         Some(e) => Err(e),
@@ -685,10 +741,10 @@ unsafe fn untrusted_code(query: *mut pg_sys::Query) -> Result<(), GuardError> {
     }
 }
 
-/// For code that reads a relation itself (sync_catalog's samples): the
-/// reason `sql` (one SELECT) would run code of a role the caller does not
-/// trust, or None. Errors analysing `sql` read as "nothing to refuse": the
-/// statement then fails on its own when it runs.
+/// For code that reads a relation itself (sync_catalog's samples): why `sql`
+/// (one SELECT) would run code of a role the caller does not trust, or None.
+/// An error analysing `sql` reads as "nothing to refuse": the statement then
+/// fails on its own when it runs.
 pub fn untrusted_code_in(sql: &str) -> Option<String> {
     let (_, ctext) = statement_text(sql).ok()?;
     match guarded(|| unsafe {
@@ -717,6 +773,7 @@ struct RemoteWalk<'a> {
     /// CTE names visible at the current point, innermost WITH last.
     scopes: Vec<Vec<String>>,
     refusal: Option<GuardError>,
+    parked: Option<Box<dyn Any + Send>>,
     tables: BTreeSet<(String, String)>,
     functions: BTreeSet<String>,
 }
@@ -736,16 +793,19 @@ pub fn check_remote(
     let (text, ctext) = statement_text(sql)?;
     let (tables, functions) = guarded(|| unsafe {
         let raw = single_select(&ctext)?;
-        Depth::reset();
         let mut walk = RemoteWalk {
             allowed: allowed_tables,
             default_schema,
             scopes: Vec::new(),
             refusal: None,
+            parked: None,
             tables: BTreeSet::new(),
             functions: BTreeSet::new(),
         };
-        remote_walker((*raw).stmt, &mut walk as *mut RemoteWalk as *mut c_void);
+        walk_remote((*raw).stmt, &mut walk as *mut RemoteWalk as *mut c_void);
+        if let Some(payload) = walk.parked.take() {
+            std::panic::resume_unwind(payload);
+        }
         match walk.refusal {
             Some(e) => Err(e),
             None => Ok((walk.tables, walk.functions)),
@@ -905,16 +965,26 @@ fn check_remote_operator(parts: Vec<String>) -> Result<(), GuardError> {
     }
 }
 
-#[pg_guard]
+/// The callback `raw_expression_tree_walker` calls (see [`from_c`]); Rust
+/// calls [`walk_remote`] directly.
 unsafe extern "C-unwind" fn remote_walker(node: *mut pg_sys::Node, ctx: *mut c_void) -> bool {
+    from_c(
+        || walk_remote(node, ctx),
+        |p| (*(ctx as *mut RemoteWalk)).parked = Some(p),
+    )
+}
+
+/// # Safety
+/// `node` is NULL or a raw parse node; `ctx` points to a [`RemoteWalk`].
+unsafe fn walk_remote(node: *mut pg_sys::Node, ctx: *mut c_void) -> bool {
     if node.is_null() {
         return false;
     }
     let walk = &mut *(ctx as *mut RemoteWalk);
-    let Some(_level) = Depth::enter() else {
+    if near_stack_limit() {
         walk.refusal = Some(too_deep());
         return true;
-    };
+    }
     if let Err(e) = check_remote_node(node, walk) {
         walk.refusal = Some(e);
         return true;
@@ -958,7 +1028,7 @@ unsafe extern "C-unwind" fn remote_walker(node: *mut pg_sys::Node, ctx: *mut c_v
         Vec::new()
     });
     for (cte, name) in ctes.iter().zip(&names) {
-        if remote_walker((**cte).ctequery, ctx) {
+        if walk_remote((**cte).ctequery, ctx) {
             walk.scopes.pop();
             return true;
         }

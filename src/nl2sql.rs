@@ -353,27 +353,10 @@ fn ask_model(
     })
 }
 
-/// Relations of the connection's catalog that exist here, by oid, resolved
-/// as the caller in one statement.
+/// Relations of the connection's catalog that exist here, by oid.
 fn allowed_relations(conn: &Connection) -> std::collections::HashSet<pgrx::pg_sys::Oid> {
-    let (schemas, tables): (Vec<String>, Vec<String>) = catalog_tables(conn).into_iter().unzip();
-    privileged::with_pinned_search_path(|| {
-        Spi::connect(|client| {
-            let mut out = std::collections::HashSet::new();
-            for row in client.select(
-                "SELECT pg_catalog.to_regclass(pg_catalog.format('%I.%I', s, t))::pg_catalog.oid \
-                 FROM unnest($1::text[], $2::text[]) AS u(s, t)",
-                None,
-                &[DatumWithOid::from(schemas), DatumWithOid::from(tables)],
-            )? {
-                if let Some(oid) = row.get::<pgrx::pg_sys::Oid>(1)? {
-                    out.insert(oid);
-                }
-            }
-            Ok::<_, pgrx::spi::Error>(out)
-        })
-    })
-    .unwrap_or_default()
+    let tables = catalog_tables(conn);
+    crate::guard::relation_oids(tables.iter().map(|(s, t)| (s.as_str(), t.as_str())))
 }
 
 /// (schema, table) of every catalog row of the connection.
@@ -406,24 +389,9 @@ fn catalog_tables(conn: &Connection) -> std::collections::HashSet<(String, Strin
 fn with_connection_search_path<R>(conn: &Connection, f: impl FnOnce() -> R) -> R {
     let path = std::ffi::CString::new(crate::dataplane::local_search_path(&conn.schema_name))
         .unwrap_or_default();
-    // SAFETY: GUC_ACTION_SAVE at a fresh nest level, undone right after.
-    let level = unsafe {
-        let level = pgrx::pg_sys::NewGUCNestLevel();
-        pgrx::pg_sys::set_config_option(
-            c"search_path".as_ptr(),
-            path.as_ptr(),
-            pgrx::pg_sys::GucContext::PGC_USERSET,
-            pgrx::pg_sys::GucSource::PGC_S_SESSION,
-            pgrx::pg_sys::GucAction::GUC_ACTION_SAVE,
-            true,
-            0,
-            false,
-        );
-        level
-    };
+    let level = privileged::push_search_path(&path);
     let out = f();
-    // SAFETY: closes the nest level opened above.
-    unsafe { pgrx::pg_sys::AtEOXact_GUC(true, level) };
+    privileged::restore_settings(level);
     out
 }
 
@@ -445,14 +413,14 @@ fn check(conn: &Connection, sql: &str) -> Checked {
         EngineKind::Postgres => {
             crate::guard::check_remote(sql, &catalog_tables(conn), &conn.schema_name)
         }
-        _ => {
-            return Checked::Refused(DbragError::new(
-                Kind::NotConfigured,
-                format!(
-                    "questions on {} connections are not supported yet",
-                    conn.kind.as_str()
-                ),
-            ))
+        EngineKind::Mysql | EngineKind::Sqlite => {
+            // sqlparser's tree in the engine's dialect (dbrag_core::dialect_guard).
+            return match crate::dataplane::check_dialect(conn, sql, &catalog_tables(conn)) {
+                Err(e) => Checked::Refused(e),
+                Ok(Ok(normalized)) => Checked::Ok(normalized),
+                Ok(Err(dbrag_core::dialect_guard::GuardError::Syntax(m))) => Checked::Invalid(m),
+                Ok(Err(e)) => Checked::Refused(crate::dataplane::guard_error(e)),
+            };
         }
     };
     match result {
@@ -746,4 +714,88 @@ fn ask(
 ) -> SetOfIterator<'static, crate::jsonb::JsonbText> {
     let (rows, _) = answer_and_record(question, max_rows.unwrap_or(1000) as i64, true);
     SetOfIterator::new(rows.into_iter().map(crate::jsonb::JsonbText))
+}
+
+// ---------------------------------------------------------------- catalog descriptions
+
+const DESCRIBE_SYSTEM: &str =
+    "You document database tables for analysts who ask questions in plain language.\n\
+Answer with one JSON object and nothing else: {\"table\": \"<one sentence: what a row is>\", \
+\"columns\": {\"<column>\": \"<a few words>\"}}. Mention synonyms an analyst might use.";
+
+/// `sync_catalog(describe => true)`: the model writes a description for each
+/// table this sync wrote, and for its columns. Comments from the database
+/// win over the model's words; a table whose answer is unusable keeps none,
+/// with a WARNING, and the sync still succeeds.
+pub fn describe_tables(conn: &Connection, tables: &[(String, String)]) {
+    if tables.is_empty() {
+        return;
+    }
+    let cfg = model_config(conn.tenant_id).unwrap_or_else(|e| e.raise());
+    let t = tenant::to_pg(conn.tenant_id);
+    let c = tenant::to_pg(conn.id);
+    for (i, (schema, table)) in tables.iter().enumerate() {
+        // As text: see crate::jsonb (pgrx's JsonB panics on some values).
+        let row: Option<String> = privileged::as_extension(|| {
+            Spi::connect(|client| {
+                client
+                    .select(
+                        "SELECT pg_catalog.to_jsonb(m)::pg_catalog.text FROM control_plane.table_metadata_catalog m \
+                         WHERE tenant_id = $1 AND connection_id = $2 AND schema_name = $3 AND table_name = $4",
+                        Some(1),
+                        &[
+                            DatumWithOid::from(t),
+                            DatumWithOid::from(c),
+                            DatumWithOid::from(schema.as_str()),
+                            DatumWithOid::from(table.as_str()),
+                        ],
+                    )?
+                    .first()
+                    .get_one::<String>()
+            })
+        })
+        .ok()
+        .flatten();
+        let Some(row) = row.as_deref().and_then(crate::jsonb::from_text) else {
+            continue;
+        };
+        let ddl = dbrag_core::prompt::table_ddl(&table_from_catalog_row(&row));
+        let reply = crate::llm::complete(&cfg, DESCRIBE_SYSTEM, &ddl).unwrap_or_else(|e| e.raise());
+        let Some((table_text, columns)) = dbrag_core::prompt::parse_descriptions(&reply.text)
+        else {
+            warning!(
+                "sync_catalog: the model's description of {schema}.{table} was not JSON; kept none"
+            );
+            continue;
+        };
+        let generated: serde_json::Map<String, Value> = columns
+            .into_iter()
+            .filter(|(col, _)| row["data_types"].get(col).is_some())
+            .map(|(col, d)| (col, Value::String(d)))
+            .collect();
+        privileged::as_extension(|| {
+            Spi::run_with_args(
+                "UPDATE control_plane.table_metadata_catalog \
+                 SET table_description = COALESCE(table_description, $5), \
+                     column_descriptions = $6::jsonb OPERATOR(pg_catalog.||) column_descriptions \
+                 WHERE tenant_id = $1 AND connection_id = $2 AND schema_name = $3 AND table_name = $4",
+                &[
+                    DatumWithOid::from(t),
+                    DatumWithOid::from(c),
+                    DatumWithOid::from(schema.as_str()),
+                    DatumWithOid::from(table.as_str()),
+                    DatumWithOid::from(table_text),
+                    DatumWithOid::from(pgrx::JsonB(Value::Object(generated))),
+                ],
+            )
+        })
+        .unwrap_or_else(|e| DbragError::from(e).raise());
+        if (i + 1) % 10 == 0 {
+            notice!(
+                "sync_catalog: described {} tables of {}",
+                i + 1,
+                tables.len()
+            );
+        }
+    }
 }

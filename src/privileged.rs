@@ -9,6 +9,32 @@
 
 use pgrx::pg_sys;
 
+/// Open a GUC nest level with `search_path` set to `path`; undone by
+/// [`restore_settings`] (or by transaction / subtransaction abort).
+pub fn push_search_path(path: &std::ffi::CStr) -> i32 {
+    // SAFETY: GUC_ACTION_SAVE is allowed in parallel mode and undone by AtEOXact_GUC.
+    unsafe {
+        let level = pg_sys::NewGUCNestLevel();
+        pg_sys::set_config_option(
+            c"search_path".as_ptr(),
+            path.as_ptr(),
+            pg_sys::GucContext::PGC_USERSET,
+            pg_sys::GucSource::PGC_S_SESSION,
+            pg_sys::GucAction::GUC_ACTION_SAVE,
+            true,
+            0,
+            false,
+        );
+        level
+    }
+}
+
+/// Close a nest level opened by [`push_search_path`].
+pub fn restore_settings(level: i32) {
+    // SAFETY: closes exactly the level that was opened.
+    unsafe { pg_sys::AtEOXact_GUC(true, level) };
+}
+
 /// Run `f` as the extension. On an ERROR, transaction or subtransaction abort
 /// restores the user id and the settings, as it does for SECURITY DEFINER.
 pub fn as_extension<R>(f: impl FnOnce() -> R) -> R {
@@ -24,50 +50,19 @@ pub fn as_extension<R>(f: impl FnOnce() -> R) -> R {
                 | pg_sys::SECURITY_RESTRICTED_OPERATION as i32,
         );
     }
-    // SAFETY: GUC_ACTION_SAVE is allowed in parallel mode and undone by AtEOXact_GUC.
-    let nest_level = unsafe {
-        let level = pg_sys::NewGUCNestLevel();
-        pg_sys::set_config_option(
-            c"search_path".as_ptr(),
-            c"pg_catalog, pg_temp".as_ptr(),
-            pg_sys::GucContext::PGC_USERSET,
-            pg_sys::GucSource::PGC_S_SESSION,
-            pg_sys::GucAction::GUC_ACTION_SAVE,
-            true,
-            0,
-            false,
-        );
-        level
-    };
+    let level = push_search_path(c"pg_catalog, pg_temp");
     let result = f();
-    // SAFETY: undoes exactly what was set up above.
-    unsafe {
-        pg_sys::AtEOXact_GUC(true, nest_level);
-        pg_sys::SetUserIdAndSecContext(saved_user, saved_context);
-    }
+    restore_settings(level);
+    // SAFETY: undoes the switch made above.
+    unsafe { pg_sys::SetUserIdAndSecContext(saved_user, saved_context) };
     result
 }
 
 /// Run `f` with `search_path` pinned but as the calling user, so RLS applies.
 pub fn with_pinned_search_path<R>(f: impl FnOnce() -> R) -> R {
-    // SAFETY: as above.
-    let nest_level = unsafe {
-        let level = pg_sys::NewGUCNestLevel();
-        pg_sys::set_config_option(
-            c"search_path".as_ptr(),
-            c"pg_catalog, pg_temp".as_ptr(),
-            pg_sys::GucContext::PGC_USERSET,
-            pg_sys::GucSource::PGC_S_SESSION,
-            pg_sys::GucAction::GUC_ACTION_SAVE,
-            true,
-            0,
-            false,
-        );
-        level
-    };
+    let level = push_search_path(c"pg_catalog, pg_temp");
     let result = f();
-    // SAFETY: undoes the nest level opened above.
-    unsafe { pg_sys::AtEOXact_GUC(true, nest_level) };
+    restore_settings(level);
     result
 }
 

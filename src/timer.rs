@@ -44,7 +44,6 @@ fn timeout_id() -> i32 {
 /// An armed deadline; disarmed when dropped.
 pub struct Deadline {
     id: i32,
-    pub ms: i32,
 }
 
 impl Deadline {
@@ -53,7 +52,7 @@ impl Deadline {
         FIRED.store(false, Ordering::SeqCst);
         // SAFETY: a registered timeout id.
         unsafe { enable_timeout_after(id, ms.max(1)) };
-        Deadline { id, ms }
+        Deadline { id }
     }
 
     /// Whether the cancel that interrupted the work was this deadline's.

@@ -234,3 +234,39 @@ def test_ask_on_a_remote_postgres_connection(nl):
         with pytest.raises(psycopg.Error) as e:
             b.execute("SELECT * FROM dbrag.ask('passwords')")
         assert e.value.sqlstate == "42501"
+
+
+def test_usage_per_tenant(nl):
+    tenants, _, _, model = nl
+    model.script(sql_answer("SELECT count(*) FROM singer"), sql_answer("DELETE FROM singer"))
+    with tenants.conn(tenants.a_role) as a:
+        a.execute("SELECT * FROM dbrag.ask('count singers')").fetchall()
+        with pytest.raises(psycopg.Error):
+            a.execute("SELECT * FROM dbrag.ask('delete singers')")
+        (tid, calls, answered, refused, tokens), = a.execute(
+            "SELECT tenant_id, calls, answered, refused, prompt_tokens FROM dbrag.usage").fetchall()
+        assert (tid, calls, answered, refused) == (tenants.a, 2, 1, 1) and tokens > 0
+    with tenants.conn(tenants.b_role) as b:
+        assert b.execute("SELECT count(*) FROM dbrag.usage").fetchone()[0] == 0
+    with tenants.conn(tenants.admin_role) as ops:
+        assert ops.execute("SELECT calls FROM dbrag.usage WHERE tenant_id = %s", (tenants.a,)).fetchone()[0] == 2
+
+
+def test_sync_with_describe(su, nl):
+    tenants, sa, _, model = nl
+    su.execute(f"CREATE TABLE {sa}.t_x (a int, b text)")
+    su.execute(f"GRANT SELECT ON {sa}.t_x TO {tenants.a_role}")
+    model.script({"content": 'Here it is: {"table": "Tour buses the band travels in", '
+                             '"columns": {"a": "bus number", "b": "driver name", "nope": "ignored"}}'})
+    with tenants.conn(tenants.a_role) as a:
+        assert a.execute("SELECT added FROM dbrag.sync_catalog(describe => true)").fetchone()[0] == 1
+        desc, cols = a.execute("SELECT table_description, column_descriptions FROM control_plane.table_metadata_catalog "
+                               "WHERE table_name = 't_x'").fetchone()
+        assert desc == "Tour buses the band travels in" and cols == {"a": "bus number", "b": "driver name"}
+        assert a.execute("SELECT table_name FROM dbrag.search_catalog('which tour bus drivers', 1)").fetchone()[0] == "t_x"
+        # Unchanged tables are not described again: no model call.
+        calls = len(model.requests())
+        assert a.execute("SELECT unchanged FROM dbrag.sync_catalog(describe => true)").fetchone()[0] >= 7
+        assert len(model.requests()) == calls
+    # Only the new table went to the model.
+    assert "t_x" in model.requests()[-1]["body"]["messages"][-1]["content"]

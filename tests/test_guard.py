@@ -8,6 +8,7 @@ one read-only SELECT, 42501 a forbidden relation or function, PostgreSQL's
 own SQLSTATE for text that does not parse or analyze."""
 
 import random
+import time
 import uuid
 
 import psycopg
@@ -17,6 +18,15 @@ from psycopg import errors
 from conftest import connect
 
 NOT_SELECT, FORBIDDEN = "42601", "42501"
+IDLE = psycopg.pq.TransactionStatus.IDLE
+
+
+def usable(conn):
+    """The connection is back to idle (no transaction or subtransaction left
+    open by the guard) and answers."""
+    assert conn.info.transaction_status == IDLE
+    assert conn.execute("SELECT 1").fetchone()[0] == 1
+    assert conn.info.transaction_status == IDLE
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +68,7 @@ def refused(conn, sql, allowed, sqlstate):
     with pytest.raises(psycopg.Error) as e:
         guard(conn, sql, allowed)
     assert e.value.sqlstate == sqlstate, (sql, e.value.sqlstate, str(e.value))
-    assert conn.execute("SELECT 1").fetchone()[0] == 1
+    usable(conn)
     return str(e.value)
 
 
@@ -133,6 +143,7 @@ FUNCTIONS = {
     "pg_notify": "SELECT pg_notify('c', 'x')",
     "pg_export_snapshot": "SELECT pg_export_snapshot()",
     "pg_stat_get_activity": "SELECT * FROM pg_stat_get_activity(NULL)",
+    "obj_description": "SELECT obj_description('{s}.secret'::regclass, 'pg_class')",
     "random_is_volatile": "SELECT * FROM {s}.orders ORDER BY random()",
     "clock_timestamp_is_volatile": "SELECT clock_timestamp()",
     "volatile_user_function": "SELECT {s}.volatile_fn()",
@@ -268,7 +279,7 @@ def test_invalid_sql_keeps_postgres_sqlstate(su, shop, sql, sqlstate):
     with pytest.raises(psycopg.Error) as e:
         guard(su, sql.format(s=shop), allowed_of(shop))
     assert e.value.sqlstate == sqlstate, str(e.value)
-    assert su.execute("SELECT 1").fetchone()[0] == 1
+    usable(su)
 
 
 def test_invalid_sql_leaves_the_transaction_usable_and_unlocked(shop, database):
@@ -323,7 +334,7 @@ def rrefused(conn, sql, sqlstate):
     with pytest.raises(psycopg.Error) as e:
         rguard(conn, sql)
     assert e.value.sqlstate == sqlstate, (sql, e.value.sqlstate, str(e.value))
-    assert conn.execute("SELECT 1").fetchone()[0] == 1
+    usable(conn)
     return str(e.value)
 
 
@@ -460,9 +471,15 @@ def garbage(rng):
     if kind < 0.8:
         return "".join(chr(rng.choice([rng.randint(1, 127), rng.randint(128, 0x2FFF)]))
                        for _ in range(rng.randint(0, 200)))
-    if kind < 0.9:
+    if kind < 0.85:
         depth = rng.choice([10, 1000, 100000])
         return "SELECT " + "(" * depth + "1" + ")" * rng.choice([depth, depth - 1])
+    if kind < 0.9:
+        # Deep expression and sub-select nesting: the stack-depth check, not a crash.
+        depth = rng.choice([100, 5000, 50000])
+        if rng.random() < 0.5:
+            return "SELECT " + " + ".join(["1"] * depth)
+        return "SELECT " + "(SELECT " * depth + "1" + ")" * depth
     return "SELECT " + ", ".join(["x"] * rng.randint(1, 20000))
 
 
@@ -477,8 +494,29 @@ def test_garbage_never_crashes_the_backend(su, shop):
                 call()
                 outcomes["ok"] += 1
             except psycopg.Error as e:
-                assert e.sqlstate and not e.sqlstate.startswith("XX"), (sql[:200], e.sqlstate, str(e))
+                assert e.sqlstate and not e.sqlstate.startswith("XX"), (sql[:200], e.sqlstate, str(e)[:300])
+                # A clear message, not an accumulation of backtraces.
+                assert len(str(e)) < 2000 and len(e.diag.message_detail or "") < 2000
                 outcomes["refused"] += 1
+            assert su.info.transaction_status == IDLE, sql[:200]
     # Same backend all along: nothing crashed or reset the connection.
     assert su.execute("SELECT pg_backend_pid()").fetchone()[0] == pid
     assert outcomes["refused"] > 0
+
+
+@pytest.mark.parametrize("sql", [
+    "SELECT " + " + ".join(["1"] * 100000),
+    "SELECT " + "(SELECT " * 20000 + "1" + ")" * 20000,
+    "SELECT " + "(" * 200000 + "1" + ")" * 200000,
+    "SELECT " + "ARRAY[" * 50000 + "1" + "]" * 50000,
+], ids=["sum_chain", "nested_selects", "parentheses", "nested_arrays"])
+def test_deep_nesting_is_an_error_not_a_crash(su, shop, sql):
+    for call in (lambda: guard(su, sql, allowed_of(shop)), lambda: rguard(su, sql)):
+        t0 = time.monotonic()
+        try:
+            call()
+        except psycopg.Error as e:
+            assert e.sqlstate in ("54001", "42601"), (e.sqlstate, str(e)[:200])
+            assert len(str(e)) < 2000 and len(e.diag.message_detail or "") < 2000
+        assert time.monotonic() - t0 < 5
+        usable(su)

@@ -6,6 +6,8 @@
 
 pub mod answer;
 pub mod conninfo;
+pub mod dataplane_target;
+pub mod dialect_guard;
 pub mod envelope;
 pub mod jwt;
 pub mod llmhttp;

@@ -296,6 +296,32 @@ mod tests {
         assert_eq!(retry_after_text(" "), None);
     }
 
+    proptest::proptest! {
+        #[test]
+        fn url_handling_never_panics_nor_shows_user_info(
+            user in "[a-z]{1,8}", pw in "[A-Za-z0-9]{6,12}", host in "[a-z0-9.:-]{0,20}",
+            tail in "\\PC{0,40}",
+        ) {
+            let url = format!("https://{user}:{pw}@{host}/{tail}");
+            let needle = format!(":{pw}@");
+            let shown = display_url(&url);
+            proptest::prop_assert!(!shown.contains(&needle), "{}", shown);
+            if let Err(msg) = endpoint(Provider::OpenAi, &url) {
+                proptest::prop_assert!(!msg.contains(&needle), "{}", msg);
+            }
+        }
+
+        #[test]
+        fn arbitrary_text_never_panics(s in "\\PC{0,80}", body in proptest::collection::vec(proptest::num::u8::ANY, 0..200), status in 100u16..600) {
+            let _ = endpoint(Provider::Anthropic, &s);
+            let _ = display_url(&s);
+            let _ = retry_after_text(&s);
+            let _ = redact(&s, Some("secret-key"));
+            let _ = http_failure(Provider::OpenAi, &s, status, Some(&s), &body);
+            let _ = http_failure(Provider::Anthropic, &s, status, None, &body);
+        }
+    }
+
     #[test]
     fn providers() {
         assert_eq!(Provider::parse(" OpenAI "), Some(Provider::OpenAi));

@@ -254,6 +254,40 @@ fn render_table(table: &PromptTable, columns: &[&PromptColumn], hidden: usize) -
     out
 }
 
+/// A table's whole definition as the prompt shows it.
+pub fn table_ddl(table: &PromptTable) -> String {
+    let all: Vec<&PromptColumn> = table.columns.iter().collect();
+    render_table(table, &all, 0)
+}
+
+/// The JSON object in a model's answer to a describe request:
+/// `{"table": "...", "columns": {"col": "..."}}`, fences and prose around it
+/// ignored. Descriptions are flattened to one line and bounded.
+pub fn parse_descriptions(answer: &str) -> Option<(Option<String>, Vec<(String, String)>)> {
+    let start = answer.find('{')?;
+    let end = answer.rfind('}')?;
+    if end <= start {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_str(&answer[start..=end]).ok()?;
+    let table = v
+        .get("table")
+        .and_then(|t| t.as_str())
+        .map(|t| one_line(t, 400))
+        .filter(|t| !t.is_empty());
+    let columns = v
+        .get("columns")
+        .and_then(|c| c.as_object())
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| v.as_str().map(|d| (k.clone(), one_line(d, 200))))
+                .filter(|(_, d)| !d.is_empty())
+                .collect()
+        })
+        .unwrap_or_default();
+    Some((table, columns))
+}
+
 /// The table whole if it fits in `room` tokens, else trimmed to its key
 /// columns and the columns the question mentions (then others, in order,
 /// while they fit); None when not even the key columns fit.
@@ -533,6 +567,16 @@ mod tests {
         let p = build(&i).unwrap();
         assert!(p.user.contains("SELECT nope FROM s.t0"));
         assert!(p.user.contains("does not exist"));
+    }
+
+    #[test]
+    fn descriptions_are_taken_from_prose_and_fences() {
+        let answer = "Sure!\n```json\n{\"table\": \"People who  sing.\", \"columns\": {\"name\": \"stage name\", \"x\": 3}}\n```";
+        let (t, cols) = parse_descriptions(answer).unwrap();
+        assert_eq!(t.as_deref(), Some("People who sing."));
+        assert_eq!(cols, vec![("name".to_string(), "stage name".to_string())]);
+        assert!(parse_descriptions("no json here").is_none());
+        assert!(parse_descriptions("} {").is_none());
     }
 
     #[test]

@@ -31,6 +31,18 @@ const DENIED_EXACT: &[(&str, &str)] = &[
     ("currtid", "it reads rows of a relation named by an argument"),
     ("currtid2", "it reads rows of a relation named by an argument"),
     ("gin_clean_pending_list", "it writes an index (maintenance)"),
+    (
+        "obj_description",
+        "it reads comments from the system catalogs, which the relation check keeps out of reach",
+    ),
+    (
+        "col_description",
+        "it reads comments from the system catalogs, which the relation check keeps out of reach",
+    ),
+    (
+        "shobj_description",
+        "it reads comments from the system catalogs, which the relation check keeps out of reach",
+    ),
     ("brin_desummarize_range", "it writes an index (maintenance)"),
 ];
 
@@ -501,6 +513,7 @@ mod tests {
             "pg_replication_origin_create",
             "pg_export_snapshot",
             "pg_stat_get_activity",
+            "obj_description",
         ] {
             assert!(denied_function(name).is_some(), "{name} should be denied");
         }

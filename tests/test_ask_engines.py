@@ -1,0 +1,141 @@
+"""dbrag.ask() end to end on MySQL/MariaDB and SQLite connections (issue 9):
+the model fixture answers, the dialect guard checks, the engine runs it
+read-only, rows come back as jsonb; writes and deny-listed calls are
+refused before they reach the server; one retry with the engine's error;
+tenants never see each other's history."""
+
+import uuid
+
+import psycopg
+import pytest
+
+from conftest import DBNAME
+from llm_fixture import llm_server  # noqa: F401  (fixture)
+from mysql_fixture import general_log, mysql_uri, setup_mysql
+from test_sqlite import sqlite_dir, tenant_files  # noqa: F401  (fixture)
+
+KEY = "sk-test-engines-77aa"
+
+
+def sql_answer(sql):
+    return {"content": f"```sql\n{sql}\n```"}
+
+
+@pytest.fixture
+def engines(su, tenants, llm_server, sqlite_dir):  # noqa: F811
+    """Tenant A on MariaDB, tenant B on a SQLite file, both synced and active."""
+    setup_mysql()
+    llm_server.reset()
+    su.execute(f"ALTER DATABASE {DBNAME} SET dbrag.llm_url = '{llm_server.url}'")
+    su.execute(f"ALTER DATABASE {DBNAME} SET dbrag.llm_model = 'fixture-model'")
+    su.execute("SELECT dbrag.set_llm_api_key(%s, global => true)", (KEY,))
+    with tenants.conn(tenants.a_role) as a:
+        aid = a.execute("SELECT dbrag.create_connection('my', 'mysql', %s)", (mysql_uri(),)).fetchone()[0]
+        a.execute("SELECT * FROM dbrag.sync_catalog(%s)", (aid,))
+        a.execute("SELECT dbrag.activate_connection(%s)", (aid,))
+    tenant_files(tenants.b)
+    with tenants.conn(tenants.b_role) as b:
+        bid = b.execute("SELECT dbrag.create_connection('lite', 'sqlite', 'shop.db')").fetchone()[0]
+        b.execute("SELECT * FROM dbrag.sync_catalog(%s)", (bid,))
+        b.execute("SELECT dbrag.activate_connection(%s)", (bid,))
+    yield tenants, llm_server
+    su.execute(f"ALTER DATABASE {DBNAME} RESET dbrag.llm_url")
+    su.execute(f"ALTER DATABASE {DBNAME} RESET dbrag.llm_model")
+    su.execute("SELECT dbrag.set_llm_api_key(NULL, global => true)")
+
+
+def history(conn):
+    return conn.execute("SELECT question, status, generated_sql, error, row_count "
+                        "FROM control_plane.query_history ORDER BY created_at").fetchall()
+
+
+def prompt_of(request):
+    return "\n".join(m["content"] for m in request["body"]["messages"])
+
+
+REVENUE = ("SELECT c.name, SUM(o.total) AS revenue FROM customers c JOIN orders o ON o.customer_id = c.id "
+           "GROUP BY c.name ORDER BY revenue DESC")
+
+
+def test_ask_mysql_end_to_end(engines):
+    tenants, model = engines
+    model.script(sql_answer(REVENUE + " -- by customer"))
+    with tenants.conn(tenants.a_role) as a:
+        rows = [r[0] for r in a.execute("SELECT * FROM dbrag.ask('revenue per customer')")]
+        assert rows == [{"name": "Ada Lovelace", "revenue": 270.5}, {"name": "Bo Diddley", "revenue": 99.99}]
+        (question, status, sql, error, count), = history(a)
+        assert (question, status, error, count) == ("revenue per customer", "ok", None, 2)
+        assert "-- by customer" not in sql  # what ran is the normalized statement
+    prompt = prompt_of(model.requests()[-1])
+    assert "MySQL" in prompt and "customers" in prompt
+
+
+def test_ask_sqlite_end_to_end(engines):
+    tenants, model = engines
+    model.script(sql_answer(REVENUE))
+    with tenants.conn(tenants.b_role) as b:
+        rows = [r[0] for r in b.execute("SELECT * FROM dbrag.ask('revenue per customer')")]
+        assert rows == [{"name": "Ada Lovelace", "revenue": 270.5}, {"name": "Bo Diddley", "revenue": 99.99}]
+        assert [h[1] for h in history(b)] == ["ok"]
+    assert "SQLite" in prompt_of(model.requests()[-1])
+
+
+@pytest.mark.parametrize("answer,state", [
+    ("DELETE FROM customers WHERE name = '{tag}'", "42601"),
+    ("UPDATE customers SET name = '{tag}'", "42601"),
+    ("SELECT load_file('/etc/passwd'), '{tag}'", "42501"),
+    ("SELECT sleep(10), '{tag}'", "42501"),
+    ("SELECT '{tag}', user FROM mysql.user", "42501"),
+    ("SELECT @@datadir, '{tag}'", "42501"),
+])
+def test_ask_mysql_refuses_before_the_server(su, engines, answer, state):
+    tenants, model = engines
+    tag = "ak" + uuid.uuid4().hex[:10]
+    model.script(sql_answer(answer.format(tag=tag)))
+    with tenants.conn(tenants.a_role) as a:
+        with pytest.raises(psycopg.Error) as e:
+            a.execute("SELECT * FROM dbrag.ask('do something')")
+        assert e.value.sqlstate == state, str(e.value)
+        assert history(a)[-1][1] in ("refused", "error")
+    assert tag not in general_log()
+
+
+@pytest.mark.parametrize("answer,state", [
+    ("DELETE FROM customers", "42601"),
+    ("ATTACH DATABASE '/tmp/x.db' AS x", "42601"),
+    ("SELECT load_extension('/tmp/evil.so')", "42501"),
+    ("SELECT * FROM sqlite_master", "42501"),
+    ("PRAGMA query_only = 0", "42601"),
+])
+def test_ask_sqlite_refuses(engines, answer, state):
+    tenants, model = engines
+    model.script(sql_answer(answer))
+    with tenants.conn(tenants.b_role) as b:
+        with pytest.raises(psycopg.Error) as e:
+            b.execute("SELECT * FROM dbrag.ask('do something')")
+        assert e.value.sqlstate == state, str(e.value)
+
+
+def test_ask_retries_with_the_engines_error(engines):
+    tenants, model = engines
+    model.script(sql_answer("SELECT nickname FROM customers"), sql_answer("SELECT name FROM customers ORDER BY id"),
+                 sql_answer("SELEC name FROM customers"), sql_answer("SELECT name FROM customers ORDER BY id"))
+    with tenants.conn(tenants.a_role) as a:
+        rows = [r[0]["name"] for r in a.execute("SELECT * FROM dbrag.ask('customer nicknames')")]
+        assert rows == ["Ada Lovelace", "Bo Diddley", "Cy Twombly"]
+    retry = prompt_of(model.requests()[-1])
+    assert "nickname" in retry and "Unknown column" in retry
+    with tenants.conn(tenants.b_role) as b:
+        rows = [r[0]["name"] for r in b.execute("SELECT * FROM dbrag.ask('customer names please')")]
+        assert rows == ["Ada Lovelace", "Bo Diddley", "Cy Twombly"]
+    assert "SQLite syntax error" in prompt_of(model.requests()[-1])
+
+
+def test_ask_history_stays_with_its_tenant(engines):
+    tenants, model = engines
+    model.script(sql_answer("SELECT count(*) AS n FROM customers"), sql_answer("SELECT count(*) AS n FROM orders"))
+    with tenants.conn(tenants.a_role) as a, tenants.conn(tenants.b_role) as b:
+        assert a.execute("SELECT * FROM dbrag.ask('how many customers, secretly A')").fetchone()[0] == {"n": 3}
+        assert b.execute("SELECT * FROM dbrag.ask('how many orders, secretly B')").fetchone()[0] == {"n": 3}
+        assert [h[0] for h in history(a)] == ["how many customers, secretly A"]
+        assert [h[0] for h in history(b)] == ["how many orders, secretly B"]

@@ -1,0 +1,376 @@
+"""MySQL/MariaDB connections (issue 9): a real MariaDB server from Debian's
+packages (started by scripts/test.sh), the same workflow as postgres (test,
+create, sync, activate, search), the password rule, the guard on the
+sqlparser tree refusing each deny-listed construct before it reaches the
+server (shown with the server's general log), timeouts and cancellation,
+and isolation between tenants."""
+
+import json
+import threading
+import time
+import uuid
+
+import psycopg
+import pytest
+
+from conftest import connect
+from mysql_fixture import (MY_DB, MY_PASSWORD, MY_USER, MYSQL_PORT, general_log, mysql_uri, root,
+                           running_like, setup_mysql)
+
+
+@pytest.fixture(scope="module")
+def mysql(database):
+    setup_mysql()
+    return mysql_uri()
+
+
+def err(conn, sql, args=None):
+    with pytest.raises(psycopg.Error) as e:
+        conn.execute(sql, args)
+    return e.value
+
+
+@pytest.fixture
+def b_mysql(su, tenants, mysql):
+    """Tenant B's synced mysql connection, and a superuser session acting for B."""
+    with tenants.conn(tenants.b_role) as b:
+        cid = b.execute("SELECT dbrag.create_connection('shop_my', 'mysql', %s)", (mysql,)).fetchone()[0]
+        b.execute("SELECT * FROM dbrag.sync_catalog(%s)", (cid,))
+    c = connect()
+    c.execute("SELECT dbrag.set_tenant(%s::uuid)", (tenants.b,))
+    yield c, cid
+    c.close()
+
+
+def catalog(conn, cid):
+    rows = conn.execute("SELECT table_name, schema_name, table_description, column_descriptions, data_types, "
+                        "sample_values, relationships, row_estimate, primary_key "
+                        "FROM control_plane.table_metadata_catalog WHERE connection_id = %s ORDER BY table_name",
+                        (cid,)).fetchall()
+    return {r[0]: r[1:] for r in rows}
+
+
+# ------------------------------------------------------------------ workflow
+
+def test_mysql_test_create_sync_activate_search(su, tenants, mysql):
+    with tenants.conn(tenants.b_role) as b:
+        listed = b.execute("SELECT * FROM dbrag.test_connection('mysql', %s)", (mysql,)).fetchall()
+        assert listed == [(MY_DB, t) for t in ["big_orders", "customers", "nums", "order_items", "orders"]]
+        assert b.execute("SELECT count(*) FROM dbrag.connections").fetchone()[0] == 0
+
+        cid = b.execute("SELECT dbrag.create_connection('shop_my', 'mysql', %s)", (mysql,)).fetchone()[0]
+        row = b.execute("SELECT kind, host, port, database_name, username, schema_name, status::text "
+                        "FROM dbrag.connections WHERE connection_id = %s", (cid,)).fetchone()
+        assert row == ("mysql", "127.0.0.1", MYSQL_PORT, MY_DB, MY_USER, MY_DB, "disconnected")
+
+        summary = b.execute("SELECT * FROM dbrag.sync_catalog(%s)", (cid,)).fetchone()
+        assert summary == (5, 0, 0, 0)
+        cat = catalog(b, cid)
+        assert set(cat) == {"big_orders", "customers", "nums", "order_items", "orders"}
+        schema, desc, col_desc, types, samples, rels, estimate, pk = cat["customers"]
+        assert schema == MY_DB and desc == "people who buy from the shop"
+        assert col_desc == {"id": "customer number", "name": "full name of the customer"}
+        assert types == {"id": "int(11)", "name": "varchar(100)", "region": "varchar(20)", "api_key": "varchar(64)"}
+        assert pk == ["id"] and estimate == 3
+        assert samples["name"] == ["Ada Lovelace", "Bo Diddley", "Cy Twombly"]
+        assert "api_key" not in samples  # looks secret: never sampled
+        assert {"dir": "in", "table": "orders", "schema": MY_DB, "columns": ["id"],
+                "other_columns": ["customer_id"]} in rels
+        _, _, _, otypes, osamples, orels, _, opk = cat["orders"]
+        assert otypes["total"] == "decimal(10,2)" and opk == ["id"]
+        assert {"dir": "out", "table": "customers", "schema": MY_DB, "columns": ["customer_id"],
+                "other_columns": ["id"]} in orels
+        assert "photo" not in cat["order_items"][4]  # blobs are not sampled
+        assert cat["order_items"][7] == ["order_id", "line"]
+        assert cat["big_orders"][6] is None  # a view has no estimate
+
+        status = b.execute("SELECT status::text FROM dbrag.connections WHERE connection_id = %s", (cid,)).fetchone()
+        assert status == ("connected",)
+        b.execute("SELECT dbrag.activate_connection(%s)", (cid,))
+        hits = b.execute("SELECT table_name, via_join FROM dbrag.search_catalog('customer names by region')").fetchall()
+        assert hits[0] == ("customers", False)
+        prompt = json.dumps(b.execute("SELECT dbrag.build_prompt('total of orders per customer')").fetchone()[0])
+        assert "MySQL" in prompt and "orders" in prompt
+
+    blob = su.execute("SELECT credentials FROM control_plane.tenant_databases WHERE connection_id = %s",
+                      (cid,)).fetchone()[0]
+    assert MY_PASSWORD.encode() not in bytes(blob)
+    created = su.execute("SELECT detail FROM control_plane.audit_log WHERE tenant_id = %s AND event = "
+                         "'connection_created'", (tenants.b,)).fetchall()
+    assert created and MY_PASSWORD not in str(created)
+
+    # Rows through the guard and the read-only runner, as jsonb.
+    su.execute("SELECT dbrag.set_tenant(%s::uuid)", (tenants.b,))
+    try:
+        rows = [r[0] for r in su.execute(
+            "SELECT * FROM dbrag._dataplane_query(%s, 'SELECT c.name, o.total, o.ordered_at, o.placed_at, o.notes "
+            "FROM customers c JOIN orders o ON o.customer_id = c.id ORDER BY o.id')", (cid,)).fetchall()]
+        assert rows[0] == {"name": "Ada Lovelace", "total": 250.5, "ordered_at": "2024-01-05",
+                           "placed_at": "2024-01-05T10:11:12.345000", "notes": '{"gift": true}'}
+        # MariaDB's JSON is LONGTEXT with a check: it arrives as text (MySQL 8's as JSON).
+        assert rows[2]["notes"] == "[1, 2]" and len(rows) == 3
+        # The row cap.
+        capped = su.execute("SELECT count(*) FROM dbrag._dataplane_query(%s, 'SELECT n FROM nums', 7)",
+                            (cid,)).fetchone()[0]
+        assert capped == 7
+        binary = su.execute("SELECT * FROM dbrag._dataplane_query(%s, "
+                            "'SELECT photo, qty FROM order_items ORDER BY line')", (cid,)).fetchall()
+        assert binary[0][0] == {"photo": "\\x00ff", "qty": 2}
+        # An execution error on the server is a clear 58000.
+        e = err(su, "SELECT * FROM dbrag._dataplane_query(%s, 'SELECT no_such_column FROM customers')", (cid,))
+        assert e.sqlstate == "58000" and "no_such_column" in str(e)
+    finally:
+        su.execute("SELECT dbrag.reset_tenant()")
+
+
+def test_mysql_schema_and_update(tenants, mysql):
+    with tenants.conn(tenants.b_role) as b:
+        # No database in the URI: schema_name names it; neither: an error.
+        e = err(b, "SELECT dbrag.create_connection('x', 'mysql', %s)", (mysql_uri(db=None),))
+        assert e.sqlstate == "22023"
+        cid = b.execute("SELECT dbrag.create_connection('x', 'mysql', %s, %s)",
+                        (mysql_uri(db=None), MY_DB)).fetchone()[0]
+        assert b.execute("SELECT schema_name, database_name FROM dbrag.connections WHERE connection_id = %s",
+                         (cid,)).fetchone() == (MY_DB, MY_DB)
+        b.execute("SELECT dbrag.update_connection(%s, schema_name => 'otherdb')", (cid,))
+        assert b.execute("SELECT schema_name, database_name FROM dbrag.connections WHERE connection_id = %s",
+                         (cid,)).fetchone() == ("otherdb", "otherdb")
+        # The reader may not see otherdb.
+        e = err(b, "SELECT dbrag.activate_connection(%s)", (cid,))
+        assert e.sqlstate == "42704" and "otherdb" in str(e)
+        b.execute("SELECT dbrag.update_connection(%s, conninfo => %s, schema_name => %s)", (cid, mysql, MY_DB))
+        b.execute("SELECT dbrag.activate_connection(%s)", (cid,))
+        e = err(b, "SELECT dbrag.update_connection(%s, conninfo => 'mysql://root@127.0.0.1/x')", (cid,))
+        assert e.sqlstate == "42501"
+        b.execute("SELECT dbrag.delete_connection(%s)", (cid,))
+
+
+# ------------------------------------------------------------------ the password rule
+
+REFUSED_URIS = [
+    f"mysql://root@127.0.0.1:{MYSQL_PORT}/{MY_DB}",          # no password: the server's own root
+    f"mysql://root:@127.0.0.1:{MYSQL_PORT}/{MY_DB}",         # empty password
+    f"mysql://nopw@127.0.0.1:{MYSQL_PORT}/otherdb",
+    "mysql://root:x@/var/run/mysqld/mysqld.sock",
+    "mysql://root:x@%2Frun%2Fmysqld%2Fmysqld.sock/db",
+    f"mysql://root:x@127.0.0.1:{MYSQL_PORT}/db?socket=/run/mysqld/mysqld.sock",
+    f"mysql://root:x@localhost/db?prefer_socket=true",
+]
+
+
+@pytest.mark.parametrize("uri", REFUSED_URIS)
+def test_mysql_server_identity_cannot_be_borrowed(su, tenants, mysql, uri):
+    with tenants.conn(tenants.b_role) as b:
+        e = err(b, "SELECT * FROM dbrag.test_connection('mysql', %s)", (uri,))
+        assert e.sqlstate == "42501", str(e)
+        e = err(b, "SELECT dbrag.create_connection('sock', 'mysql', %s)", (uri,))
+        assert e.sqlstate == "42501", str(e)
+        assert b.execute("SELECT count(*) FROM dbrag.connections").fetchone()[0] == 0
+    assert su.execute("SELECT count(*) FROM control_plane.audit_log WHERE tenant_id = %s "
+                      "AND event = 'connection_refused'", (tenants.b,)).fetchone()[0] >= 1
+
+
+def test_mysql_password_must_be_the_accounts(su, tenants, mysql):
+    # A password-less account does not let in a client that sends a password.
+    with tenants.conn(tenants.b_role) as b:
+        e = err(b, "SELECT * FROM dbrag.test_connection('mysql', %s)",
+                (mysql_uri(user="nopw", password="made-up-pw", db="otherdb"),))
+        assert e.sqlstate == "58000" and "denied" in str(e).lower() and "made-up-pw" not in str(e)
+        secret = "wrong-Pw-9911"
+        e = err(b, "SELECT * FROM dbrag.test_connection('mysql', %s)", (mysql_uri(password=secret),))
+        assert e.sqlstate == "58000" and secret not in str(e)
+        e = err(b, "SELECT * FROM dbrag.test_connection('mysql', %s)", ("host=127.0.0.1 user=x password=y",))
+        assert e.sqlstate == "22023"
+        e = err(b, "SELECT * FROM dbrag.test_connection('mysql', %s)", (mysql + "?ssl-key=/etc/x",))
+        assert e.sqlstate == "22023"
+    # A superuser may use a password-less account (the dblink rule).
+    assert su.execute("SELECT * FROM dbrag.test_connection('mysql', %s)",
+                      (mysql_uri(user="nopw", password=None, db="otherdb"),)).fetchall() == [("otherdb", "secret_stuff")]
+
+
+def test_mysql_unreachable_and_silent(tenants):
+    from remote_fixture import SilentServer, closed_port
+    with tenants.conn(tenants.b_role) as b:
+        t0 = time.monotonic()
+        e = err(b, "SELECT * FROM dbrag.test_connection('mysql', %s)", (mysql_uri(port=closed_port()),))
+        assert e.sqlstate == "58000" and time.monotonic() - t0 < 5
+        server = SilentServer()
+        try:
+            b.execute("SET statement_timeout = 400")
+            t0 = time.monotonic()
+            e = err(b, "SELECT * FROM dbrag.test_connection('mysql', %s)", (mysql_uri(port=server.port),))
+            assert e.sqlstate == "57014" and time.monotonic() - t0 < 1.0
+            b.execute("RESET statement_timeout")
+            assert b.execute("SELECT 1").fetchone()[0] == 1
+        finally:
+            server.close()
+
+
+# ------------------------------------------------------------------ the guard
+
+DENIED = [
+    ("SELECT load_file('/etc/passwd') AS m{tag}", "42501"),
+    ("SELECT LOAD_FILE('/etc/passwd'), '{tag}'", "42501"),
+    ("SELECT sleep(5), '{tag}'", "42501"),
+    ("SELECT benchmark(1000000000, md5('{tag}'))", "42501"),
+    ("SELECT get_lock('{tag}', 10)", "42501"),
+    ("SELECT release_lock('{tag}')", "42501"),
+    ("SELECT @@version, '{tag}'", "42501"),
+    ("SELECT @@global.secure_file_priv, '{tag}'", "42501"),
+    ("SELECT @a := 1, '{tag}'", "42501"),
+    ("SELECT user(), '{tag}'", "42501"),
+    ("SELECT current_user(), '{tag}'", "42501"),
+    ("SELECT '{tag}', authentication_string FROM mysql.user", "42501"),
+    ("SELECT '{tag}', table_name FROM information_schema.tables", "42501"),
+    ("SELECT '{tag}' FROM otherdb.secret_stuff", "42501"),
+    ("SELECT name /*!, load_file('/etc/passwd') */ FROM customers WHERE name = '{tag}'", "42501"),
+    ("SELECT /*+ SET_VAR(max_statement_time=0) */ '{tag}' FROM customers", "42501"),
+    ("SELECT * FROM customers WHERE name = '{tag}' FOR UPDATE", "42601"),
+    ("SELECT * FROM customers WHERE name = '{tag}' INTO OUTFILE '/tmp/out'", "42601"),
+    ("SELECT * FROM customers WHERE name = '{tag}' INTO DUMPFILE '/tmp/out'", "42601"),
+    ("SELECT name FROM customers WHERE name = '{tag}' INTO @v", "42601"),
+    ("INSERT INTO customers VALUES (99, '{tag}', 'x', NULL)", "42601"),
+    ("UPDATE customers SET name = '{tag}'", "42601"),
+    ("DELETE FROM customers WHERE name = '{tag}'", "42601"),
+    ("REPLACE INTO customers VALUES (1, '{tag}', 'x', NULL)", "42601"),
+    ("LOAD DATA INFILE '/etc/passwd' INTO TABLE customers /* {tag} */", "42601"),
+    ("SET @x = '{tag}'", "42601"),
+    ("CALL p('{tag}')", "42601"),
+    ("SELECT 1; SELECT '{tag}'", "42601"),
+    ("SELECT * FROM customers WHERE name = 'a\\\\' OR '{tag}'", "42501"),
+]
+
+
+@pytest.mark.parametrize("template,state", DENIED)
+def test_mysql_denied_constructs_never_reach_the_server(b_mysql, template, state):
+    c, cid = b_mysql
+    tag = "mk" + uuid.uuid4().hex[:10]
+    sql = template.format(tag=tag)
+    e = err(c, "SELECT * FROM dbrag._dataplane_query(%s, %s)", (cid, sql))
+    assert e.sqlstate == state, (sql, str(e))
+    # The refusal came from the guard: the server never saw the statement.
+    time.sleep(0.05)
+    assert tag not in general_log()
+
+
+def test_mysql_guard_normalizes(b_mysql):
+    c, cid = b_mysql
+    tag = "mk" + uuid.uuid4().hex[:10]
+    out = c.execute("SELECT dbrag._dataplane_check(%s, %s)",
+                    (cid, f"select name /* {tag} */ from customers -- trailing\n where id = 1")).fetchone()[0]
+    assert out == "SELECT name FROM customers WHERE id = 1"
+    rows = c.execute("SELECT * FROM dbrag._dataplane_query(%s, %s)",
+                     (cid, f"SELECT name /* {tag} */ FROM customers WHERE id = 1")).fetchall()
+    assert rows == [({"name": "Ada Lovelace"},)]
+    # What ran is the printed statement: the comment never reached the server.
+    assert tag not in general_log()
+    # A syntax error carries the parser's message.
+    e = err(c, "SELECT dbrag._dataplane_check(%s, 'SELEC name FROM customers')", (cid,))
+    assert e.sqlstate == "42601" and "MySQL syntax error" in str(e)
+    # Not superusers' only: a tenant cannot call the internal entry points.
+
+
+def test_mysql_internal_functions_are_superuser_only(tenants, b_mysql):
+    _, cid = b_mysql
+    with tenants.conn(tenants.b_role) as b:
+        assert err(b, "SELECT * FROM dbrag._dataplane_query(%s, 'SELECT 1')", (cid,)).sqlstate == "42501"
+        assert err(b, "SELECT dbrag._dataplane_check(%s, 'SELECT 1')", (cid,)).sqlstate == "42501"
+
+
+# ------------------------------------------------------------------ timeouts and cancellation
+
+SLOW = "SELECT count(*) AS n FROM nums a, nums b, nums c, nums d WHERE a.n + b.n + c.n + d.n = {k}"
+
+
+def run_in_thread(fn):
+    out = {}
+
+    def target():
+        t0 = time.monotonic()
+        try:
+            out["value"] = fn()
+        except psycopg.Error as e:
+            out["error"] = e
+        out["elapsed"] = time.monotonic() - t0
+
+    t = threading.Thread(target=target)
+    t.start()
+    return t, out
+
+
+def wait_until(pred, timeout=5.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return True
+        time.sleep(0.05)
+    return pred()
+
+
+def test_mysql_slow_query_stopped_by_its_timeout(b_mysql):
+    c, cid = b_mysql
+    k = 9_000_001
+    t0 = time.monotonic()
+    e = err(c, "SELECT * FROM dbrag._dataplane_query(%s, %s, 10, 500)", (cid, SLOW.format(k=k)))
+    elapsed = time.monotonic() - t0
+    assert e.sqlstate == "57014" and elapsed < 2.0, (str(e), elapsed)
+    assert wait_until(lambda: running_like(str(k)) == 0, 5)
+    assert c.execute("SELECT 1").fetchone()[0] == 1
+
+
+def test_mysql_slow_query_stopped_by_statement_timeout(b_mysql):
+    c, cid = b_mysql
+    k = 9_000_002
+    c.execute("SET statement_timeout = 400")
+    t0 = time.monotonic()
+    e = err(c, "SELECT * FROM dbrag._dataplane_query(%s, %s, 10, 60000)", (cid, SLOW.format(k=k)))
+    assert e.sqlstate == "57014" and time.monotonic() - t0 < 1.5
+    c.execute("RESET statement_timeout")
+    # KILL QUERY stopped it on the server too.
+    assert wait_until(lambda: running_like(str(k)) == 0, 5)
+    assert c.execute("SELECT 2").fetchone()[0] == 2
+
+
+def test_mysql_slow_query_cancelled_by_pg_cancel_backend(su, b_mysql):
+    c, cid = b_mysql
+    k = 9_000_003
+    pid = c.execute("SELECT pg_backend_pid()").fetchone()[0]
+    t, out = run_in_thread(lambda: c.execute("SELECT * FROM dbrag._dataplane_query(%s, %s, 10, 60000)",
+                                             (cid, SLOW.format(k=k))).fetchall())
+    assert wait_until(lambda: running_like(str(k)) == 1, 10)
+    t_cancel = time.monotonic()
+    su.execute("SELECT pg_cancel_backend(%s)", (pid,))
+    t.join(10)
+    assert not t.is_alive()
+    assert out["error"].sqlstate == "57014", out
+    assert time.monotonic() - t_cancel < 1.0
+    assert wait_until(lambda: running_like(str(k)) == 0, 5)
+    # The backend is usable, and so is the connection.
+    assert c.execute("SELECT 41 + 1").fetchone()[0] == 42
+    rows = c.execute("SELECT * FROM dbrag._dataplane_query(%s, 'SELECT count(*) AS n FROM customers')",
+                     (cid,)).fetchall()
+    assert rows == [({"n": 3},)]
+
+
+# ------------------------------------------------------------------ isolation
+
+def test_mysql_tenant_a_cannot_reach_b(su, tenants, b_mysql):
+    _, bid = b_mysql
+    with tenants.conn(tenants.a_role) as a:
+        assert a.execute("SELECT count(*) FROM dbrag.connections WHERE connection_id = %s", (bid,)).fetchone()[0] == 0
+        assert a.execute("SELECT count(*) FROM control_plane.table_metadata_catalog WHERE connection_id = %s",
+                         (bid,)).fetchone()[0] == 0
+        for sql in ["SELECT dbrag.activate_connection(%s)", "SELECT dbrag.delete_connection(%s)",
+                    "SELECT * FROM dbrag.sync_catalog(%s)",
+                    "SELECT dbrag.update_connection(%s, schema_name => 'otherdb')"]:
+            assert err(a, sql, (bid,)).sqlstate == "42704", sql
+    with tenants.conn(tenants.b_role) as b:
+        assert b.execute("SELECT count(*) FROM control_plane.table_metadata_catalog WHERE connection_id = %s",
+                         (bid,)).fetchone()[0] == 5
+    # Even a superuser acting for A cannot run against B's connection.
+    su.execute("SELECT dbrag.set_tenant(%s::uuid)", (tenants.a,))
+    try:
+        e = err(su, "SELECT * FROM dbrag._dataplane_query(%s, 'SELECT 1')", (bid,))
+        assert e.sqlstate == "42704"
+    finally:
+        su.execute("SELECT dbrag.reset_tenant()")
