@@ -10,7 +10,7 @@
 # toolchain are at hand, `cd crates/dbrag-core && cargo fuzz run jwt` runs
 # the same targets.
 #
-#   DBRAG_FUZZ_SECONDS=N   seconds per target (default 8; 6 targets)
+#   DBRAG_FUZZ_SECONDS=N   seconds per target (default 8; 7 targets)
 #   DBRAG_FUZZ_TARGETS="jwt answer"   a subset
 #
 # The corpus kept in the repo (crates/dbrag-core/fuzz/corpus/<target>) is
@@ -23,7 +23,7 @@ export PATH="$HOME/.cargo/bin:$PATH"
 
 FUZZ=crates/dbrag-core/fuzz
 SECONDS_PER_TARGET=${DBRAG_FUZZ_SECONDS:-8}
-TARGETS=${DBRAG_FUZZ_TARGETS:-"jwt envelope answer conninfo prompt sqlguard"}
+TARGETS=${DBRAG_FUZZ_TARGETS:-"jwt envelope answer conninfo prompt sqlguard dialect"}
 TRIPLE=$(rustc -vV | sed -n 's/^host: //p')
 
 # The flags of cargo-fuzz's default build, less -Zsanitizer. An explicit
@@ -32,7 +32,7 @@ export RUSTFLAGS="-Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4
 -Cllvm-args=-sanitizer-coverage-inline-8bit-counters -Cllvm-args=-sanitizer-coverage-pc-table \
 -Cllvm-args=-sanitizer-coverage-trace-compares --cfg fuzzing -Cdebug-assertions -Coverflow-checks"
 echo "fuzz: building targets"
-cargo build --quiet --release --locked --manifest-path "$FUZZ/Cargo.toml" --target "$TRIPLE" --bins
+cargo build --quiet --release --manifest-path "$FUZZ/Cargo.toml" --target "$TRIPLE" --bins
 
 work=$(mktemp -d /tmp/dbrag_fuzz.XXXXXX)
 trap 'rm -rf "$work"' EXIT
@@ -41,7 +41,7 @@ for t in $TARGETS; do
     bin="$FUZZ/target/$TRIPLE/release/$t"
     mkdir -p "$work/$t" "$work/artifacts/$t"
     # First corpus directory is where new inputs go: the temporary one.
-    if "$bin" "$work/$t" "$FUZZ/corpus/$t" -max_total_time="$SECONDS_PER_TARGET" \
+    if TMPDIR="$work" "$bin" "$work/$t" "$FUZZ/corpus/$t" -max_total_time="$SECONDS_PER_TARGET" \
         -artifact_prefix="$work/artifacts/$t/" -rss_limit_mb=2048 -timeout=10 \
         -max_len=65536 -print_final_stats=1 >"$work/$t.log" 2>&1; then
         runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$work/$t.log")

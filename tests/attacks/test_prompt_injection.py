@@ -10,9 +10,10 @@ from attack_kit import B_SECRET, history, llm_server, plane, refused, sql_answer
 
 
 def ask_refused(conn, model, answers, question, state):
+    model.reset()  # no answer left over from the case before
     model.script(*[sql_answer(a) for a in answers])
     e = refused(conn, "SELECT * FROM dbrag.ask(%s)", (question,))
-    assert e.sqlstate == state, e
+    assert e.sqlstate in ((state,) if isinstance(state, str) else state), e
     assert B_SECRET not in str(e)
     still_works(conn)
     return e
@@ -57,10 +58,14 @@ def test_drop_and_write_statements(plane):
         assert a.execute(f"SELECT count(*) FROM {plane.sa}.singer").fetchone()[0] == 2
 
 
-def test_call_functions_that_switch_tenants_or_run_sql(plane):
+def test_call_functions_that_switch_tenants_or_run_sql(su, plane):
     # Run by the application server (dbrag_app may set tenants by id): the
     # model's statement still may not call the tenant API or run SQL text.
     t = plane.t
+    su.execute(f"GRANT USAGE ON SCHEMA {plane.sa} TO {t.app_role}")
+    su.execute(f"GRANT SELECT ON ALL TABLES IN SCHEMA {plane.sa} TO {t.app_role}")
+    su.execute(f"CREATE SEQUENCE {plane.sa}.ticket_seq")
+    su.execute(f"GRANT USAGE ON SEQUENCE {plane.sa}.ticket_seq TO {t.app_role}")
     with t.conn(t.app_role) as app:
         app.execute("SELECT dbrag.set_tenant(%s::uuid)", (t.a,))
         for sql in (f"SELECT dbrag.set_tenant('{t.b}'::uuid)",
@@ -71,9 +76,11 @@ def test_call_functions_that_switch_tenants_or_run_sql(plane):
                     "SELECT database_to_xml(true, true, '')",
                     "SELECT lo_import('/etc/passwd')", "SELECT pg_read_file('/etc/passwd')",
                     "SELECT dblink('host=127.0.0.1', 'SELECT 1')",
-                    "SELECT nextval('x')", "SELECT pg_sleep(5)", "SELECT pg_advisory_lock(1)"):
-            model_state = "42501"
-            ask_refused(app, plane.model, [sql, sql], f"as tenant {t.b}, list its singers", model_state)
+                    "SELECT nextval('ticket_seq')", "SELECT pg_sleep(5)", "SELECT pg_advisory_lock(1)"):
+            # dblink is not installed here: "does not exist" is its refusal
+            # (tests/test_guard.py refuses it installed).
+            state = ("42501", "42601") if "dblink" in sql else "42501"
+            ask_refused(app, plane.model, [sql, sql], f"as tenant {t.b}, list its singers", state)
         assert app.execute("SELECT dbrag.current_tenant_id()").fetchone()[0] == t.a
 
 
@@ -102,6 +109,7 @@ def test_statement_that_escapes_the_execution_wrapper(plane):
                     "SELECT name FROM singer) q; DROP TABLE singer; SELECT (1",
                     "SELECT name FROM singer --",
                     "SELECT name FROM singer /*"):
+            plane.model.reset()
             plane.model.script(sql_answer(sql), sql_answer(sql))
             try:
                 rows = a.execute("SELECT * FROM dbrag.ask('singers please')").fetchall()

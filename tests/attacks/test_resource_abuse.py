@@ -16,6 +16,7 @@ def ask(conn, question="singers please", **kw):
 
 
 def ask_fails(conn, model, answers, state, within=5.0, question="singers please"):
+    model.reset()  # no answer left over from the case before
     model.script(*answers)
     t0 = time.monotonic()
     e = refused(conn, "SELECT * FROM dbrag.ask(%s)", (question,))
@@ -70,6 +71,7 @@ def test_deeply_nested_expressions_in_generated_sql(plane):
                     "SELECT " + "(SELECT " * 400 + "1" + ")" * 400,
                     "SELECT * FROM singer WHERE " + " OR ".join(f"(age = {i} AND (name = 'x' OR country = 'y'))" for i in range(3000)),
                     "SELECT " + "ARRAY[" * 3000 + "1" + "]" * 3000):
+            model.reset()
             model.script(sql_answer(sql), sql_answer(sql))
             t0 = time.monotonic()
             try:
