@@ -8,7 +8,8 @@
 # Rust: what a fuzzer can find there is a panic, an overflow, a hang or a
 # blow-up, and all of those abort the run). Where cargo-fuzz and a nightly
 # toolchain are at hand, `cd crates/dbrag-core && cargo fuzz run jwt` runs
-# the same targets.
+# the same targets (on stable: RUSTC_BOOTSTRAP=1 cargo +stable fuzz run jwt,
+# with AddressSanitizer; too slow to build for CI's budget).
 #
 #   DBRAG_FUZZ_SECONDS=N   seconds per target (default 8; 7 targets)
 #   DBRAG_FUZZ_TARGETS="jwt answer"   a subset
