@@ -129,8 +129,9 @@ if [ -n "${DBRAG_LLM_URL:-}" ]; then
         -c "ALTER DATABASE dbrag_demo SET dbrag.llm_model = '${DBRAG_LLM_MODEL:-gpt-4o-mini}'" \
         -c "ALTER DATABASE dbrag_demo SET dbrag.llm_provider = '${DBRAG_LLM_PROVIDER:-openai}'"
     if [ -n "${DBRAG_LLM_API_KEY:-}" ]; then
-        su_psql -d dbrag_demo -v key="$DBRAG_LLM_API_KEY" \
-            -c "SELECT dbrag.set_llm_api_key(:'key', global => true)" >/dev/null
+        # psql interpolates :'key' (quoted safely) only in script input, not -c.
+        echo "SELECT dbrag.set_llm_api_key(:'key', global => true);" |
+            su_psql -d dbrag_demo -v key="$DBRAG_LLM_API_KEY" >/dev/null
     fi
     as_tenant acme_analyst -c "SELECT dbrag.generate_sql('how many singers do we have per country')" \
         -c "SELECT * FROM dbrag.ask('how many singers do we have per country')"
