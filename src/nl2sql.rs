@@ -355,33 +355,8 @@ fn ask_model(
 
 /// Relations of the connection's catalog that exist here, by oid.
 fn allowed_relations(conn: &Connection) -> std::collections::HashSet<pgrx::pg_sys::Oid> {
-    let tables = catalog_tables(conn);
+    let tables = crate::dataplane::catalog_tables(conn);
     crate::guard::relation_oids(tables.iter().map(|(s, t)| (s.as_str(), t.as_str())))
-}
-
-/// (schema, table) of every catalog row of the connection.
-fn catalog_tables(conn: &Connection) -> std::collections::HashSet<(String, String)> {
-    privileged::as_extension(|| {
-        Spi::connect(|client| {
-            let mut out = std::collections::HashSet::new();
-            for row in client.select(
-                "SELECT schema_name, table_name FROM control_plane.table_metadata_catalog \
-                 WHERE tenant_id = $1 AND connection_id = $2",
-                None,
-                &[
-                    DatumWithOid::from(tenant::to_pg(conn.tenant_id)),
-                    DatumWithOid::from(tenant::to_pg(conn.id)),
-                ],
-            )? {
-                out.insert((
-                    row.get::<String>(1)?.unwrap_or_default(),
-                    row.get::<String>(2)?.unwrap_or_default(),
-                ));
-            }
-            Ok::<_, pgrx::spi::Error>(out)
-        })
-    })
-    .unwrap_or_default()
 }
 
 /// Run `f` with the local connection's schema first on the search path,
@@ -410,12 +385,18 @@ fn check(conn: &Connection, sql: &str) -> Checked {
             let allowed = allowed_relations(conn);
             with_connection_search_path(conn, || crate::guard::check_local(sql, &allowed))
         }
-        EngineKind::Postgres => {
-            crate::guard::check_remote(sql, &catalog_tables(conn), &conn.schema_name)
-        }
+        EngineKind::Postgres => crate::guard::check_remote(
+            sql,
+            &crate::dataplane::catalog_tables(conn),
+            &conn.schema_name,
+        ),
         EngineKind::Mysql | EngineKind::Sqlite => {
             // sqlparser's tree in the engine's dialect (dbrag_core::dialect_guard).
-            return match crate::dataplane::check_dialect(conn, sql, &catalog_tables(conn)) {
+            return match crate::dataplane::check_dialect(
+                conn,
+                sql,
+                &crate::dataplane::catalog_tables(conn),
+            ) {
                 Err(e) => Checked::Refused(e),
                 Ok(Ok(normalized)) => Checked::Ok(normalized),
                 Ok(Err(dbrag_core::dialect_guard::GuardError::Syntax(m))) => Checked::Invalid(m),
