@@ -149,3 +149,42 @@ def test_a_row_larger_than_a_queue_slot_is_cut_not_lost(su, plane):
     audit = su.execute("SELECT detail FROM control_plane.audit_log WHERE tenant_id = %s "
                        "AND event = 'sql_refused' ORDER BY created_at DESC LIMIT 1", (t.a,)).fetchone()
     assert audit is not None and audit[0]["sql"].startswith("DELETE FROM singer")
+
+
+def test_refusals_in_two_databases_at_once(su, tenants):
+    """The one writer serves one database at a time; rows of another database
+    wait for it to leave and then get a writer of their own. None is lost."""
+    other = f"other_{tenants.tag}"
+    su.execute(f"CREATE DATABASE {other}")
+    try:
+        with connect(dbname=other) as c:
+            c.execute("CREATE EXTENSION pg_dbrag CASCADE")
+        flooder = f"flood2_{tenants.tag}"
+        su.execute(f"CREATE ROLE {flooder} LOGIN PASSWORD '{ROLE_PASSWORD}' NOSUPERUSER NOBYPASSRLS")
+        errors = []
+
+        def flood(db):
+            try:
+                with connect(user=flooder, password=ROLE_PASSWORD, dbname=db) as c:
+                    for n in range(50):
+                        try:
+                            c.execute("SELECT dbrag.set_tenant(%s::text)", (f"bad-{n}",))
+                        except psycopg.Error as e:
+                            if e.sqlstate != "28000":
+                                errors.append(f"{e.sqlstate}: {e}")
+            except Exception as e:  # noqa: BLE001
+                errors.append(repr(e))
+
+        threads = [threading.Thread(target=flood, args=(db,)) for db in [su.info.dbname, other] * 4]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors, errors[:5]
+        count = ("SELECT count(*) FROM control_plane.audit_log "
+                 f"WHERE event = 'token_refused' AND login_role = '{flooder}'")
+        assert su.execute(count).fetchone()[0] == 200
+        with connect(dbname=other) as c:
+            assert c.execute(count).fetchone()[0] == 200
+    finally:
+        su.execute(f"DROP DATABASE {other} WITH (FORCE)")
