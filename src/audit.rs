@@ -607,6 +607,9 @@ pub extern "C-unwind" fn pg_dbrag_audit_writer_main(arg: pg_sys::Datum) {
         // SAFETY: ends the sleep prepared above, if any.
         unsafe { pg_sys::ConditionVariableCancelSleep() };
         let outcomes: Vec<bool> = BackgroundWorker::transaction(|| {
+            // A row whose insert waits on a lock (its tenant being deleted by
+            // a transaction still open) fails alone instead of stalling the queue.
+            let _ = Spi::run("SET LOCAL lock_timeout = '2s'");
             batch.iter().map(|(_, _, bytes)| write_one(bytes)).collect()
         });
         locked(|q| {
