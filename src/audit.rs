@@ -399,6 +399,14 @@ impl Drop for Claim {
 }
 
 fn submit(payload: &[u8]) {
+    if payload.len() > SLOT_BYTES {
+        // fit_payload keeps every row within a slot; never copy past one.
+        log!(
+            "pg_dbrag: audit event too large for the queue; event: {}",
+            String::from_utf8_lossy(payload)
+        );
+        return;
+    }
     let deadline = Instant::now() + WAIT_LIMIT;
     // SAFETY: plain backend globals.
     let my_db = unsafe { pg_sys::MyDatabaseId };
