@@ -336,6 +336,14 @@ fn issue_token(
             "permission denied to issue tokens: requires dbrag_admin",
         );
     }
+    if member_with_createrole() {
+        DbragError::new(
+            Kind::Forbidden,
+            "permission denied to issue tokens: the login role is a tenant member with CREATEROLE",
+        )
+        .hint("a tenant member is bound to its tenant; CREATEROLE lets it grant itself dbrag_admin. ALTER ROLE ... NOCREATEROLE (see dbrag.isolation_report())")
+        .raise()
+    }
     let ttl = ttl_seconds.unwrap_or(3600);
     if !(1..=31 * 24 * 3600).contains(&ttl) {
         raise(

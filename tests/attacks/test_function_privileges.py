@@ -243,6 +243,10 @@ def test_member_given_createrole_later_cannot_pick_a_tenant_and_is_reported(su, 
             e = refused(m, "SELECT dbrag.set_tenant(%s::uuid)", (tenants.b,))
             assert e.sqlstate == "42501" and "CREATEROLE" in str(e)
             assert m.execute("SELECT dbrag.current_tenant_id()").fetchone()[0] == tenants.a
+            if grab == "dbrag_admin":
+                # Nor through a token it signs for itself.
+                e = refused(m, "SELECT dbrag.issue_token(%s::uuid)", (tenants.b,))
+                assert e.sqlstate == "42501" and "CREATEROLE" in str(e)
             if grab == "dbrag_app":
                 # Nothing of B's reachable: B's rows stay invisible.
                 assert m.execute("SELECT count(*) FROM control_plane.tenants WHERE tenant_id = %s",
