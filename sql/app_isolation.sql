@@ -170,7 +170,6 @@ DECLARE
     orphans bigint;
     u record;
     stmt text;
-    child regclass;
     pred text := pg_catalog.format('%I = dbrag.current_tenant_id()', tenant_column);
 BEGIN
     IF tbl IS NULL OR tenant_column IS NULL OR tenant_column = '' THEN
@@ -274,15 +273,9 @@ BEGIN
         END IF;
     END LOOP;
 
-    -- Partitions and inheritance children are tables of their own: queried
-    -- directly they apply their own policies, not the parent's.
-    FOR child IN SELECT h.inhrelid::regclass FROM pg_catalog.pg_inherits h
-                 JOIN pg_catalog.pg_class c ON c.oid = h.inhrelid
-                 WHERE h.inhparent = tbl AND c.relkind IN ('r', 'p')
-                 ORDER BY h.inhrelid
-    LOOP
-        PERFORM dbrag._enable_tenant_isolation(child, tenant_column, rebuild_unique);
-    END LOOP;
+    -- Partitions and inheritance children are tables of their own (queried
+    -- directly they apply their own policies, not the parent's):
+    -- dbrag._isolation_guarded calls this body for each of them too.
 END
 $$;
 
@@ -293,10 +286,12 @@ CREATE FUNCTION dbrag._disable_tenant_isolation(tbl regclass)
 RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     cmd text;
-    child regclass;
 BEGIN
     IF tbl IS NULL THEN
         RAISE EXCEPTION 'table must not be NULL' USING ERRCODE = '22004';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_class c WHERE c.oid = tbl AND c.relkind IN ('r', 'p')) THEN
+        RAISE EXCEPTION '% is not a table', tbl USING ERRCODE = '42809';
     END IF;
     IF dbrag._is_own_table(tbl) THEN
         RAISE EXCEPTION '% belongs to pg_dbrag, which manages its isolation itself', tbl USING ERRCODE = '22023';
@@ -312,12 +307,7 @@ BEGIN
         EXECUTE pg_catalog.format('ALTER TABLE %s NO FORCE ROW LEVEL SECURITY', tbl);
         EXECUTE pg_catalog.format('ALTER TABLE %s DISABLE ROW LEVEL SECURITY', tbl);
     END IF;
-    FOR child IN SELECT h.inhrelid::regclass FROM pg_catalog.pg_inherits h
-                 JOIN pg_catalog.pg_class c ON c.oid = h.inhrelid
-                 WHERE h.inhparent = tbl AND c.relkind IN ('r', 'p')
-    LOOP
-        PERFORM dbrag._disable_tenant_isolation(child);
-    END LOOP;
+    -- Partitions and children: dbrag._isolation_guarded calls this for each.
 END
 $$;
 
@@ -382,7 +372,8 @@ $$;
 -- warning (weaker than it should be: owner bypass, per-row policies, probing
 -- through unique keys, roles that skip RLS), info (the bootstrap superuser,
 -- which necessarily exists). Runs with the caller's rights over the
--- catalogs, which every role may read.
+-- catalogs, which every role may read; tenant members are those the caller
+-- sees in control_plane.tenant_members (an operator: all).
 CREATE FUNCTION dbrag.isolation_report()
 RETURNS TABLE(severity text, object text, finding text, fix text)
 LANGUAGE sql STABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
@@ -457,6 +448,15 @@ view_deps AS (
 bypass_roles AS (
     SELECT r.oid, r.rolname, r.rolsuper, r.rolbypassrls FROM pg_catalog.pg_roles r
     WHERE r.rolsuper OR r.rolbypassrls
+),
+members AS (
+    -- tenant members the caller may see (operators: all of them)
+    SELECT r.oid, r.rolname, r.rolsuper, r.rolcreaterole,
+           pg_catalog.string_agg(pg_catalog.quote_ident(t.name), ', ' ORDER BY t.name) AS tenant_names
+    FROM control_plane.tenant_members m
+    JOIN control_plane.tenants t ON t.tenant_id = m.tenant_id
+    JOIN pg_catalog.pg_roles r ON r.oid = m.member::pg_catalog.oid
+    GROUP BY r.oid, r.rolname, r.rolsuper, r.rolcreaterole
 ),
 findings AS (
     -- 1. Tenant tables without RLS, or with RLS the owner skips.
@@ -602,6 +602,26 @@ findings AS (
     FROM pg_catalog.pg_roles m, bypass_roles b
     WHERE m.rolcanlogin AND NOT (m.rolsuper OR m.rolbypassrls) AND m.oid <> b.oid
       AND pg_catalog.pg_has_role(m.oid, b.oid, 'MEMBER')
+    UNION ALL
+    -- 9. Tenant members with CREATEROLE: they can grant themselves dbrag_app or dbrag_admin.
+    SELECT 'critical', 'role ' || pg_catalog.quote_ident(mb.rolname),
+           pg_catalog.format('is a member of tenant %s and has CREATEROLE: it can grant itself dbrag_app or '
+               'dbrag_admin and then act for any tenant', mb.tenant_names),
+           pg_catalog.format('ALTER ROLE %I NOCREATEROLE;', mb.rolname)
+    FROM members mb
+    WHERE mb.rolcreaterole AND NOT mb.rolsuper
+    UNION ALL
+    -- 10. Tenant members that can act as the application server or an operator.
+    SELECT 'critical', 'role ' || pg_catalog.quote_ident(mb.rolname),
+           pg_catalog.format('is a member of tenant %s and can act as %I: %s', mb.tenant_names, p.rolname,
+               CASE p.rolname WHEN 'dbrag_app' THEN 'it can put any tenant in force with dbrag.set_tenant(uuid)'
+                    ELSE 'it reads and writes every tenant''s rows' END),
+           CASE WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_auth_members am WHERE am.roleid = p.oid AND am.member = mb.oid)
+                THEN pg_catalog.format('REVOKE %I FROM %I;', p.rolname, mb.rolname)
+                ELSE pg_catalog.format('-- revoke the chain of role memberships from %I to %I', mb.rolname, p.rolname) END
+    FROM members mb
+    JOIN pg_catalog.pg_roles p ON p.rolname IN ('dbrag_app', 'dbrag_admin')
+    WHERE NOT mb.rolsuper AND pg_catalog.pg_has_role(mb.oid, p.oid, 'MEMBER')
 )
 SELECT f.severity, f.object, f.finding, f.fix FROM findings f
 ORDER BY CASE f.severity WHEN 'critical' THEN 1 WHEN 'warning' THEN 2 ELSE 3 END, f.object, f.finding

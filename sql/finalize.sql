@@ -37,3 +37,20 @@ REVOKE EXECUTE ON FUNCTION dbrag.create_tenant_schema(uuid), dbrag.drop_tenant_s
     dbrag._sync_tenant_schema(uuid) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION dbrag.create_tenant_schema(uuid), dbrag.drop_tenant_schema(uuid, boolean),
     dbrag._sync_tenant_schema(uuid) TO dbrag_admin;
+
+-- Internal functions (docs/function-privileges.md lists every function of
+-- the extension with the roles that may execute it, and a test holds the
+-- catalog to that table). Trigger and event-trigger functions need no
+-- EXECUTE grant to fire; the SQL bodies of enable/disable_tenant_isolation
+-- are called by dbrag._isolation_guarded through the function manager,
+-- which checks and audits first; the cache invalidation is called by the
+-- triggers on tenants and tenant_members, which only operators write.
+REVOKE EXECUTE ON FUNCTION control_plane.touch_updated_at(), control_plane.invalidate_tenant_cache(),
+    control_plane.catalog_search_vector(), control_plane.example_search_vector(),
+    dbrag._auto_isolate() FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION dbrag._enable_tenant_isolation(regclass, name, boolean),
+    dbrag._disable_tenant_isolation(regclass) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION dbrag._invalidate_tenant_cache(oid), dbrag._require_admin(),
+    dbrag.audit_queue_status() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION dbrag._invalidate_tenant_cache(oid), dbrag._require_admin(),
+    dbrag.audit_queue_status() TO dbrag_admin;

@@ -10,6 +10,9 @@ DECLARE
     cmd text;
     pred text := pg_catalog.format('%I = dbrag.current_tenant_id()', tenant_column);
 BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_class c WHERE c.oid = tbl AND c.relkind IN ('r', 'p')) THEN
+        RAISE EXCEPTION '% is not a table', tbl USING ERRCODE = '42809';
+    END IF;
     EXECUTE pg_catalog.format('ALTER TABLE %s ENABLE ROW LEVEL SECURITY', tbl);
     EXECUTE pg_catalog.format('ALTER TABLE %s FORCE ROW LEVEL SECURITY', tbl);
     -- Drop the ones there are (DROP POLICY IF EXISTS would NOTICE about the rest).

@@ -53,9 +53,25 @@ BEGIN
     IF NOT EXISTS (SELECT 1 FROM control_plane.tenants t WHERE t.tenant_id = add_tenant_member.tenant) THEN
         RAISE EXCEPTION 'tenant % does not exist', tenant USING ERRCODE = '42704';
     END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles r WHERE r.oid = member) THEN
+        RAISE EXCEPTION 'role with OID % does not exist', member::oid USING ERRCODE = '42704';
+    END IF;
     IF (SELECT r.rolsuper OR r.rolbypassrls FROM pg_catalog.pg_roles r WHERE r.oid = member) THEN
         RAISE EXCEPTION 'role % bypasses row-level security and cannot be a tenant member', member
             USING ERRCODE = '22023', HINT = 'tenants connect as roles without SUPERUSER or BYPASSRLS';
+    END IF;
+    -- CREATEROLE can grant any non-superuser role, dbrag_app and dbrag_admin included.
+    IF (SELECT r.rolcreaterole FROM pg_catalog.pg_roles r WHERE r.oid = member) THEN
+        RAISE EXCEPTION 'role % has CREATEROLE and cannot be a tenant member', member
+            USING ERRCODE = '22023',
+                  HINT = pg_catalog.format('CREATEROLE lets it grant itself dbrag_app or dbrag_admin and act for '
+                      'any tenant: ALTER ROLE %s NOCREATEROLE first', member);
+    END IF;
+    IF pg_catalog.pg_has_role(member, 'dbrag_app', 'MEMBER') OR pg_catalog.pg_has_role(member, 'dbrag_admin', 'MEMBER') THEN
+        RAISE EXCEPTION 'role % can act as dbrag_app or dbrag_admin and cannot be a tenant member', member
+            USING ERRCODE = '22023',
+                  HINT = 'the application server and operators pick tenants by id; a tenant member is bound to '
+                         'its tenant: use a login role of its own';
     END IF;
     INSERT INTO control_plane.tenant_members (tenant_id, member, tenant_role)
     VALUES (add_tenant_member.tenant, add_tenant_member.member,

@@ -43,18 +43,24 @@ impl Drop for IsolationGuard {
 }
 
 /// `dbrag._isolation_guarded(op, tbl, tenant_column, rebuild_unique)`: run
-/// the SQL body of enable/disable_tenant_isolation as the caller, guarded.
+/// the body of enable/disable_tenant_isolation as the caller, guarded, on the
+/// table and each of its partitions and inheritance children, then audit it.
+///
+/// The bodies (`dbrag._enable_tenant_isolation`, `_disable_tenant_isolation`)
+/// are not executable by PUBLIC, so nobody skips the checks here or the audit
+/// row by calling them directly; they are invoked through the function
+/// manager, which does not check EXECUTE, and run with the caller's rights.
 #[pg_extern(volatile, parallel_unsafe)]
 fn _isolation_guarded(
-    op: &str,
+    op: Option<&str>,
     tbl: Option<pg_sys::Oid>,
     tenant_column: Option<&str>,
     rebuild_unique: Option<bool>,
 ) {
-    let sql = match op {
+    let op = required(op, "op");
+    let body = match op {
         "enable" => {
-            "SELECT dbrag._enable_tenant_isolation($1::pg_catalog.regclass, $2::pg_catalog.name, \
-             COALESCE($3, false))"
+            "dbrag._enable_tenant_isolation(pg_catalog.regclass, pg_catalog.name, pg_catalog.bool)"
         }
         "disable" => {
             if gucs::AUTO_ISOLATE.get() == AutoIsolate::Enforce {
@@ -65,21 +71,75 @@ fn _isolation_guarded(
                 .hint("a superuser runs SET LOCAL dbrag.auto_isolate = off first, in the same transaction")
                 .raise()
             }
-            "SELECT dbrag._disable_tenant_isolation($1::pg_catalog.regclass)"
+            "dbrag._disable_tenant_isolation(pg_catalog.regclass)"
         }
         _ => raise(Kind::BadArgument, "op must be enable or disable"),
     };
-    let args = [
-        DatumWithOid::from(tbl),
-        DatumWithOid::from(tenant_column),
-        DatumWithOid::from(rebuild_unique),
-    ];
-    let _guard = IsolationGuard::enter();
-    let args: &[DatumWithOid] = if op == "enable" { &args } else { &args[..1] };
-    let table = privileged::with_pinned_search_path(|| {
-        if let Err(e) = Spi::run_with_args(sql, args) {
-            DbragError::from(e).raise()
+    let Some(tbl) = tbl else {
+        raise(Kind::NullArgument, "table must not be NULL")
+    };
+    let column = if op == "enable" {
+        match tenant_column {
+            Some(c) if !c.is_empty() => c,
+            _ => raise(
+                Kind::NullArgument,
+                "table and tenant column must not be NULL or empty",
+            ),
         }
+    } else {
+        ""
+    };
+    if column.contains('\0') {
+        raise(Kind::BadArgument, "tenant column must not contain NUL");
+    }
+    let _guard = IsolationGuard::enter();
+    let (func, rels) = privileged::with_pinned_search_path(|| {
+        let func = Spi::get_one_with_args::<pg_sys::Oid>(
+            "SELECT $1::pg_catalog.regprocedure::pg_catalog.oid",
+            &[DatumWithOid::from(body)],
+        )
+        .ok()
+        .flatten()
+        .unwrap_or(pg_sys::InvalidOid);
+        // The table first, then its partitions and children, depth first.
+        let rels: Vec<pg_sys::Oid> = Spi::connect(|client| {
+            let rows = client.select(
+                "WITH RECURSIVE d(rel, path) AS ( \
+                     SELECT $1::pg_catalog.oid, ARRAY[$1::pg_catalog.oid] \
+                     UNION ALL \
+                     SELECT h.inhrelid, d.path OPERATOR(pg_catalog.||) h.inhrelid \
+                     FROM d JOIN pg_catalog.pg_inherits h ON h.inhparent OPERATOR(pg_catalog.=) d.rel \
+                     JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) h.inhrelid \
+                     WHERE c.relkind IN ('r', 'p')) \
+                 SELECT rel FROM d ORDER BY path",
+                None,
+                &[DatumWithOid::from(tbl)],
+            )?;
+            let mut out = Vec::new();
+            for row in rows {
+                if let Some(r) = row.get::<pg_sys::Oid>(1)? {
+                    out.push(r);
+                }
+            }
+            Ok::<_, pgrx::spi::Error>(out)
+        })
+        .unwrap_or_default();
+        (func, rels)
+    });
+    if func == pg_sys::InvalidOid {
+        raise(Kind::NotConfigured, "pg_dbrag is not installed completely");
+    }
+    let rels = if rels.is_empty() { vec![tbl] } else { rels };
+    for rel in rels {
+        call_body(
+            func,
+            op == "enable",
+            rel,
+            column,
+            rebuild_unique.unwrap_or(false),
+        );
+    }
+    let table = privileged::with_pinned_search_path(|| {
         // The name as the catalogs spell it now, schema-qualified.
         Spi::get_one_with_args::<String>(
             "SELECT $1::pg_catalog.oid::pg_catalog.regclass::pg_catalog.text",
@@ -103,6 +163,32 @@ fn _isolation_guarded(
         None,
         detail,
     );
+}
+
+/// Call one of the SQL bodies on one table, as the caller. Errors it raises
+/// reach the client with their own SQLSTATE.
+fn call_body(func: pg_sys::Oid, enable: bool, rel: pg_sys::Oid, column: &str, rebuild: bool) {
+    // SAFETY: the arguments match the bodies' signatures (regclass, name,
+    // boolean) and (regclass); a name is a palloc'd NAMEDATALEN buffer that
+    // namestrcpy fills (truncating, as the cast to name does); none is NULL.
+    unsafe {
+        if enable {
+            let name = pg_sys::palloc0(pg_sys::NAMEDATALEN as usize) as pg_sys::Name;
+            let Ok(c) = std::ffi::CString::new(column) else {
+                raise(Kind::BadArgument, "tenant column must not contain NUL")
+            };
+            pg_sys::namestrcpy(name, c.as_ptr());
+            pg_sys::OidFunctionCall3Coll(
+                func,
+                pg_sys::InvalidOid,
+                pg_sys::Datum::from(rel),
+                pg_sys::Datum::from(name),
+                pg_sys::Datum::from(rebuild),
+            );
+        } else {
+            pg_sys::OidFunctionCall1Coll(func, pg_sys::InvalidOid, pg_sys::Datum::from(rel));
+        }
+    }
 }
 
 /// `dbrag._auto_isolate_mode()`: what the event trigger should do now —

@@ -75,6 +75,7 @@ pub extern "C-unwind" fn _PG_init() {
     }
     gucs::register();
     tenant::init();
+    audit::init();
 }
 
 #[cfg(any(test, feature = "pg_test"))]

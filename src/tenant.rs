@@ -269,7 +269,44 @@ fn set_tenant_uuid(
             .hint("only roles granted dbrag_app or dbrag_admin may; others use a signed token")
             .raise()
     }
+    if member_with_createrole() {
+        audit::record_durable(
+            "tenant_switch_refused",
+            None,
+            json!({"via": "uuid", "reason": "tenant member with CREATEROLE", "claimed_tenant": tenant.to_string()}),
+        );
+        DbragError::new(
+            Kind::Forbidden,
+            "permission denied to set a tenant by id: the login role is a tenant member with CREATEROLE",
+        )
+        .hint("a tenant member is bound to its tenant; CREATEROLE lets it grant itself dbrag_app. ALTER ROLE ... NOCREATEROLE (see dbrag.isolation_report())")
+        .raise()
+    }
     switch_to(tenant, is_local, "uuid")
+}
+
+/// Whether the login role has CREATEROLE and is listed in tenant_members:
+/// such a role can have granted itself dbrag_app to pick any tenant. The
+/// attribute is read from the role cache first, so the usual caller pays
+/// no query.
+fn member_with_createrole() -> bool {
+    let login = privileged::session_user();
+    // SAFETY: syscache lookups of an existing role.
+    let suspicious =
+        unsafe { !pg_sys::superuser_arg(login) && pg_sys::has_createrole_privilege(login) };
+    if !suspicious {
+        return false;
+    }
+    privileged::as_extension(|| {
+        Spi::get_one_with_args::<bool>(
+            "SELECT EXISTS (SELECT 1 FROM control_plane.tenant_members \
+             WHERE member OPERATOR(pg_catalog.=) $1::pg_catalog.oid::pg_catalog.regrole)",
+            &[DatumWithOid::from(login)],
+        )
+    })
+    .ok()
+    .flatten()
+    .unwrap_or(true)
 }
 
 /// `dbrag.reset_tenant()`: clear the tenant set by `set_tenant`.
@@ -299,6 +336,14 @@ fn issue_token(
             "permission denied to issue tokens: requires dbrag_admin",
         );
     }
+    if member_with_createrole() {
+        DbragError::new(
+            Kind::Forbidden,
+            "permission denied to issue tokens: the login role is a tenant member with CREATEROLE",
+        )
+        .hint("a tenant member is bound to its tenant; CREATEROLE lets it grant itself dbrag_admin. ALTER ROLE ... NOCREATEROLE (see dbrag.isolation_report())")
+        .raise()
+    }
     let ttl = ttl_seconds.unwrap_or(3600);
     if !(1..=31 * 24 * 3600).contains(&ttl) {
         raise(
@@ -325,16 +370,46 @@ fn issue_token(
     }
 }
 
-/// Drop every backend's cached resolution at commit (called by triggers).
+/// Drop every backend's cached resolution at commit (called by the triggers
+/// on tenants and tenant_members). Not executable by PUBLIC; `rel` must be
+/// one of pg_dbrag's own tables.
 #[pg_extern(volatile, parallel_unsafe)]
 fn _invalidate_tenant_cache(rel: pg_sys::Oid) {
-    // SAFETY: queues an invalidation message for commit.
+    let own = privileged::with_pinned_search_path(|| {
+        Spi::get_one_with_args::<bool>(
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d \
+             JOIN pg_catalog.pg_extension e ON e.oid OPERATOR(pg_catalog.=) d.refobjid \
+             JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) d.objid \
+             WHERE d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass \
+               AND d.objid OPERATOR(pg_catalog.=) $1 AND d.deptype OPERATOR(pg_catalog.=) 'e' \
+               AND e.extname OPERATOR(pg_catalog.=) 'pg_dbrag' AND c.relkind OPERATOR(pg_catalog.=) 'r')",
+            &[DatumWithOid::from(rel)],
+        )
+    })
+    .ok()
+    .flatten()
+    .unwrap_or(false);
+    if !own {
+        raise(
+            Kind::BadArgument,
+            format!(
+                "relation with OID {} is not a table of pg_dbrag",
+                rel.to_u32()
+            ),
+        );
+    }
+    // SAFETY: the relation exists (checked above); queues an invalidation for commit.
     unsafe { pg_sys::CacheInvalidateRelcacheByRelid(rel) };
 }
 
 /// `dbrag._audit(event, tenant, detail)`: an audit row from the SQL-written API.
 #[pg_extern(volatile, parallel_unsafe)]
-fn _audit(event: &str, tenant: Option<pgrx::Uuid>, detail: default!(Option<pgrx::JsonB>, "'{}'")) {
+fn _audit(
+    event: Option<&str>,
+    tenant: Option<pgrx::Uuid>,
+    detail: default!(Option<pgrx::JsonB>, "'{}'"),
+) {
+    let event = required(event, "event");
     let tenant = tenant.map(|t| from_pg(t).to_string());
     audit::record(
         event,

@@ -1,0 +1,514 @@
+-- pg_dbrag 0.1.0 -> 0.2.0. Sections are appended per change, each under a
+-- header naming it. Data is never dropped here.
+\echo Use "ALTER EXTENSION pg_dbrag UPDATE TO '0.2.0'" to load this file. \quit
+
+-- ===========================================================================
+-- Function privileges, CREATEROLE members, bounded audit writer
+-- (docs/function-privileges.md; SECURITY.md "Refusals are audited without
+-- exhausting the server"). The library's audit queue lives in shared memory:
+-- it takes effect after the server restarts with the new library preloaded.
+-- ===========================================================================
+
+-- dbrag._tenant_policies: refuses anything but a table (42809) instead of building ALTER TABLE from oid 0.
+CREATE OR REPLACE FUNCTION dbrag._tenant_policies(tbl regclass, tenant_column name, admin_access boolean)
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    cmd text;
+    pred text := pg_catalog.format('%I = dbrag.current_tenant_id()', tenant_column);
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_class c WHERE c.oid = tbl AND c.relkind IN ('r', 'p')) THEN
+        RAISE EXCEPTION '% is not a table', tbl USING ERRCODE = '42809';
+    END IF;
+    EXECUTE pg_catalog.format('ALTER TABLE %s ENABLE ROW LEVEL SECURITY', tbl);
+    EXECUTE pg_catalog.format('ALTER TABLE %s FORCE ROW LEVEL SECURITY', tbl);
+    -- Drop the ones there are (DROP POLICY IF EXISTS would NOTICE about the rest).
+    FOR cmd IN SELECT p.polname FROM pg_catalog.pg_policy p
+               WHERE p.polrelid = tbl AND p.polname ~ '^dbrag_(tenant|admin)_(select|insert|update|delete)$'
+    LOOP
+        EXECUTE pg_catalog.format('DROP POLICY %I ON %s', cmd, tbl);
+    END LOOP;
+    EXECUTE pg_catalog.format('CREATE POLICY dbrag_tenant_select ON %s FOR SELECT USING (%s)', tbl, pred);
+    EXECUTE pg_catalog.format('CREATE POLICY dbrag_tenant_insert ON %s FOR INSERT WITH CHECK (%s)', tbl, pred);
+    EXECUTE pg_catalog.format('CREATE POLICY dbrag_tenant_update ON %s FOR UPDATE USING (%s) WITH CHECK (%s)', tbl, pred, pred);
+    EXECUTE pg_catalog.format('CREATE POLICY dbrag_tenant_delete ON %s FOR DELETE USING (%s)', tbl, pred);
+    IF admin_access THEN
+        -- Role-targeted policies are dropped at rewrite time for other roles,
+        -- so tenants' plans keep the plain index-friendly predicate.
+        EXECUTE pg_catalog.format('CREATE POLICY dbrag_admin_select ON %s FOR SELECT TO dbrag_admin USING (true)', tbl);
+        EXECUTE pg_catalog.format('CREATE POLICY dbrag_admin_insert ON %s FOR INSERT TO dbrag_admin WITH CHECK (true)', tbl);
+        EXECUTE pg_catalog.format('CREATE POLICY dbrag_admin_update ON %s FOR UPDATE TO dbrag_admin USING (true) WITH CHECK (true)', tbl);
+        EXECUTE pg_catalog.format('CREATE POLICY dbrag_admin_delete ON %s FOR DELETE TO dbrag_admin USING (true)', tbl);
+    END IF;
+END
+$$;
+
+-- dbrag._enable_tenant_isolation: no longer recurses into partitions and children itself (dbrag._isolation_guarded calls it for each, through the function manager).
+CREATE OR REPLACE FUNCTION dbrag._enable_tenant_isolation(tbl regclass, tenant_column name, rebuild_unique boolean)
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    col_type regtype;
+    kind "char";
+    added boolean := false;
+    has_index boolean;
+    orphans bigint;
+    u record;
+    stmt text;
+    pred text := pg_catalog.format('%I = dbrag.current_tenant_id()', tenant_column);
+BEGIN
+    IF tbl IS NULL OR tenant_column IS NULL OR tenant_column = '' THEN
+        RAISE EXCEPTION 'table and tenant column must not be NULL or empty' USING ERRCODE = '22004';
+    END IF;
+    SELECT c.relkind INTO kind FROM pg_catalog.pg_class c WHERE c.oid = tbl;
+    IF kind IS NULL OR kind NOT IN ('r', 'p') THEN
+        RAISE EXCEPTION '% is not a table', tbl USING ERRCODE = '42809';
+    END IF;
+    IF dbrag._is_own_table(tbl) THEN
+        RAISE EXCEPTION '% belongs to pg_dbrag, which manages its isolation itself', tbl USING ERRCODE = '22023';
+    END IF;
+    -- Every ALTER below needs this lock; take it first rather than upgrade.
+    EXECUTE pg_catalog.format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', tbl);
+
+    SELECT a.atttypid::regtype INTO col_type FROM pg_catalog.pg_attribute a
+    WHERE a.attrelid = tbl AND a.attname = tenant_column AND NOT a.attisdropped AND a.attnum > 0;
+    IF col_type IS NULL THEN
+        -- No default while adding: existing rows must not silently join the
+        -- caller's tenant; they stay NULL and are refused below.
+        EXECUTE pg_catalog.format('ALTER TABLE %s ADD COLUMN %I uuid', tbl, tenant_column);
+        added := true;
+    ELSIF col_type <> 'uuid'::regtype THEN
+        RAISE EXCEPTION 'column %.% is %, a tenant column must be uuid', tbl, tenant_column, col_type
+            USING ERRCODE = '22023',
+                  HINT = 'convert it first: ALTER TABLE ... ALTER COLUMN ... TYPE uuid USING ...::uuid';
+    END IF;
+    BEGIN
+        EXECUTE pg_catalog.format('ALTER TABLE %s ALTER COLUMN %I SET NOT NULL', tbl, tenant_column);
+    EXCEPTION WHEN not_null_violation THEN
+        IF added THEN
+            RAISE EXCEPTION '% has rows, and a tenant column added now would leave them without a tenant', tbl
+                USING ERRCODE = '23502',
+                      HINT = pg_catalog.format('add and fill it first: ALTER TABLE %s ADD COLUMN %I uuid; '
+                          'UPDATE %s SET %I = ''<tenant uuid>''; then call dbrag.enable_tenant_isolation again',
+                          tbl, tenant_column, tbl, tenant_column);
+        END IF;
+        -- Under forced RLS the count sees only the caller's rows; say what we can.
+        EXECUTE pg_catalog.format('SELECT count(*) FROM %s WHERE %I IS NULL', tbl, tenant_column) INTO orphans;
+        RAISE EXCEPTION '% has % row(s) without a tenant in column %', tbl,
+                CASE WHEN orphans > 0 THEN orphans::text ELSE 'some' END, tenant_column
+            USING ERRCODE = '23502',
+                  HINT = pg_catalog.format('assign them first: UPDATE %s SET %I = ''<tenant uuid>'' WHERE %I IS NULL',
+                      tbl, tenant_column, tenant_column);
+    END;
+    EXECUTE pg_catalog.format('ALTER TABLE %s ALTER COLUMN %I SET DEFAULT dbrag.current_tenant_id()', tbl, tenant_column);
+    -- The four policies, as dbrag._tenant_policies writes them for the
+    -- control plane (that one is operators-only; this runs as the owner).
+    EXECUTE pg_catalog.format('ALTER TABLE %s ENABLE ROW LEVEL SECURITY', tbl);
+    EXECUTE pg_catalog.format('ALTER TABLE %s FORCE ROW LEVEL SECURITY', tbl);
+    FOR stmt IN SELECT p.polname FROM pg_catalog.pg_policy p
+                WHERE p.polrelid = tbl AND p.polname ~ '^dbrag_(tenant|admin)_(select|insert|update|delete)$'
+    LOOP
+        EXECUTE pg_catalog.format('DROP POLICY %I ON %s', stmt, tbl);
+    END LOOP;
+    EXECUTE pg_catalog.format('CREATE POLICY dbrag_tenant_select ON %s FOR SELECT USING (%s)', tbl, pred);
+    EXECUTE pg_catalog.format('CREATE POLICY dbrag_tenant_insert ON %s FOR INSERT WITH CHECK (%s)', tbl, pred);
+    EXECUTE pg_catalog.format('CREATE POLICY dbrag_tenant_update ON %s FOR UPDATE USING (%s) WITH CHECK (%s)',
+                              tbl, pred, pred);
+    EXECUTE pg_catalog.format('CREATE POLICY dbrag_tenant_delete ON %s FOR DELETE USING (%s)', tbl, pred);
+
+    -- Permissive policies are OR-ed: one of the owner's own can widen access.
+    FOR u IN SELECT p.polname, pg_catalog.pg_get_expr(p.polqual, p.polrelid) AS q
+             FROM pg_catalog.pg_policy p
+             WHERE p.polrelid = tbl AND p.polpermissive AND p.polname !~ '^dbrag_(tenant|admin)_'
+    LOOP
+        RAISE WARNING 'policy % on % is permissive: it is OR-ed with the tenant policies and can let other tenants'' rows through', u.polname, tbl
+            USING DETAIL = pg_catalog.format('USING %s', COALESCE(u.q, '(none)')),
+                  HINT = pg_catalog.format('make it restrictive or drop it: DROP POLICY %I ON %s;', u.polname, tbl);
+    END LOOP;
+
+    -- A tenant-first index, unless a usable one already leads with the column.
+    SELECT EXISTS (
+        SELECT 1 FROM pg_catalog.pg_index i
+        JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+        JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid
+        JOIN pg_catalog.pg_am am ON am.oid = ic.relam
+        WHERE i.indrelid = tbl AND a.attname = tenant_column AND i.indpred IS NULL
+          AND am.amname IN ('btree', 'hash')
+    ) INTO has_index;
+    IF NOT has_index THEN
+        -- Let PostgreSQL pick a free name (<table>_<column>_idx).
+        EXECUTE pg_catalog.format('CREATE INDEX ON %s (%I)', tbl, tenant_column);
+    END IF;
+
+    -- Unique keys that do not lead with the tenant column: a tenant can probe
+    -- another tenant's values through 23505, and Citus cannot distribute.
+    FOR u IN SELECT * FROM dbrag._non_tenant_first_unique(tbl, tenant_column) LOOP
+        IF rebuild_unique THEN
+            FOREACH stmt IN ARRAY dbrag._tenant_first_unique_sql(u.idx, tenant_column) LOOP
+                EXECUTE stmt;
+            END LOOP;
+            RAISE NOTICE 'rebuilt % of % to lead with %', u.idx_text, tbl, tenant_column;
+        ELSE
+            RAISE WARNING '% of % does not lead with %', u.idx_text, tbl, tenant_column
+                USING DETAIL = CASE WHEN u.tenant_in_key
+                        THEN 'The tenant column is in the key but not first: the tenant-first index scan cannot use it.'
+                        ELSE 'Uniqueness spans tenants: an INSERT that fails with 23505 tells a tenant that another tenant holds the value, and Citus cannot distribute the table by the tenant column.' END,
+                      HINT = pg_catalog.format('rebuild it: SELECT dbrag.enable_tenant_isolation(%L, %L, rebuild_unique => true);',
+                          tbl::text, tenant_column);
+        END IF;
+    END LOOP;
+
+    -- Partitions and inheritance children are tables of their own (queried
+    -- directly they apply their own policies, not the parent's):
+    -- dbrag._isolation_guarded calls this body for each of them too.
+END
+$$;
+
+-- dbrag._disable_tenant_isolation: the same, and refuses anything but a table (42809).
+CREATE OR REPLACE FUNCTION dbrag._disable_tenant_isolation(tbl regclass)
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    cmd text;
+BEGIN
+    IF tbl IS NULL THEN
+        RAISE EXCEPTION 'table must not be NULL' USING ERRCODE = '22004';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_class c WHERE c.oid = tbl AND c.relkind IN ('r', 'p')) THEN
+        RAISE EXCEPTION '% is not a table', tbl USING ERRCODE = '42809';
+    END IF;
+    IF dbrag._is_own_table(tbl) THEN
+        RAISE EXCEPTION '% belongs to pg_dbrag, which manages its isolation itself', tbl USING ERRCODE = '22023';
+    END IF;
+    FOR cmd IN SELECT p.polname FROM pg_catalog.pg_policy p
+               WHERE p.polrelid = tbl AND p.polname ~ '^dbrag_(tenant|admin)_(select|insert|update|delete)$'
+    LOOP
+        EXECUTE pg_catalog.format('DROP POLICY %I ON %s', cmd, tbl);
+    END LOOP;
+    IF EXISTS (SELECT 1 FROM pg_catalog.pg_policy p WHERE p.polrelid = tbl) THEN
+        RAISE NOTICE '% keeps row-level security enabled for its other policies', tbl;
+    ELSE
+        EXECUTE pg_catalog.format('ALTER TABLE %s NO FORCE ROW LEVEL SECURITY', tbl);
+        EXECUTE pg_catalog.format('ALTER TABLE %s DISABLE ROW LEVEL SECURITY', tbl);
+    END IF;
+    -- Partitions and children: dbrag._isolation_guarded calls this for each.
+END
+$$;
+
+-- dbrag.isolation_report: new findings 9 and 10: tenant members with CREATEROLE, and tenant members that can act as dbrag_app or dbrag_admin.
+CREATE OR REPLACE FUNCTION dbrag.isolation_report()
+RETURNS TABLE(severity text, object text, finding text, fix text)
+LANGUAGE sql STABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+WITH tt AS (
+    SELECT t.rel, t.tenant_column, t.attnum, c.relname, c.relkind, c.relispartition,
+           c.relrowsecurity, c.relforcerowsecurity, c.relowner,
+           c.oid::regclass::text AS qname,
+           pg_catalog.format('(%I = dbrag.current_tenant_id())', t.tenant_column) AS canonical,
+           pg_catalog.format('(dbrag.current_tenant_id() = %I)', t.tenant_column) AS canonical_rev,
+           EXISTS (SELECT 1 FROM pg_catalog.pg_policy p WHERE p.polrelid = t.rel) AS has_policies
+    FROM dbrag._tenant_tables() t JOIN pg_catalog.pg_class c ON c.oid = t.rel
+),
+pol AS (
+    SELECT tt.*, p.oid AS polid, p.polname, p.polpermissive, p.polroles,
+           pg_catalog.pg_get_expr(p.polqual, p.polrelid) AS q,
+           pg_catalog.pg_get_expr(p.polwithcheck, p.polrelid) AS w,
+           (SELECT pg_catalog.string_agg(pg_catalog.format('%s (%s, %s)', pr.oid::regproc, l.lanname,
+                        CASE pr.provolatile WHEN 'v' THEN 'volatile' WHEN 's' THEN 'stable' ELSE 'immutable' END),
+                        ', ' ORDER BY pr.oid)
+            FROM pg_catalog.pg_depend d
+            JOIN pg_catalog.pg_proc pr ON pr.oid = d.refobjid
+            JOIN pg_catalog.pg_language l ON l.oid = pr.prolang
+            WHERE d.classid = 'pg_catalog.pg_policy'::pg_catalog.regclass AND d.objid = p.oid
+              AND d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass
+              AND (pr.provolatile = 'v' OR l.lanname NOT IN ('sql', 'c', 'internal'))) AS per_row
+    FROM tt JOIN pg_catalog.pg_policy p ON p.polrelid = tt.rel
+),
+bad_pol AS (
+    SELECT pol.* FROM pol
+    WHERE NOT (
+        -- the tenant predicate, on the tenant column
+        (q IS NOT NULL OR w IS NOT NULL)
+        AND (q IS NULL OR q IN (canonical, canonical_rev))
+        AND (w IS NULL OR w IN (canonical, canonical_rev)))
+      AND NOT (
+        -- the operators' see-everything policies, for dbrag_admin only
+        polroles = ARRAY[(SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname = 'dbrag_admin')]
+        AND COALESCE(q, 'true') = 'true' AND COALESCE(w, 'true') = 'true')
+),
+view_deps AS (
+    -- views and materialized views over tenant tables, through other views too
+    WITH RECURSIVE dep(view_oid, base) AS (
+        SELECT r.ev_class, d.refobjid
+        FROM pg_catalog.pg_rewrite r
+        JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass AND d.objid = r.oid
+        WHERE d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.refobjid <> r.ev_class
+        UNION
+        SELECT dep.view_oid, d.refobjid
+        FROM dep
+        JOIN pg_catalog.pg_rewrite r ON r.ev_class = dep.base
+        JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass AND d.objid = r.oid
+        WHERE d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.refobjid <> r.ev_class
+    )
+    SELECT DISTINCT ON (v.oid) v.oid, v.relkind, v.relowner, v.oid::regclass::text AS vname,
+           tt.qname AS base_name, tt.relowner AS base_owner, tt.relforcerowsecurity AS base_forced,
+           COALESCE((SELECT pg_catalog.bool_or(pg_catalog.lower(o) IN
+                        ('security_invoker=true', 'security_invoker=on', 'security_invoker=1', 'security_invoker=yes'))
+                     FROM pg_catalog.unnest(v.reloptions) o), false) AS invoker,
+           ro.rolname AS owner_name, ro.rolsuper OR ro.rolbypassrls AS owner_bypasses,
+           pg_catalog.pg_has_role(v.relowner, 'dbrag_admin', 'USAGE') AS owner_is_admin
+    FROM dep
+    JOIN tt ON tt.rel = dep.base
+    JOIN pg_catalog.pg_class v ON v.oid = dep.view_oid
+    JOIN pg_catalog.pg_namespace n ON n.oid = v.relnamespace
+    JOIN pg_catalog.pg_roles ro ON ro.oid = v.relowner
+    WHERE v.relkind IN ('v', 'm') AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+      -- pg_dbrag's own views filter by the tenant in force themselves
+      AND NOT (dbrag._is_own_table(v.oid)
+               AND pg_catalog.pg_get_viewdef(v.oid) LIKE '%dbrag.current_tenant_id()%')
+    ORDER BY v.oid, (tt.relforcerowsecurity AND tt.relowner <> v.relowner)
+),
+bypass_roles AS (
+    SELECT r.oid, r.rolname, r.rolsuper, r.rolbypassrls FROM pg_catalog.pg_roles r
+    WHERE r.rolsuper OR r.rolbypassrls
+),
+members AS (
+    -- tenant members the caller may see (operators: all of them)
+    SELECT r.oid, r.rolname, r.rolsuper, r.rolcreaterole,
+           pg_catalog.string_agg(pg_catalog.quote_ident(t.name), ', ' ORDER BY t.name) AS tenant_names
+    FROM control_plane.tenant_members m
+    JOIN control_plane.tenants t ON t.tenant_id = m.tenant_id
+    JOIN pg_catalog.pg_roles r ON r.oid = m.member::pg_catalog.oid
+    GROUP BY r.oid, r.rolname, r.rolsuper, r.rolcreaterole
+),
+findings AS (
+    -- 1. Tenant tables without RLS, or with RLS the owner skips.
+    SELECT CASE WHEN NOT tt.relrowsecurity THEN 'critical' ELSE 'warning' END AS severity,
+           'table ' || tt.qname AS object,
+           CASE WHEN NOT tt.relrowsecurity THEN
+                    pg_catalog.format('has tenant column %I but row-level security is not enabled: '
+                        'any role with SELECT reads every tenant''s rows', tt.tenant_column)
+                    || CASE WHEN tt.relispartition THEN ' (it is a partition: queried directly it does not apply '
+                        'its parent''s policies)' ELSE '' END
+                ELSE pg_catalog.format('row-level security is enabled but not forced: its owner %s, and '
+                        'everything that runs as the owner, skips the tenant policies',
+                        pg_catalog.quote_ident(pg_catalog.pg_get_userbyid(tt.relowner))) END AS finding,
+           CASE WHEN NOT tt.relrowsecurity OR NOT tt.has_policies THEN
+                    pg_catalog.format('SELECT dbrag.enable_tenant_isolation(%L, %L);', tt.qname, tt.tenant_column)
+                ELSE pg_catalog.format('ALTER TABLE %s FORCE ROW LEVEL SECURITY;', tt.qname) END AS fix
+    FROM tt
+    WHERE NOT (tt.relrowsecurity AND tt.relforcerowsecurity)
+    UNION ALL
+    -- 2. Policies the planner cannot turn into a tenant index scan, or that widen access.
+    SELECT CASE WHEN bp.polpermissive AND (bp.q = 'true' OR bp.w = 'true') THEN 'critical'
+                WHEN pg_catalog.concat(bp.q, bp.w) ~ 'current_setting\(''(?!dbrag\.)' THEN 'critical'
+                ELSE 'warning' END,
+           pg_catalog.format('policy %I on %s', bp.polname, bp.qname),
+           CASE WHEN bp.polpermissive AND (bp.q = 'true' OR bp.w = 'true') THEN
+                    'permissive policy that lets every row through: permissive policies are OR-ed, '
+                    'so every role it applies to reads or writes every tenant''s rows'
+                WHEN pg_catalog.concat(bp.q, bp.w) ~ 'current_setting\(''(?!dbrag\.)' THEN
+                    'reads a setting that any client can change with SET or set_config(): '
+                    'a client picks whichever tenant it likes'
+                WHEN bp.per_row IS NOT NULL THEN
+                    pg_catalog.format('not index-friendly: calls %s for every row, so the planner cannot use '
+                        'a %I index and evaluates the function row by row', bp.per_row, bp.tenant_column)
+                ELSE pg_catalog.format('not of the form %s = dbrag.current_tenant_id(), which the planner '
+                        'turns into a %I index scan', pg_catalog.quote_ident(bp.tenant_column), bp.tenant_column)
+           END || pg_catalog.format(' (%s)', pg_catalog.concat_ws(', ',
+                    'USING ' || bp.q, 'WITH CHECK ' || bp.w)),
+           CASE WHEN bp.polname ~ '^dbrag_tenant_' THEN ''
+                ELSE pg_catalog.format('DROP POLICY %I ON %s; ', bp.polname, bp.qname) END
+           || pg_catalog.format('SELECT dbrag.enable_tenant_isolation(%L, %L);', bp.qname, bp.tenant_column)
+    FROM bad_pol bp
+    UNION ALL
+    -- 3. Tenant tables no index of which leads with the tenant column.
+    SELECT 'warning', 'table ' || tt.qname,
+           pg_catalog.format('no index leads with tenant column %I: every tenant''s query scans the whole table',
+               tt.tenant_column),
+           pg_catalog.format('CREATE INDEX ON %s (%I);', tt.qname, tt.tenant_column)
+    FROM tt
+    WHERE NOT EXISTS (
+        SELECT 1 FROM pg_catalog.pg_index i
+        JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid
+        JOIN pg_catalog.pg_am am ON am.oid = ic.relam
+        WHERE i.indrelid = tt.rel AND i.indkey[0] = tt.attnum AND i.indpred IS NULL
+          AND am.amname IN ('btree', 'hash'))
+    UNION ALL
+    -- 4. Unique keys that do not lead with the tenant column.
+    SELECT CASE WHEN u.tenant_in_key THEN 'info' ELSE 'warning' END,
+           pg_catalog.format('%s on %s', u.idx_text, tt.qname),
+           CASE WHEN u.tenant_in_key THEN
+                    pg_catalog.format('%I is in the key but not first: a %I-first scan cannot use it',
+                        tt.tenant_column, tt.tenant_column)
+                ELSE pg_catalog.format('does not include %I: uniqueness spans tenants, so an INSERT failing '
+                        'with 23505 tells a tenant that another tenant holds the value, and Citus cannot '
+                        'distribute the table by %I', tt.tenant_column, tt.tenant_column) END
+           || CASE WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_constraint f WHERE f.contype = 'f' AND f.conindid = u.idx)
+                   THEN '; foreign keys reference it and must be rebuilt tenant-first with it' ELSE '' END,
+           CASE WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_constraint f WHERE f.contype = 'f' AND f.conindid = u.idx)
+                THEN pg_catalog.format('-- rebuild the foreign keys that reference it as (%I, ...), then: '
+                         'SELECT dbrag.enable_tenant_isolation(%L, %L, rebuild_unique => true);',
+                         tt.tenant_column, tt.qname, tt.tenant_column)
+                ELSE pg_catalog.array_to_string(dbrag._tenant_first_unique_sql(u.idx, tt.tenant_column, false), ' ') END
+    FROM tt, LATERAL dbrag._non_tenant_first_unique(tt.rel, tt.tenant_column) u
+    UNION ALL
+    -- 5. Views that check the tenant policies as their owner, and materialized views.
+    SELECT CASE WHEN vd.relkind = 'm' OR vd.owner_bypasses OR vd.owner_is_admin
+                     OR (vd.relowner = vd.base_owner AND NOT vd.base_forced) THEN 'critical'
+                ELSE 'warning' END,
+           CASE WHEN vd.relkind = 'm' THEN 'materialized view ' ELSE 'view ' END || vd.vname,
+           CASE WHEN vd.relkind = 'm' THEN
+                    pg_catalog.format('stores rows of tenant table %s as whoever refreshed it saw them; '
+                        'row-level security does not apply to materialized views', vd.base_name)
+                WHEN vd.owner_bypasses THEN
+                    pg_catalog.format('reads tenant table %s without security_invoker, as its owner %s, who '
+                        'bypasses row-level security: every caller reads every tenant''s rows',
+                        vd.base_name, pg_catalog.quote_ident(vd.owner_name))
+                WHEN vd.owner_is_admin THEN
+                    pg_catalog.format('reads tenant table %s without security_invoker, as its owner %s, a '
+                        'member of dbrag_admin: every caller gets the operators'' policies',
+                        vd.base_name, pg_catalog.quote_ident(vd.owner_name))
+                WHEN vd.relowner = vd.base_owner AND NOT vd.base_forced THEN
+                    pg_catalog.format('reads tenant table %s without security_invoker, as its owner %s, who '
+                        'owns the table, whose row-level security is not forced: every caller reads every '
+                        'tenant''s rows', vd.base_name, pg_catalog.quote_ident(vd.owner_name))
+                ELSE pg_catalog.format('reads tenant table %s without security_invoker: policies and '
+                        'privileges are checked for its owner %s, not for the caller',
+                        vd.base_name, pg_catalog.quote_ident(vd.owner_name)) END,
+           CASE WHEN vd.relkind = 'm' THEN
+                    pg_catalog.format('REVOKE ALL ON %s FROM PUBLIC; -- or replace it with a view '
+                        'WITH (security_invoker = true)', vd.vname)
+                ELSE pg_catalog.format('ALTER VIEW %s SET (security_invoker = true);', vd.vname) END
+    FROM view_deps vd
+    WHERE vd.relkind = 'm' OR NOT vd.invoker
+    UNION ALL
+    -- 6. SECURITY DEFINER functions whose search_path a caller can choose.
+    SELECT CASE WHEN ro.rolsuper OR ro.rolbypassrls THEN 'critical' ELSE 'warning' END,
+           pg_catalog.format('%s %I.%I(%s)', CASE p.prokind WHEN 'p' THEN 'procedure' ELSE 'function' END,
+               n.nspname, p.proname, pg_catalog.pg_get_function_identity_arguments(p.oid)),
+           pg_catalog.format('SECURITY DEFINER without a pinned search_path: a caller who puts a schema of '
+               'their own first in search_path runs look-alike functions and operators as its owner %s%s',
+               pg_catalog.quote_ident(ro.rolname),
+               CASE WHEN ro.rolsuper OR ro.rolbypassrls THEN ', who bypasses row-level security' ELSE '' END),
+           pg_catalog.format('ALTER %s %I.%I(%s) SET search_path = pg_catalog, pg_temp; -- and qualify the names it uses',
+               CASE p.prokind WHEN 'p' THEN 'PROCEDURE' ELSE 'FUNCTION' END,
+               n.nspname, p.proname, pg_catalog.pg_get_function_identity_arguments(p.oid))
+    FROM pg_catalog.pg_proc p
+    JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+    JOIN pg_catalog.pg_roles ro ON ro.oid = p.proowner
+    WHERE p.prosecdef AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+      AND n.nspname !~ '^pg_(toast|temp_)'
+      AND NOT EXISTS (SELECT 1 FROM pg_catalog.unnest(p.proconfig) cfg WHERE cfg LIKE 'search\_path=%')
+    UNION ALL
+    -- 7. Login roles that skip row-level security.
+    SELECT CASE WHEN r.oid = 10 THEN 'info' ELSE 'warning' END,
+           'role ' || pg_catalog.quote_ident(r.rolname),
+           CASE WHEN r.oid = 10 THEN
+                    'the bootstrap superuser: it necessarily exists and skips every policy; keep it for '
+                    'maintenance, and never let an application or a tenant connect as it'
+                ELSE pg_catalog.format('can log in and %s: its sessions skip every row-level security policy',
+                        CASE WHEN r.rolsuper THEN 'is a superuser' ELSE 'has BYPASSRLS' END) END,
+           CASE WHEN r.oid = 10 THEN '-- none in SQL: limit where it may connect from in pg_hba.conf'
+                WHEN r.rolsuper THEN pg_catalog.format('ALTER ROLE %I NOSUPERUSER NOBYPASSRLS;', r.rolname)
+                ELSE pg_catalog.format('ALTER ROLE %I NOBYPASSRLS;', r.rolname) END
+    FROM pg_catalog.pg_roles r
+    WHERE r.rolcanlogin AND (r.rolsuper OR r.rolbypassrls)
+    UNION ALL
+    -- 8. Login roles that can SET ROLE to a role that skips row-level security.
+    SELECT 'warning', 'role ' || pg_catalog.quote_ident(m.rolname),
+           pg_catalog.format('can log in and SET ROLE %I, which %s: that session skips every row-level '
+               'security policy', b.rolname, CASE WHEN b.rolsuper THEN 'is a superuser' ELSE 'has BYPASSRLS' END),
+           CASE WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_auth_members am WHERE am.roleid = b.oid AND am.member = m.oid)
+                THEN pg_catalog.format('REVOKE %I FROM %I;', b.rolname, m.rolname)
+                ELSE pg_catalog.format('-- revoke the chain of role memberships from %I to %I', m.rolname, b.rolname) END
+    FROM pg_catalog.pg_roles m, bypass_roles b
+    WHERE m.rolcanlogin AND NOT (m.rolsuper OR m.rolbypassrls) AND m.oid <> b.oid
+      AND pg_catalog.pg_has_role(m.oid, b.oid, 'MEMBER')
+    UNION ALL
+    -- 9. Tenant members with CREATEROLE: they can grant themselves dbrag_app or dbrag_admin.
+    SELECT 'critical', 'role ' || pg_catalog.quote_ident(mb.rolname),
+           pg_catalog.format('is a member of tenant %s and has CREATEROLE: it can grant itself dbrag_app or '
+               'dbrag_admin and then act for any tenant', mb.tenant_names),
+           pg_catalog.format('ALTER ROLE %I NOCREATEROLE;', mb.rolname)
+    FROM members mb
+    WHERE mb.rolcreaterole AND NOT mb.rolsuper
+    UNION ALL
+    -- 10. Tenant members that can act as the application server or an operator.
+    SELECT 'critical', 'role ' || pg_catalog.quote_ident(mb.rolname),
+           pg_catalog.format('is a member of tenant %s and can act as %I: %s', mb.tenant_names, p.rolname,
+               CASE p.rolname WHEN 'dbrag_app' THEN 'it can put any tenant in force with dbrag.set_tenant(uuid)'
+                    ELSE 'it reads and writes every tenant''s rows' END),
+           CASE WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_auth_members am WHERE am.roleid = p.oid AND am.member = mb.oid)
+                THEN pg_catalog.format('REVOKE %I FROM %I;', p.rolname, mb.rolname)
+                ELSE pg_catalog.format('-- revoke the chain of role memberships from %I to %I', mb.rolname, p.rolname) END
+    FROM members mb
+    JOIN pg_catalog.pg_roles p ON p.rolname IN ('dbrag_app', 'dbrag_admin')
+    WHERE NOT mb.rolsuper AND pg_catalog.pg_has_role(mb.oid, p.oid, 'MEMBER')
+)
+SELECT f.severity, f.object, f.finding, f.fix FROM findings f
+ORDER BY CASE f.severity WHEN 'critical' THEN 1 WHEN 'warning' THEN 2 ELSE 3 END, f.object, f.finding
+$$;
+
+-- dbrag.add_tenant_member: refuses a missing role (42704), roles with CREATEROLE and roles that can act as dbrag_app or dbrag_admin (22023).
+CREATE OR REPLACE FUNCTION dbrag.add_tenant_member(tenant uuid, member regrole, tenant_role text DEFAULT 'analyst')
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM dbrag._require_admin();
+    IF tenant IS NULL OR member IS NULL THEN
+        RAISE EXCEPTION 'tenant and member must not be NULL' USING ERRCODE = '22004';
+    END IF;
+    IF tenant_role IS NULL OR tenant_role NOT IN ('admin', 'developer', 'analyst') THEN
+        RAISE EXCEPTION 'tenant_role must be admin, developer or analyst' USING ERRCODE = '22023';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM control_plane.tenants t WHERE t.tenant_id = add_tenant_member.tenant) THEN
+        RAISE EXCEPTION 'tenant % does not exist', tenant USING ERRCODE = '42704';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles r WHERE r.oid = member) THEN
+        RAISE EXCEPTION 'role with OID % does not exist', member::oid USING ERRCODE = '42704';
+    END IF;
+    IF (SELECT r.rolsuper OR r.rolbypassrls FROM pg_catalog.pg_roles r WHERE r.oid = member) THEN
+        RAISE EXCEPTION 'role % bypasses row-level security and cannot be a tenant member', member
+            USING ERRCODE = '22023', HINT = 'tenants connect as roles without SUPERUSER or BYPASSRLS';
+    END IF;
+    -- CREATEROLE can grant any non-superuser role, dbrag_app and dbrag_admin included.
+    IF (SELECT r.rolcreaterole FROM pg_catalog.pg_roles r WHERE r.oid = member) THEN
+        RAISE EXCEPTION 'role % has CREATEROLE and cannot be a tenant member', member
+            USING ERRCODE = '22023',
+                  HINT = pg_catalog.format('CREATEROLE lets it grant itself dbrag_app or dbrag_admin and act for '
+                      'any tenant: ALTER ROLE %s NOCREATEROLE first', member);
+    END IF;
+    IF pg_catalog.pg_has_role(member, 'dbrag_app', 'MEMBER') OR pg_catalog.pg_has_role(member, 'dbrag_admin', 'MEMBER') THEN
+        RAISE EXCEPTION 'role % can act as dbrag_app or dbrag_admin and cannot be a tenant member', member
+            USING ERRCODE = '22023',
+                  HINT = 'the application server and operators pick tenants by id; a tenant member is bound to '
+                         'its tenant: use a login role of its own';
+    END IF;
+    INSERT INTO control_plane.tenant_members (tenant_id, member, tenant_role)
+    VALUES (add_tenant_member.tenant, add_tenant_member.member,
+            add_tenant_member.tenant_role::control_plane.member_role)
+    ON CONFLICT ON CONSTRAINT tenant_members_pkey DO UPDATE SET tenant_role = EXCLUDED.tenant_role;
+    PERFORM dbrag._audit('member_added', tenant,
+        pg_catalog.jsonb_build_object('member', member::text, 'tenant_role', tenant_role));
+    -- A tenant with a schema of its own: the member gets its schema role.
+    PERFORM dbrag._sync_tenant_schema(tenant);
+END
+$$;
+
+-- dbrag.audit_queue_status(): the audit writer's queue, for operators.
+CREATE FUNCTION dbrag.audit_queue_status() RETURNS jsonb
+STRICT VOLATILE PARALLEL UNSAFE
+LANGUAGE c AS 'MODULE_PATHNAME', 'audit_queue_status_wrapper';
+
+-- Internal functions (docs/function-privileges.md lists every function of
+-- the extension with the roles that may execute it, and a test holds the
+-- catalog to that table). Trigger and event-trigger functions need no
+-- EXECUTE grant to fire; the SQL bodies of enable/disable_tenant_isolation
+-- are called by dbrag._isolation_guarded through the function manager,
+-- which checks and audits first; the cache invalidation is called by the
+-- triggers on tenants and tenant_members, which only operators write.
+REVOKE EXECUTE ON FUNCTION control_plane.touch_updated_at(), control_plane.invalidate_tenant_cache(),
+    control_plane.catalog_search_vector(), control_plane.example_search_vector(),
+    dbrag._auto_isolate() FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION dbrag._enable_tenant_isolation(regclass, name, boolean),
+    dbrag._disable_tenant_isolation(regclass) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION dbrag._invalidate_tenant_cache(oid), dbrag._require_admin(),
+    dbrag.audit_queue_status() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION dbrag._invalidate_tenant_cache(oid), dbrag._require_admin(),
+    dbrag.audit_queue_status() TO dbrag_admin;
