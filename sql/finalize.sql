@@ -37,3 +37,5 @@ REVOKE EXECUTE ON FUNCTION dbrag.create_tenant_schema(uuid), dbrag.drop_tenant_s
     dbrag._sync_tenant_schema(uuid) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION dbrag.create_tenant_schema(uuid), dbrag.drop_tenant_schema(uuid, boolean),
     dbrag._sync_tenant_schema(uuid) TO dbrag_admin;
+REVOKE EXECUTE ON FUNCTION dbrag.adopt_tenant_schema(uuid) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION dbrag.adopt_tenant_schema(uuid) TO dbrag_admin;

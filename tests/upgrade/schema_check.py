@@ -72,10 +72,10 @@ SELECT 'constraint ' || conname || ': ' || pg_get_constraintdef(oid) FROM pg_con
 UNION ALL
 SELECT 'index ' || pg_get_indexdef(indexrelid) FROM pg_index WHERE indrelid = %(oid)s
 UNION ALL
-SELECT 'trigger ' || pg_get_triggerdef(oid) || CASE tgenabled WHEN 'O' THEN '' ELSE ' [' || tgenabled || ']' END
+SELECT 'trigger ' || pg_get_triggerdef(oid) || CASE tgenabled WHEN 'O' THEN '' ELSE ' [' || tgenabled::text || ']' END
 FROM pg_trigger WHERE tgrelid = %(oid)s AND NOT tgisinternal
 UNION ALL
-SELECT 'policy ' || polname || ' ' || polcmd || ' ' || CASE WHEN polpermissive THEN 'permissive' ELSE 'restrictive' END
+SELECT 'policy ' || polname || ' ' || polcmd::text || ' ' || CASE WHEN polpermissive THEN 'permissive' ELSE 'restrictive' END
        || ' to ' || array_to_string(ARRAY(SELECT CASE WHEN r = 0 THEN 'public' ELSE pg_get_userbyid(r) END
                                           FROM unnest(polroles) r ORDER BY 1), ',')
        || ' using (' || coalesce(pg_get_expr(polqual, polrelid), '') || ') check ('
