@@ -70,7 +70,7 @@ PG_BIN=$SYS_BIN start_cluster "$CLUSTER" "$PORT" "$PASSWORD" \
 export PGPASSWORD=$PASSWORD
 sql() { "$SYS_BIN/psql" -h 127.0.0.1 -p "$PORT" -X -q -At -v ON_ERROR_STOP=1 "$@"; }
 sql -U postgres -d postgres -c "CREATE DATABASE smoke"
-sql -U postgres -d smoke <<'EOF'
+sql -U postgres -d smoke -o /dev/null <<'EOF'
 CREATE EXTENSION pg_dbrag CASCADE;
 CREATE ROLE smoke_a LOGIN PASSWORD 'smoke-pw' NOSUPERUSER NOBYPASSRLS;
 CREATE ROLE smoke_b LOGIN PASSWORD 'smoke-pw' NOSUPERUSER NOBYPASSRLS;
