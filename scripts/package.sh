@@ -43,13 +43,19 @@ cp "$OUT/pgrx$("$PG_CONFIG" --sharedir)/extension/pg_dbrag.control" \
 for f in sql/pg_dbrag--*--*.sql; do
     [ -e "$f" ] && cp "$OUT/pgrx$("$PG_CONFIG" --sharedir)/extension/$(basename "$f")" "$STAGE$EXTDIR/"
 done
-# Files an install puts next to the extension (DBRAG_EXTRA_FILES in
-# scripts/lib.sh: "source destination" lines, destination absolute).
+# Files an install puts next to the extension: "source destination" lines
+# (destination absolute, for the system PostgreSQL 15) from a function
+# extra_install_files that scripts/lib.sh may define for what its
+# install_extension installs besides the extension, and from DBRAG_EXTRA_FILES.
+extra=${DBRAG_EXTRA_FILES:-}
+if declare -F extra_install_files >/dev/null; then
+    extra=$(extra_install_files)$'\n'$extra
+fi
 while read -r src dest; do
     [ -n "${src:-}" ] || continue
     mkdir -p "$STAGE$(dirname "$dest")"
     cp "$src" "$STAGE$dest"
-done <<<"${DBRAG_EXTRA_FILES:-}"
+done <<<"$extra"
 strip --strip-debug "$STAGE$LIBDIR/pg_dbrag.so"
 chmod 0644 "$STAGE$LIBDIR/pg_dbrag.so" "$STAGE$EXTDIR"/*
 

@@ -51,11 +51,16 @@ no_crash() {
         return 1
     fi
 }
+EXTDIR=$("$PG_CONFIG" --sharedir)/extension
+old_script_was_there=0
+[ -e "$EXTDIR/pg_dbrag--$PREVIOUS.sql" ] && old_script_was_there=1
 finish() {
     stop_cluster "$UP"
     stop_cluster "$RESTORE"
-    # Whatever happened, leave the current build installed for the suite.
+    # Whatever happened, leave the current build installed for the suite,
+    # without the previous release's install script if it was not there.
     install_extension >/dev/null || true
+    [ "$old_script_was_there" = 1 ] || rm -f "$EXTDIR/pg_dbrag--$PREVIOUS.sql"
 }
 trap finish EXIT
 
