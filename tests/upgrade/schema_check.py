@@ -156,7 +156,10 @@ def describe(conn):
             row = conn.execute(OTHER[catalog], (oid,)).fetchone()
             lines.append(f"{head} | {' '.join(str(v) for v in row)}")
     lines += [f"config_dump {rel}: {cond}" for rel, cond in conn.execute(CONFIG).fetchall()]
-    return sorted(lines), dict(order)
+    # Objects in name order, each object's lines in the order written (a
+    # function body stays readable in the diff).
+    seq = {line: i for i, line in enumerate(lines)}
+    return sorted(lines, key=lambda line: (line.split(" | ", 1)[0], seq[line])), dict(order)
 
 
 def seeded_rows(conn):
