@@ -69,6 +69,13 @@ settings=("shared_preload_libraries = 'pg_dbrag'" "dbrag.jwt_secret = '$DBRAG_TE
 
 t0=$(date +%s)
 echo "== upgrade test: release $PREVIOUS -> $CURRENT"
+# Upgrade scripts never drop data (comments aside).
+for f in sql/pg_dbrag--*--*.sql; do
+    if sed 's/--.*$//' "$f" | grep -nEi '\b(DROP[[:space:]]+(TABLE|COLUMN|SCHEMA|OWNED)|TRUNCATE|DELETE[[:space:]]+FROM)\b'; then
+        echo "$f drops data (line above); migrate it instead"
+        exit 1
+    fi
+done
 old=$(release_build "$PREVIOUS")
 install_release_files "$old"
 rm -rf "$WORK/upgrade-sqlite"
