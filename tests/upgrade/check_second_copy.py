@@ -81,6 +81,9 @@ def test_the_copy_does_not_act_on_the_originals_roles(newcomer):
 
 def test_adopt_gives_the_copy_roles_of_its_own(newcomer):
     original_role = recorded_role(ORIGINAL)
+    for role in (ALICE, BOB):  # operators only
+        with login(role, COPY) as c:
+            assert err(c, "SELECT dbrag.adopt_tenant_schema(%s)", (A,)).sqlstate == "42501"
     with login(OPS, COPY) as ops:
         role = ops.execute("SELECT dbrag.adopt_tenant_schema(%s)", (A,)).fetchone()[0]
         assert ops.execute("SELECT dbrag._tenant_role_name(%s)::text", (A,)).fetchone()[0] == role
@@ -88,6 +91,8 @@ def test_adopt_gives_the_copy_roles_of_its_own(newcomer):
         assert ops.execute("SELECT dbrag.adopt_tenant_schema(%s)", (A,)).fetchone()[0] == role
     assert role != original_role and recorded_role(COPY) == role
     with su(COPY) as s:
+        assert s.execute("SELECT count(*) FROM control_plane.audit_log WHERE event = 'tenant_schema_adopted' "
+                         "AND tenant_id = %s", (A,)).fetchone()[0] == 2
         owner = s.execute("SELECT nspowner::regrole::text FROM pg_namespace WHERE nspname = %s",
                           (SCHEMA_A,)).fetchone()[0]
         assert owner == role
