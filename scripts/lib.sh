@@ -60,6 +60,21 @@ start_cluster() {
     as_postgres "$PG_BIN/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 start >/dev/null
 }
 
+# start_cluster_retry: the same, tried up to five times. The port lies in
+# Linux's ephemeral range, so it can be taken for a moment as the local end
+# of another connection on a busy machine.
+start_cluster_retry() {
+    local i
+    for i in 1 2 3 4 5; do
+        if start_cluster "$@"; then
+            return 0
+        fi
+        echo "could not start the cluster on port $2 (attempt $i); trying again"
+        sleep 3
+    done
+    return 1
+}
+
 stop_cluster() {
     local dir=$1
     if [ -f "$dir/data/postmaster.pid" ]; then

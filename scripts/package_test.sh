@@ -64,7 +64,7 @@ for f in "$SYS_LIB/pg_dbrag.so" "$SYS_EXT/pg_dbrag.control" "$SYS_EXT/pg_dbrag--
     dpkg -S "$f" >/dev/null || { echo "$f is not in the package"; exit 1; }
 done
 
-PG_BIN=$SYS_BIN start_cluster "$CLUSTER" "$PORT" "$PASSWORD" \
+PG_BIN=$SYS_BIN start_cluster_retry "$CLUSTER" "$PORT" "$PASSWORD" \
     "shared_preload_libraries = 'pg_dbrag'" "dbrag.jwt_secret = '$JWT_SECRET'" \
     "dbrag.master_key = '$MASTER_KEY'"
 export PGPASSWORD=$PASSWORD

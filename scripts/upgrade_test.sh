@@ -80,7 +80,7 @@ old=$(release_build "$PREVIOUS")
 install_release_files "$old"
 rm -rf "$WORK/upgrade-sqlite"
 mkdir -p "$WORK/upgrade-sqlite"
-start_cluster "$UP" "$PORT" "$DBRAG_TEST_PASSWORD" "${settings[@]}" "dbrag.master_key = '$DBRAG_TEST_MASTER_KEY'"
+start_cluster_retry "$UP" "$PORT" "$DBRAG_TEST_PASSWORD" "${settings[@]}" "dbrag.master_key = '$DBRAG_TEST_MASTER_KEY'"
 python3 tests/upgrade/seed.py
 psql_su -d postgres -c "CREATE DATABASE dbrag_upgrade_bare"
 psql_su -d dbrag_upgrade_bare -c "CREATE EXTENSION pg_dbrag VERSION '$PREVIOUS' CASCADE"
@@ -134,7 +134,7 @@ if grep -aq "$DBRAG_TEST_MASTER_KEY" "$WORK/dbrag_upgrade.dump"; then
 fi
 stop_cluster "$UP"
 # The fresh cluster starts WITHOUT the master key.
-start_cluster "$RESTORE" "$PORT" "$DBRAG_TEST_PASSWORD" "${settings[@]}"
+start_cluster_retry "$RESTORE" "$PORT" "$DBRAG_TEST_PASSWORD" "${settings[@]}"
 # The bootstrap superuser exists already; every other line must apply.
 psql_su -d postgres -v ON_ERROR_STOP=0 -f "$WORK/roles.sql" 2>&1 | grep -v 'role "postgres" already exists' || true
 # Under the dumped database's own name: tenant schema roles are named per

@@ -398,13 +398,68 @@ fn is_tenant_role_shape(role: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
 }
 
+/// The GRANT statements that give `to` what `from` was granted on objects of
+/// this database (tables, columns, sequences, schemas, functions, types, the
+/// database itself), built by `format` with quoted identifiers.
+const COPY_GRANTS_SQL: &str = "\
+WITH r AS (SELECT (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = $1) AS old, $2::text AS new) \
+SELECT pg_catalog.format('GRANT %s ON %s %s TO %I%s', a.privilege_type, \
+           CASE WHEN c.relkind = 'S' THEN 'SEQUENCE' ELSE 'TABLE' END, c.oid::pg_catalog.regclass, r.new, \
+           CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END) \
+FROM r, pg_catalog.pg_class c, pg_catalog.aclexplode(c.relacl) a WHERE a.grantee = r.old \
+UNION ALL \
+SELECT pg_catalog.format('GRANT %s (%I) ON TABLE %s TO %I%s', a.privilege_type, att.attname, \
+           att.attrelid::pg_catalog.regclass, r.new, CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END) \
+FROM r, pg_catalog.pg_attribute att, pg_catalog.aclexplode(att.attacl) a \
+WHERE a.grantee = r.old AND att.attnum > 0 AND NOT att.attisdropped \
+UNION ALL \
+SELECT pg_catalog.format('GRANT %s ON SCHEMA %I TO %I%s', a.privilege_type, n.nspname, r.new, \
+           CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END) \
+FROM r, pg_catalog.pg_namespace n, pg_catalog.aclexplode(n.nspacl) a WHERE a.grantee = r.old \
+UNION ALL \
+SELECT pg_catalog.format('GRANT %s ON %s %s TO %I%s', a.privilege_type, \
+           CASE WHEN p.prokind = 'p' THEN 'PROCEDURE' ELSE 'FUNCTION' END, p.oid::pg_catalog.regprocedure, r.new, \
+           CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END) \
+FROM r, pg_catalog.pg_proc p, pg_catalog.aclexplode(p.proacl) a WHERE a.grantee = r.old \
+UNION ALL \
+SELECT pg_catalog.format('GRANT %s ON TYPE %s TO %I%s', a.privilege_type, t.oid::pg_catalog.regtype, r.new, \
+           CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END) \
+FROM r, pg_catalog.pg_type t, pg_catalog.aclexplode(t.typacl) a WHERE a.grantee = r.old \
+UNION ALL \
+SELECT pg_catalog.format('GRANT %s ON DATABASE %I TO %I%s', a.privilege_type, d.datname, r.new, \
+           CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END) \
+FROM r, pg_catalog.pg_database d, pg_catalog.aclexplode(d.datacl) a \
+WHERE a.grantee = r.old AND d.datname = pg_catalog.current_database()";
+
+/// Give role `to` every privilege role `from` holds in this database.
+fn copy_grants(from: &str, to: &str) {
+    let grants: Vec<String> = Spi::connect(|client| {
+        let rows = client.select(
+            COPY_GRANTS_SQL,
+            None,
+            &[DatumWithOid::from(from), DatumWithOid::from(to)],
+        )?;
+        let mut out = Vec::new();
+        for r in rows {
+            if let Some(sql) = r.get::<String>(1)? {
+                out.push(sql);
+            }
+        }
+        Ok::<_, pgrx::spi::Error>(out)
+    })
+    .unwrap_or_else(|e| DbragError::from(e).raise());
+    for sql in grants {
+        run(&sql);
+    }
+}
+
 /// `dbrag.adopt_tenant_schema(tenant) → text`: give a tenant schema restored
 /// under another database's name (a second copy of a dump in the same
 /// cluster, a renamed database) a schema role of this database's own. The
-/// new role takes over in THIS database what the recorded role owned
-/// (`REASSIGN OWNED`), the recorded role loses its privileges here
-/// (`DROP OWNED`, this database only), the tenant's active members are
-/// granted the new one. The recorded role and the other database are left
+/// new role is granted here what the recorded role was granted here, takes
+/// over in THIS database what the recorded role owned (`REASSIGN OWNED`),
+/// the recorded role loses its privileges here (`DROP OWNED`, this database
+/// only), the tenant's active members are granted the new one. The recorded role and the other database are left
 /// untouched. Returns the new role. dbrag_admin only.
 #[pg_extern(volatile, parallel_unsafe)]
 fn adopt_tenant_schema(tenant: Option<pgrx::Uuid>) -> String {
@@ -447,6 +502,7 @@ fn adopt_tenant_schema(tenant: Option<pgrx::Uuid>) -> String {
         .unwrap_or_default();
         run(&format!("COMMENT ON ROLE {role} IS {comment}"));
         if role_exists(&old) {
+            copy_grants(&old, &role);
             // Both act on the current database only (and on shared objects,
             // which a schema role never owns).
             run(&format!("REASSIGN OWNED BY {old} TO {role}"));

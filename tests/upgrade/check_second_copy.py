@@ -84,6 +84,13 @@ def test_adopt_gives_the_copy_roles_of_its_own(newcomer):
     for role in (ALICE, BOB):  # operators only
         with login(role, COPY) as c:
             assert err(c, "SELECT dbrag.adopt_tenant_schema(%s)", (A,)).sqlstate == "42501"
+    # Grants to the recorded role, in both databases: the copy's move to its
+    # own role, the original's stay.
+    for db in (ORIGINAL, COPY):
+        with su(db) as s:
+            s.execute(f"GRANT SELECT ON shop_a.customers TO {original_role}")
+            s.execute(f"GRANT SELECT (total) ON shop_a.orders TO {original_role}")
+            s.execute(f"GRANT USAGE ON SCHEMA shop_a TO {original_role}")
     with login(OPS, COPY) as ops:
         role = ops.execute("SELECT dbrag.adopt_tenant_schema(%s)", (A,)).fetchone()[0]
         assert ops.execute("SELECT dbrag._tenant_role_name(%s)::text", (A,)).fetchone()[0] == role
@@ -96,8 +103,14 @@ def test_adopt_gives_the_copy_roles_of_its_own(newcomer):
         owner = s.execute("SELECT nspowner::regrole::text FROM pg_namespace WHERE nspname = %s",
                           (SCHEMA_A,)).fetchone()[0]
         assert owner == role
-        # The original's role keeps no privilege in the copy.
+        # The original's role keeps no privilege in the copy; the new one has them.
         assert not s.execute("SELECT has_schema_privilege(%s, %s, 'USAGE')", (original_role, SCHEMA_A)).fetchone()[0]
+        checks = ("SELECT has_table_privilege(%(r)s, 'shop_a.customers', 'SELECT'), "
+                  "has_column_privilege(%(r)s, 'shop_a.orders', 'total', 'SELECT'), "
+                  "has_column_privilege(%(r)s, 'shop_a.orders', 'customer_id', 'SELECT'), "
+                  "has_schema_privilege(%(r)s, 'shop_a', 'USAGE')")
+        assert s.execute(checks, {"r": role}).fetchone() == (True, True, False, True)
+        assert s.execute(checks, {"r": original_role}).fetchone() == (False, False, False, False)
         members = {r[0] for r in s.execute(
             "SELECT pg_get_userbyid(member) FROM pg_auth_members WHERE roleid = %s::regrole", (role,))}
         assert newcomer in members and ALICE not in members  # alice was removed in the copy
@@ -107,6 +120,7 @@ def test_adopt_gives_the_copy_roles_of_its_own(newcomer):
         members = {r[0] for r in s.execute(
             "SELECT pg_get_userbyid(member) FROM pg_auth_members WHERE roleid = %s::regrole", (original_role,))}
         assert ALICE in members and newcomer not in members
+        assert s.execute(checks, {"r": original_role}).fetchone() == (True, True, False, True)
     assert reads_plans(ALICE, ORIGINAL) and not reads_plans(newcomer, ORIGINAL)
     # Now the copy can drop its tenant schema without touching the original.
     with login(OPS, COPY) as ops:
