@@ -43,7 +43,7 @@ echo "== build and install the extension"
 install_extension
 
 echo "== start the data-plane servers"
-start_cluster "$WORK/remote" "$DBRAG_REMOTE_PORT" "$DBRAG_TEST_PASSWORD"
+start_cluster_retry "$WORK/remote" "$DBRAG_REMOTE_PORT" "$DBRAG_TEST_PASSWORD"
 start_mariadb "$WORK/mariadb" "$DBRAG_MYSQL_PORT"
 
 status=$fuzz_status
@@ -56,7 +56,7 @@ else
 fi
 
 echo "== start the primary cluster"
-start_cluster "$WORK/primary" "$DBRAG_TEST_PORT" "$DBRAG_TEST_PASSWORD" \
+start_cluster_retry "$WORK/primary" "$DBRAG_TEST_PORT" "$DBRAG_TEST_PASSWORD" \
     "shared_preload_libraries = 'pg_dbrag'" \
     "dbrag.jwt_secret = '$DBRAG_TEST_JWT_SECRET'" \
     "dbrag.master_key = '$DBRAG_TEST_MASTER_KEY'" \
