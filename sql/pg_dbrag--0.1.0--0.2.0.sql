@@ -52,6 +52,8 @@ BEGIN
            AND EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = t.old_role)
            AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = new_role) THEN
             EXECUTE pg_catalog.format('ALTER ROLE %I RENAME TO %I', t.old_role, new_role);
+            EXECUTE pg_catalog.format('COMMENT ON ROLE %I IS %L', new_role,
+                'pg_dbrag: schema role of tenant ' || t.tenant_id || ' in database ' || pg_catalog.current_database());
             UPDATE control_plane.tenants
                SET settings = settings || pg_catalog.jsonb_build_object('tenant_schema_role', new_role::text)
              WHERE tenant_id = t.tenant_id;
