@@ -153,3 +153,17 @@ def test_credentials_refuse_without_the_master_key():
         assert e.sqlstate == "55000" and "master" in str(e).lower(), e
         for name in ("a_postgres", "a_mysql"):
             assert err(c, "SELECT * FROM dbrag.sync_catalog(%s)", (CONNS[name],)).sqlstate == "55000"
+
+
+def test_tenant_schema_role_is_named_for_this_database():
+    """0.1.0's dbrag_t_<hex> was renamed by the update (and kept by a restore
+    under the same database name); the tenant's members still hold it."""
+    with su() as s:
+        recorded, want = s.execute(
+            "SELECT settings->>'tenant_schema_role', dbrag._tenant_role_name(tenant_id)::text "
+            "FROM control_plane.tenants WHERE tenant_id = %s", (A,)).fetchone()
+        assert recorded == want and want.startswith("dbrag_t_") and len(want) == 49
+        assert s.execute("SELECT pg_has_role(%s, %s, 'USAGE')", (ALICE, want)).fetchone()[0]
+        assert not s.execute("SELECT pg_has_role(%s, %s, 'MEMBER')", (BOB, want)).fetchone()[0]
+        assert s.execute("SELECT nspowner::regrole::text FROM pg_namespace WHERE nspname = %s",
+                         (STATE_DATA["schema_a"],)).fetchone()[0] == want
