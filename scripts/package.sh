@@ -43,7 +43,12 @@ cp "$OUT/pgrx$("$PG_CONFIG" --sharedir)/extension/pg_dbrag.control" \
 for f in sql/pg_dbrag--*--*.sql; do
     [ -e "$f" ] && cp "$OUT/pgrx$("$PG_CONFIG" --sharedir)/extension/$(basename "$f")" "$STAGE$EXTDIR/"
 done
-# Files an install puts next to the extension: "source destination" lines
+# The out-of-process data-plane helper, when this tree has one: the install
+# step of scripts/lib.sh builds it and puts it into the pkglibdir it is given.
+if declare -F install_dataplane_helper >/dev/null; then
+    install_dataplane_helper "$STAGE$LIBDIR"
+fi
+# Other files an install puts next to the extension: "source destination" lines
 # (destination absolute, for the system PostgreSQL 15) from a function
 # extra_install_files that scripts/lib.sh may define for what its
 # install_extension installs besides the extension, and from DBRAG_EXTRA_FILES.

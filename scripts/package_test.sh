@@ -33,10 +33,10 @@ fi
 # Cargo-installed files in the system PostgreSQL (test.sh installs there
 # when DBRAG_PG_PREFIX is not set) go aside for the test and come back after.
 aside=$(mktemp -d "$WORK/package-aside.XXXXXX")
+mkdir -p "$aside/lib" "$aside/ext"
 shopt -s nullglob
-for f in "$SYS_LIB"/pg_dbrag*.so "$SYS_EXT"/pg_dbrag*; do
-    mv "$f" "$aside/"
-done
+for f in "$SYS_LIB"/pg_dbrag*; do mv "$f" "$aside/lib/"; done
+for f in "$SYS_EXT"/pg_dbrag*; do mv "$f" "$aside/ext/"; done
 shopt -u nullglob
 finish() {
     PG_BIN=$SYS_BIN stop_cluster "$CLUSTER"
@@ -44,14 +44,9 @@ finish() {
         dpkg -r "$NAME" >/dev/null || true
     fi
     local f
-    for f in "$aside"/*; do
-        [ -e "$f" ] || continue
-        case $(basename "$f") in
-            *.so) mv "$f" "$SYS_LIB/" ;;
-            *) mv "$f" "$SYS_EXT/" ;;
-        esac
-    done
-    rmdir "$aside"
+    for f in "$aside"/lib/*; do [ -e "$f" ] && mv "$f" "$SYS_LIB/"; done
+    for f in "$aside"/ext/*; do [ -e "$f" ] && mv "$f" "$SYS_EXT/"; done
+    rmdir "$aside/lib" "$aside/ext" "$aside" 2>/dev/null || echo "could not put back everything: see $aside"
 }
 trap finish EXIT
 
@@ -63,6 +58,9 @@ for f in "$SYS_LIB/pg_dbrag.so" "$SYS_EXT/pg_dbrag.control" "$SYS_EXT/pg_dbrag--
          $(cd sql && ls pg_dbrag--*--*.sql | sed "s|^|$SYS_EXT/|"); do
     dpkg -S "$f" >/dev/null || { echo "$f is not in the package"; exit 1; }
 done
+if declare -F install_dataplane_helper >/dev/null; then
+    dpkg -S "$SYS_LIB/pg_dbrag_dataplane" >/dev/null || { echo "the data-plane helper is not in the package"; exit 1; }
+fi
 
 PG_BIN=$SYS_BIN start_cluster_retry "$CLUSTER" "$PORT" "$PASSWORD" \
     "shared_preload_libraries = 'pg_dbrag'" "dbrag.jwt_secret = '$JWT_SECRET'" \
@@ -97,7 +95,7 @@ echo "smoke test passed: CREATE EXTENSION, two tenants isolated, encrypt/decrypt
 PG_BIN=$SYS_BIN stop_cluster "$CLUSTER"
 
 dpkg -r "$NAME" >/dev/null
-left=$(ls "$SYS_LIB"/pg_dbrag*.so "$SYS_EXT"/pg_dbrag* 2>/dev/null || true)
+left=$(ls "$SYS_LIB"/pg_dbrag* "$SYS_EXT"/pg_dbrag* 2>/dev/null || true)
 if [ -n "$left" ]; then
     echo "dpkg -r left files behind: $left"
     exit 1
