@@ -60,6 +60,21 @@ start_cluster() {
     as_postgres "$PG_BIN/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 start >/dev/null
 }
 
+# start_cluster_retry: the same, tried up to five times. The port lies in
+# Linux's ephemeral range, so it can be taken for a moment as the local end
+# of another connection on a busy machine.
+start_cluster_retry() {
+    local i
+    for i in 1 2 3 4 5; do
+        if start_cluster "$@"; then
+            return 0
+        fi
+        echo "could not start the cluster on port $2 (attempt $i); trying again"
+        sleep 3
+    done
+    return 1
+}
+
 stop_cluster() {
     local dir=$1
     if [ -f "$dir/data/postmaster.pid" ]; then
@@ -115,4 +130,73 @@ stop_mariadb() {
             done
         fi
     fi
+}
+
+# ---------------------------------------------------------------- releases
+# sql/releases names each release's commit. A release is built once from a
+# checkout of its commit and its installed files are cached outside the
+# repository (DBRAG_RELEASE_CACHE, default /var/cache/pg_dbrag), so CI on a
+# clean clone of the same machine skips the build.
+RELEASE_CACHE=${DBRAG_RELEASE_CACHE:-/var/cache/pg_dbrag}
+
+current_version() { sed -n 's/^version = "\(.*\)"$/\1/p' "$REPO_ROOT/Cargo.toml" | head -1; }
+previous_release() { awk '!/^#/ && NF == 2 { v = $1 } END { print v }' "$REPO_ROOT/sql/releases"; }
+release_commit() { awk -v v="$1" '!/^#/ && $1 == v { print $2 }' "$REPO_ROOT/sql/releases"; }
+
+# release_build VERSION: prints the cache directory holding lib/pg_dbrag.so
+# and extension/{pg_dbrag.control,pg_dbrag--*.sql} of that release.
+release_build() {
+    local version=$1 commit dir src out
+    commit=$(release_commit "$version")
+    [ -n "$commit" ] || { echo "release $version is not in sql/releases" >&2; return 1; }
+    dir=$RELEASE_CACHE/$version-${commit:0:12}-pg$("$PG_CONFIG" --version | sed 's/[^0-9]*\([0-9]*\).*/\1/')
+    if [ -f "$dir/complete" ]; then
+        echo "$dir"
+        return 0
+    fi
+    git -C "$REPO_ROOT" cat-file -e "$commit^{commit}" 2>/dev/null || {
+        echo "commit $commit of release $version is not in this clone (shallow?); git fetch --unshallow" >&2
+        return 1
+    }
+    # A plain export of the commit's tree (git archive): the same files as a
+    # `git worktree`, without registering one in a .git shared by others.
+    src=$(mktemp -d "/tmp/pg_dbrag-$version.XXXXXX")
+    git -C "$REPO_ROOT" archive "$commit" | tar -x -C "$src"
+    echo "building release $version ($commit) in $src, once; cached in $dir" >&2
+    # A target directory of its own, seeded with a copy of the repository's
+    # so compiled dependencies are reused. Never the repository's own: cargo
+    # judges path crates by mtime, and the exported files carry the commit's
+    # date, older than the current build's outputs of the same crate version.
+    # Touched, the release's own crates are compiled from its sources.
+    if [ -d "$REPO_ROOT/target/release" ]; then
+        mkdir -p "$src/target"
+        cp -a "$REPO_ROOT/target/release" "$src/target/"
+    fi
+    find "$src" -path "$src/target" -prune -o -type f -exec touch {} +
+    (cd "$src" && CARGO_TARGET_DIR="$src/target" cargo pgrx package --pg-config "$PG_CONFIG" \
+        --out-dir "$src/pkg" >"$src.log" 2>&1) || {
+        tail -40 "$src.log" >&2
+        return 1
+    }
+    out=$src/pkg
+    rm -rf "$dir.tmp"
+    mkdir -p "$dir.tmp/lib" "$dir.tmp/extension"
+    cp "$out$("$PG_CONFIG" --pkglibdir)"/pg_dbrag*.so "$dir.tmp/lib/"
+    cp "$out$("$PG_CONFIG" --sharedir)"/extension/pg_dbrag* "$dir.tmp/extension/"
+    echo "$version $commit" >"$dir.tmp/complete"
+    rm -rf "$dir"
+    mv "$dir.tmp" "$dir"
+    rm -rf "$src" "$src.log"
+    echo "$dir"
+}
+
+# install_release_files DIR: put a cached release in place of the installed
+# build (the next install_extension puts the current build back).
+install_release_files() {
+    local dir=$1 lib ext
+    lib=$("$PG_CONFIG" --pkglibdir)
+    ext=$("$PG_CONFIG" --sharedir)/extension
+    rm -f "$lib"/pg_dbrag*.so "$ext"/pg_dbrag.control
+    cp "$dir"/lib/pg_dbrag*.so "$lib/"
+    cp "$dir"/extension/pg_dbrag* "$ext/"
 }

@@ -42,22 +42,41 @@ fi
 echo "== build and install the extension"
 install_extension
 
-echo "== start clusters"
-start_cluster "$WORK/primary" "$DBRAG_TEST_PORT" "$DBRAG_TEST_PASSWORD" \
+echo "== start the data-plane servers"
+start_cluster_retry "$WORK/remote" "$DBRAG_REMOTE_PORT" "$DBRAG_TEST_PASSWORD"
+start_mariadb "$WORK/mariadb" "$DBRAG_MYSQL_PORT"
+
+status=$fuzz_status
+# The previous release updated to this build, the schema check, dump and
+# restore (scripts/upgrade_test.sh); DBRAG_SKIP_UPGRADE=1 skips them.
+if [ "${DBRAG_SKIP_UPGRADE:-0}" = 1 ]; then
+    echo "== upgrade test skipped (DBRAG_SKIP_UPGRADE=1)"
+else
+    bash scripts/upgrade_test.sh || status=1
+fi
+
+echo "== start the primary cluster"
+start_cluster_retry "$WORK/primary" "$DBRAG_TEST_PORT" "$DBRAG_TEST_PASSWORD" \
     "shared_preload_libraries = 'pg_dbrag'" \
     "dbrag.jwt_secret = '$DBRAG_TEST_JWT_SECRET'" \
     "dbrag.master_key = '$DBRAG_TEST_MASTER_KEY'" \
     "log_min_messages = warning"
-start_cluster "$WORK/remote" "$DBRAG_REMOTE_PORT" "$DBRAG_TEST_PASSWORD"
-start_mariadb "$WORK/mariadb" "$DBRAG_MYSQL_PORT"
 
 echo "== integration tests over real connections"
-status=$fuzz_status
 python3 -m pytest tests -q -p no:cacheprovider "$@" || status=$?
 
 # A crash or a Rust panic that escaped would show in the server log.
 if grep -nE "terminated by signal|PANIC|panicked at" "$WORK/primary/server.log"; then
     echo "server log shows a crash or panic"
     status=1
+fi
+
+# The Debian package, installed with apt-get into the system PostgreSQL 15,
+# smoke-tested and removed (scripts/package_test.sh); DBRAG_SKIP_PACKAGE=1 skips it.
+if [ "${DBRAG_SKIP_PACKAGE:-0}" = 1 ]; then
+    echo "== package test skipped (DBRAG_SKIP_PACKAGE=1)"
+else
+    stop_cluster "$WORK/primary"
+    bash scripts/package_test.sh || status=1
 fi
 exit $status

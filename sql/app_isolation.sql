@@ -689,3 +689,18 @@ $$;
 CREATE EVENT TRIGGER dbrag_auto_isolate ON ddl_command_end
     WHEN TAG IN ('CREATE TABLE', 'CREATE TABLE AS', 'SELECT INTO', 'ALTER TABLE')
     EXECUTE FUNCTION dbrag._auto_isolate();
+
+-- The name of a tenant's schema role in THIS database: roles are shared by
+-- every database of the cluster, tenant ids are not unique across them (a
+-- dump restored into a second database keeps its tenant ids), so the name
+-- carries a tag of the database name. A role recorded under another
+-- database's tag (a restored copy) is never granted or revoked here
+-- (docs/operations.md, "A second copy in the same cluster").
+CREATE FUNCTION dbrag._tenant_role_name(tenant uuid) RETURNS name
+LANGUAGE sql STABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT pg_catalog.format('dbrag_t_%s_%s',
+        pg_catalog.left(pg_catalog.md5(pg_catalog.current_database()::text), 8),
+        pg_catalog.replace(tenant::text, '-', ''))::name
+$$;
+REVOKE EXECUTE ON FUNCTION dbrag._tenant_role_name(uuid) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION dbrag._tenant_role_name(uuid) TO dbrag_admin;

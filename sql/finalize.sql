@@ -54,3 +54,5 @@ REVOKE EXECUTE ON FUNCTION dbrag._invalidate_tenant_cache(oid), dbrag._require_a
     dbrag.audit_queue_status() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION dbrag._invalidate_tenant_cache(oid), dbrag._require_admin(),
     dbrag.audit_queue_status() TO dbrag_admin;
+REVOKE EXECUTE ON FUNCTION dbrag.adopt_tenant_schema(uuid) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION dbrag.adopt_tenant_schema(uuid) TO dbrag_admin;

@@ -219,11 +219,28 @@ fn require_admin(what: &str) {
     }
 }
 
-/// Names derived from the tenant id: only `[a-z0-9_]`, so they never need
-/// quoting and cannot carry SQL.
+/// Names derived from the tenant id (and, for the cluster-wide role, a tag
+/// of this database's name: `dbrag._tenant_role_name`): only `[a-z0-9_]`, so
+/// they never need quoting and cannot carry SQL.
 fn schema_names(tenant: uuid::Uuid) -> (String, String) {
     let hex = tenant.simple().to_string();
-    (format!("tenant_{hex}"), format!("dbrag_t_{hex}"))
+    let role = Spi::get_one_with_args::<String>(
+        "SELECT dbrag._tenant_role_name($1)::text",
+        &[DatumWithOid::from(tenant::to_pg(tenant))],
+    )
+    .unwrap_or_else(|e| DbragError::from(e).raise())
+    .unwrap_or_default();
+    if role.len() != 49
+        || !role
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    {
+        raise(
+            Kind::BadArgument,
+            "dbrag._tenant_role_name returned an unexpected name",
+        );
+    }
+    (format!("tenant_{hex}"), role)
 }
 
 /// The tenant's status and recorded schema/role, read as the extension.
@@ -347,7 +364,10 @@ fn create_tenant_schema(tenant: Option<pgrx::Uuid>) -> String {
                     Kind::Duplicate,
                     format!("schema {schema} already exists and is not this tenant's"),
                 )
-                .hint("drop or rename that schema, then call dbrag.create_tenant_schema again")
+                .hint(
+                    "a schema restored from another database's dump: dbrag.adopt_tenant_schema(tenant); \
+                     otherwise drop or rename it, then call dbrag.create_tenant_schema again",
+                )
                 .raise()
             }
         }
@@ -356,9 +376,14 @@ fn create_tenant_schema(tenant: Option<pgrx::Uuid>) -> String {
                 "CREATE ROLE {role} NOLOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE"
             ));
         }
-        run(&format!(
-            "COMMENT ON ROLE {role} IS 'pg_dbrag: schema role of tenant {tenant}'"
-        ));
+        // The database's name goes in as a quoted literal (it may hold quotes).
+        let comment = Spi::get_one::<String>(&format!(
+            "SELECT pg_catalog.quote_literal('pg_dbrag: schema role of tenant {tenant} in database ' \
+             || pg_catalog.current_database())"
+        ))
+        .unwrap_or_else(|e| DbragError::from(e).raise())
+        .unwrap_or_default();
+        run(&format!("COMMENT ON ROLE {role} IS {comment}"));
         if !schema_exists(&schema) {
             run(&format!("CREATE SCHEMA {schema} AUTHORIZATION {role}"));
         }
@@ -448,6 +473,148 @@ fn drop_tenant_schema(tenant: Option<pgrx::Uuid>, cascade: default!(Option<bool>
         Some(&tenant.to_string()),
         json!({"schema": schema, "role": role, "cascade": cascade}),
     );
+}
+
+/// `[a-z0-9_]` only: a recorded role name of pg_dbrag's shape, safe in DDL.
+fn is_tenant_role_shape(role: &str) -> bool {
+    role.starts_with("dbrag_t_")
+        && role.len() <= 63
+        && role
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
+/// The GRANT statements that give `to` what `from` was granted on objects of
+/// this database (tables, columns, sequences, schemas, functions, types, the
+/// database itself), built by `format` with quoted identifiers.
+const COPY_GRANTS_SQL: &str = "\
+WITH r AS (SELECT (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = $1) AS old, $2::text AS new) \
+SELECT pg_catalog.format('GRANT %s ON %s %s TO %I%s', a.privilege_type, \
+           CASE WHEN c.relkind = 'S' THEN 'SEQUENCE' ELSE 'TABLE' END, c.oid::pg_catalog.regclass, r.new, \
+           CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END) \
+FROM r, pg_catalog.pg_class c, pg_catalog.aclexplode(c.relacl) a WHERE a.grantee = r.old \
+UNION ALL \
+SELECT pg_catalog.format('GRANT %s (%I) ON TABLE %s TO %I%s', a.privilege_type, att.attname, \
+           att.attrelid::pg_catalog.regclass, r.new, CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END) \
+FROM r, pg_catalog.pg_attribute att, pg_catalog.aclexplode(att.attacl) a \
+WHERE a.grantee = r.old AND att.attnum > 0 AND NOT att.attisdropped \
+UNION ALL \
+SELECT pg_catalog.format('GRANT %s ON SCHEMA %I TO %I%s', a.privilege_type, n.nspname, r.new, \
+           CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END) \
+FROM r, pg_catalog.pg_namespace n, pg_catalog.aclexplode(n.nspacl) a WHERE a.grantee = r.old \
+UNION ALL \
+SELECT pg_catalog.format('GRANT %s ON %s %s TO %I%s', a.privilege_type, \
+           CASE WHEN p.prokind = 'p' THEN 'PROCEDURE' ELSE 'FUNCTION' END, p.oid::pg_catalog.regprocedure, r.new, \
+           CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END) \
+FROM r, pg_catalog.pg_proc p, pg_catalog.aclexplode(p.proacl) a WHERE a.grantee = r.old \
+UNION ALL \
+SELECT pg_catalog.format('GRANT %s ON TYPE %s TO %I%s', a.privilege_type, t.oid::pg_catalog.regtype, r.new, \
+           CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END) \
+FROM r, pg_catalog.pg_type t, pg_catalog.aclexplode(t.typacl) a WHERE a.grantee = r.old \
+UNION ALL \
+SELECT pg_catalog.format('GRANT %s ON DATABASE %I TO %I%s', a.privilege_type, d.datname, r.new, \
+           CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END) \
+FROM r, pg_catalog.pg_database d, pg_catalog.aclexplode(d.datacl) a \
+WHERE a.grantee = r.old AND d.datname = pg_catalog.current_database()";
+
+/// Give role `to` every privilege role `from` holds in this database.
+fn copy_grants(from: &str, to: &str) {
+    let grants: Vec<String> = Spi::connect(|client| {
+        let rows = client.select(
+            COPY_GRANTS_SQL,
+            None,
+            &[DatumWithOid::from(from), DatumWithOid::from(to)],
+        )?;
+        let mut out = Vec::new();
+        for r in rows {
+            if let Some(sql) = r.get::<String>(1)? {
+                out.push(sql);
+            }
+        }
+        Ok::<_, pgrx::spi::Error>(out)
+    })
+    .unwrap_or_else(|e| DbragError::from(e).raise());
+    for sql in grants {
+        run(&sql);
+    }
+}
+
+/// `dbrag.adopt_tenant_schema(tenant) → text`: give a tenant schema restored
+/// under another database's name (a second copy of a dump in the same
+/// cluster, a renamed database) a schema role of this database's own. The
+/// new role is granted here what the recorded role was granted here, takes
+/// over in THIS database what the recorded role owned (`REASSIGN OWNED`),
+/// the recorded role loses its privileges here (`DROP OWNED`, this database
+/// only), the tenant's active members are granted the new one. The recorded role and the other database are left
+/// untouched. Returns the new role. dbrag_admin only.
+#[pg_extern(volatile, parallel_unsafe)]
+fn adopt_tenant_schema(tenant: Option<pgrx::Uuid>) -> String {
+    let tenant = tenant::from_pg(required(tenant, "tenant"));
+    require_admin("adopt_tenant_schema");
+    let (old, role) = privileged::as_extension(|| {
+        let Some((_, Some(schema), Some(old))) = tenant_schema_row(tenant) else {
+            raise(
+                Kind::NotFound,
+                format!("tenant {tenant} has no schema of its own"),
+            )
+        };
+        let (want_schema, role) = schema_names(tenant);
+        if schema != want_schema || !is_tenant_role_shape(&old) {
+            raise(
+                Kind::BadArgument,
+                "the tenant's recorded schema names are not pg_dbrag's",
+            );
+        }
+        if old == role {
+            sync_members(tenant, &role);
+            return (old, role);
+        }
+        if role_exists(&role) {
+            DbragError::new(
+                Kind::Duplicate,
+                format!("role {role} already exists and is not this tenant's"),
+            )
+            .hint("drop or rename that role, then call dbrag.adopt_tenant_schema again")
+            .raise()
+        }
+        run(&format!(
+            "CREATE ROLE {role} NOLOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE"
+        ));
+        let comment = Spi::get_one::<String>(&format!(
+            "SELECT pg_catalog.quote_literal('pg_dbrag: schema role of tenant {tenant} in database ' \
+             || pg_catalog.current_database())"
+        ))
+        .unwrap_or_else(|e| DbragError::from(e).raise())
+        .unwrap_or_default();
+        run(&format!("COMMENT ON ROLE {role} IS {comment}"));
+        if role_exists(&old) {
+            copy_grants(&old, &role);
+            // Both act on the current database only (and on shared objects,
+            // which a schema role never owns).
+            run(&format!("REASSIGN OWNED BY {old} TO {role}"));
+            run(&format!("DROP OWNED BY {old}"));
+        }
+        if schema_exists(&schema) {
+            run(&format!("ALTER SCHEMA {schema} OWNER TO {role}"));
+            run(&format!("REVOKE ALL ON SCHEMA {schema} FROM PUBLIC"));
+        }
+        let id = tenant::to_pg(tenant);
+        if let Err(e) = Spi::run_with_args(
+            "UPDATE control_plane.tenants SET settings = settings \
+             || pg_catalog.jsonb_build_object('tenant_schema_role', $2::text) WHERE tenant_id = $1",
+            &[DatumWithOid::from(id), DatumWithOid::from(role.as_str())],
+        ) {
+            DbragError::from(e).raise()
+        }
+        sync_members(tenant, &role);
+        (old, role)
+    });
+    audit::record(
+        "tenant_schema_adopted",
+        Some(&tenant.to_string()),
+        json!({"role": role, "previous_role": old}),
+    );
+    role
 }
 
 /// `dbrag._sync_tenant_schema(tenant)`: after a membership or status change,

@@ -503,25 +503,30 @@ def schemas(su, tenants):
                 ops.execute("SELECT dbrag.drop_tenant_schema(%s, cascade => true)", (t,))
 
 
+def schema_role(su, tenant):
+    """The tenant's schema role in this database (named per database)."""
+    return su.execute("SELECT dbrag._tenant_role_name(%s)::text", (tenant,)).fetchone()[0]
+
+
 def test_schema_per_tenant_access(su, tenants, schemas):
     sa, sb = schemas
     assert sa == f"tenant_{tenants.a.hex}"
     settings = su.execute("SELECT settings FROM control_plane.tenants WHERE tenant_id = %s",
                           (tenants.a,)).fetchone()[0]
-    assert settings == {"tenant_schema": sa, "tenant_schema_role": f"dbrag_t_{tenants.a.hex}"}
+    assert settings == {"tenant_schema": sa, "tenant_schema_role": schema_role(su, tenants.a)}
     assert su.execute("SELECT rolcanlogin, rolsuper, rolbypassrls FROM pg_roles WHERE rolname = %s",
-                      (f"dbrag_t_{tenants.a.hex}",)).fetchone() == (False, False, False)
+                      (schema_role(su, tenants.a),)).fetchone() == (False, False, False)
     with tenants.conn(tenants.admin_role) as ops:
         # Idempotent.
         assert ops.execute("SELECT dbrag.create_tenant_schema(%s)", (tenants.a,)).fetchone()[0] == sa
     with tenants.conn(tenants.a_role) as a:
-        a.execute(f"SET ROLE dbrag_t_{tenants.a.hex}")  # objects owned by the tenant's role
+        a.execute(f"SET ROLE {schema_role(su, tenants.a)}")  # objects owned by the tenant's role
         a.execute(f"CREATE TABLE {sa}.sales (region text, amount int)")
         a.execute(f"INSERT INTO {sa}.sales VALUES ('north', 10)")
         a.execute("RESET ROLE")
         assert a.execute(f"SELECT sum(amount) FROM {sa}.sales").fetchone()[0] == 10
         raises(a, f"CREATE TABLE {sb}.intruder (x int)", "42501")
-        raises(a, f"SET ROLE dbrag_t_{tenants.b.hex}", "42501")
+        raises(a, f"SET ROLE {schema_role(su, tenants.b)}", "42501")
     for role in (tenants.b_role, tenants.stranger, tenants.app_role):
         with tenants.conn(role) as c:
             raises(c, f"SELECT * FROM {sa}.sales", "42501")
@@ -539,7 +544,7 @@ def test_schema_role_follows_membership_and_status(su, tenants, schemas):
     sa, _ = schemas
     with tenants.conn(tenants.a_role) as a:
         a.execute(f"CREATE TABLE {sa}.notes (t text)")
-        a.execute(f"GRANT SELECT ON {sa}.notes TO dbrag_t_{tenants.a.hex}")
+        a.execute(f"GRANT SELECT ON {sa}.notes TO {schema_role(su, tenants.a)}")
     late = f"carol_{tenants.tag}"
     su.execute(f"CREATE ROLE {late} LOGIN PASSWORD '{ROLE_PASSWORD}'")
     try:
@@ -565,7 +570,7 @@ def test_schema_role_follows_membership_and_status(su, tenants, schemas):
 def test_drop_tenant_schema(su, tenants, schemas):
     sa, _ = schemas
     with tenants.conn(tenants.a_role) as a:
-        a.execute(f"SET ROLE dbrag_t_{tenants.a.hex}")
+        a.execute(f"SET ROLE {schema_role(su, tenants.a)}")
         a.execute(f"CREATE TABLE {sa}.kept (x int)")
     with tenants.conn(tenants.admin_role) as ops:
         raises(ops, "SELECT dbrag.drop_tenant_schema(%s)", "2BP01", (tenants.a,))
@@ -574,13 +579,13 @@ def test_drop_tenant_schema(su, tenants, schemas):
         raises(ops, "SELECT dbrag.create_tenant_schema(%s)", "42704", (uuid.uuid4(),))
     assert su.execute("SELECT count(*) FROM pg_namespace WHERE nspname = %s", (sa,)).fetchone()[0] == 0
     assert su.execute("SELECT count(*) FROM pg_roles WHERE rolname = %s",
-                      (f"dbrag_t_{tenants.a.hex}",)).fetchone()[0] == 0
+                      (schema_role(su, tenants.a),)).fetchone()[0] == 0
     assert su.execute("SELECT settings FROM control_plane.tenants WHERE tenant_id = %s",
                       (tenants.a,)).fetchone()[0] == {}
     # A role of that name made by someone else is not taken over.
-    su.execute(f"CREATE ROLE dbrag_t_{tenants.a.hex} NOLOGIN")
+    su.execute(f"CREATE ROLE {schema_role(su, tenants.a)} NOLOGIN")
     try:
         with tenants.conn(tenants.admin_role) as ops:
             raises(ops, "SELECT dbrag.create_tenant_schema(%s)", "42710", (tenants.a,))
     finally:
-        su.execute(f"DROP ROLE dbrag_t_{tenants.a.hex}")
+        su.execute(f"DROP ROLE {schema_role(su, tenants.a)}")
