@@ -107,6 +107,41 @@ pub fn allow_nested_reads() {
     }
 }
 
+/// For the rest of the transaction, let Citus reach the coordinator's own
+/// placements over connections rather than in this backend. The model's
+/// statement is read through a cursor inside a subtransaction; Citus fetches
+/// its intermediate results over a connection, and refuses that once an
+/// earlier statement of the transaction (a tenant or catalog lookup) ran
+/// locally. Must run before the first lookup of the call.
+pub fn keep_execution_remote() {
+    if !citus_loaded() {
+        return;
+    }
+    // SAFETY: a registered user-settable setting, changed for this transaction only.
+    unsafe {
+        pg_sys::set_config_option(
+            c"citus.enable_local_execution".as_ptr(),
+            c"off".as_ptr(),
+            pg_sys::GucContext::PGC_USERSET,
+            pg_sys::GucSource::PGC_S_SESSION,
+            pg_sys::GucAction::GUC_ACTION_LOCAL,
+            true,
+            0,
+            false,
+        );
+    }
+}
+
+/// Before `set_tenant` looks anything up: in a transaction block on Citus,
+/// the calls that follow it (ask, sync_catalog) need Citus's remote
+/// execution, which it refuses once a lookup ran locally.
+pub fn before_switch() {
+    // SAFETY: a plain read of transaction state.
+    if unsafe { pg_sys::IsTransactionBlock() } {
+        keep_execution_remote();
+    }
+}
+
 /// After `set_tenant` put `tenant` in force: forward it to the workers of
 /// this transaction when Citus is loaded. `not_after` caps the assertion's
 /// expiry (a token's own `exp`).

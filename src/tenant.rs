@@ -182,6 +182,7 @@ fn open_cursors() -> i64 {
 
 /// Put `tenant` in force after checking that it exists and is active.
 fn switch_to(tenant: uuid::Uuid, is_local: bool, via: &str, not_after: Option<i64>) -> pgrx::Uuid {
+    scaleout::before_switch();
     if current() != Some(tenant) && open_cursors() > 0 {
         DbragError::new(
             Kind::NotConfigured,
