@@ -23,10 +23,13 @@ as_postgres() { runuser -u postgres -- "$@"; }
 
 # Build the extension in release mode and install it into the system PostgreSQL 15.
 install_extension() {
-    (cd "$REPO_ROOT" && cargo pgrx install --release --pg-config "$PG_CONFIG" >/tmp/pg_dbrag_install.log 2>&1) || {
-        tail -50 /tmp/pg_dbrag_install.log
+    local log
+    log=$(mktemp /tmp/pg_dbrag_install.XXXXXX.log)
+    (cd "$REPO_ROOT" && cargo pgrx install --release --pg-config "$PG_CONFIG" >"$log" 2>&1) || {
+        tail -50 "$log"
         return 1
     }
+    rm -f "$log"
     echo "installed pg_dbrag into $($PG_CONFIG --pkglibdir)"
 }
 

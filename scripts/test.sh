@@ -22,6 +22,7 @@ cleanup() {
     stop_cluster "$WORK/primary"
     stop_cluster "$WORK/remote"
     stop_mariadb "$WORK/mariadb"
+    for node in 0 1 2; do stop_cluster "$WORK/citus$node"; done
 }
 # DBRAG_KEEP_CLUSTERS=1 leaves them running, to rerun pytest by hand.
 [ "${DBRAG_KEEP_CLUSTERS:-0}" = 1 ] || trap cleanup EXIT
@@ -62,11 +63,33 @@ start_cluster_retry "$WORK/primary" "$DBRAG_TEST_PORT" "$DBRAG_TEST_PASSWORD" \
     "dbrag.master_key = '$DBRAG_TEST_MASTER_KEY'" \
     "log_min_messages = warning"
 
+echo "== Citus cluster (a coordinator and two workers)"
+export DBRAG_CITUS_PORT=${DBRAG_CITUS_PORT:-55440}
+if citus_status=$(PG_CONFIG=$PG_CONFIG bash scripts/citus_build.sh 2>&1); then
+    echo "$citus_status"
+    for node in 0 1 2; do
+        start_cluster "$WORK/citus$node" $((DBRAG_CITUS_PORT + node)) "$DBRAG_TEST_PASSWORD" \
+            "shared_preload_libraries = 'citus,pg_dbrag'" \
+            "dbrag.jwt_secret = '$DBRAG_TEST_JWT_SECRET'" \
+            "dbrag.master_key = '$DBRAG_TEST_MASTER_KEY'" \
+            "citus.node_conninfo = 'sslmode=disable'" \
+            "log_min_messages = warning"
+    done
+else
+    echo "$citus_status"
+    export DBRAG_CITUS_SKIP="${citus_status##*$'\n'}"
+    unset DBRAG_CITUS_PORT
+fi
+
 echo "== integration tests over real connections"
 python3 -m pytest tests -q -p no:cacheprovider "$@" || status=$?
 
 # A crash or a Rust panic that escaped would show in the server log.
-if grep -nE "terminated by signal|PANIC|panicked at" "$WORK/primary/server.log"; then
+logs=("$WORK/primary/server.log")
+for node in 0 1 2; do
+    [ -f "$WORK/citus$node/server.log" ] && logs+=("$WORK/citus$node/server.log")
+done
+if grep -nE "terminated by signal|PANIC|panicked at" "${logs[@]}"; then
     echo "server log shows a crash or panic"
     status=1
 fi

@@ -159,6 +159,23 @@ LANGUAGE sql STABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
     ORDER BY ic.relname
 $$;
 
+-- The column Citus distributes a table by, NULL for a table Citus does not
+-- hash-distribute (or where Citus is not installed).
+CREATE FUNCTION dbrag._distribution_column(tbl regclass) RETURNS name
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    col name;
+BEGIN
+    IF pg_catalog.to_regclass('pg_catalog.pg_dist_partition') IS NULL THEN
+        RETURN NULL;
+    END IF;
+    EXECUTE 'SELECT pg_catalog.column_to_column_name(p.logicalrelid, p.partkey)
+             FROM pg_catalog.pg_dist_partition p WHERE p.logicalrelid = $1 AND p.partmethod = ''h'''
+        INTO col USING tbl;
+    RETURN col;
+END
+$$;
+
 -- The body of dbrag.enable_tenant_isolation (SPEC §3); call the public one.
 CREATE FUNCTION dbrag._enable_tenant_isolation(tbl regclass, tenant_column name, rebuild_unique boolean)
 RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
@@ -171,6 +188,7 @@ DECLARE
     u record;
     stmt text;
     pred text := pg_catalog.format('%I = dbrag.current_tenant_id()', tenant_column);
+    distributed boolean;
 BEGIN
     IF tbl IS NULL OR tenant_column IS NULL OR tenant_column = '' THEN
         RAISE EXCEPTION 'table and tenant column must not be NULL or empty' USING ERRCODE = '22004';
@@ -197,8 +215,13 @@ BEGIN
             USING ERRCODE = '22023',
                   HINT = 'convert it first: ALTER TABLE ... ALTER COLUMN ... TYPE uuid USING ...::uuid';
     END IF;
+    -- Citus refuses any ALTER of a distribution column, even one that
+    -- changes nothing; a distributed table's key column is NOT NULL already.
+    distributed := dbrag._distribution_column(tbl) = tenant_column;
     BEGIN
-        EXECUTE pg_catalog.format('ALTER TABLE %s ALTER COLUMN %I SET NOT NULL', tbl, tenant_column);
+        IF NOT distributed THEN
+            EXECUTE pg_catalog.format('ALTER TABLE %s ALTER COLUMN %I SET NOT NULL', tbl, tenant_column);
+        END IF;
     EXCEPTION WHEN not_null_violation THEN
         IF added THEN
             RAISE EXCEPTION '% has rows, and a tenant column added now would leave them without a tenant', tbl
@@ -215,7 +238,12 @@ BEGIN
                   HINT = pg_catalog.format('assign them first: UPDATE %s SET %I = ''<tenant uuid>'' WHERE %I IS NULL',
                       tbl, tenant_column, tenant_column);
     END;
-    EXECUTE pg_catalog.format('ALTER TABLE %s ALTER COLUMN %I SET DEFAULT dbrag.current_tenant_id()', tbl, tenant_column);
+    IF distributed THEN
+        RAISE NOTICE '% is distributed by %: Citus cannot give that column a default, so inserts must name the tenant', tbl, tenant_column
+            USING HINT = 'isolate a table before create_distributed_table to get the default';
+    ELSE
+        EXECUTE pg_catalog.format('ALTER TABLE %s ALTER COLUMN %I SET DEFAULT dbrag.current_tenant_id()', tbl, tenant_column);
+    END IF;
     -- The four policies, as dbrag._tenant_policies writes them for the
     -- control plane (that one is operators-only; this runs as the owner).
     EXECUTE pg_catalog.format('ALTER TABLE %s ENABLE ROW LEVEL SECURITY', tbl);

@@ -255,6 +255,7 @@ pub fn register() {
         GucContext::Suset,
         GucFlags::empty(),
     );
+    crate::scaleout::register();
     // SAFETY: reserves the prefix so unknown dbrag.* names are refused.
     unsafe { pg_sys::MarkGUCPrefixReserved(c"dbrag".as_ptr()) };
 }

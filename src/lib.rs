@@ -19,6 +19,7 @@ mod mysql;
 mod nl2sql;
 mod privileged;
 mod remote;
+mod scaleout;
 mod sqlite;
 mod subxact;
 mod tenant;
@@ -62,6 +63,11 @@ pgrx::extension_sql_file!(
     "../sql/connections.sql",
     name = "connections",
     requires = ["isolation"]
+);
+pgrx::extension_sql_file!(
+    "../sql/scaleout.sql",
+    name = "scaleout",
+    requires = ["connections", "nl2sql"]
 );
 pgrx::extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 

@@ -44,38 +44,55 @@ pub fn dialect(conn: &Connection) -> &'static str {
 fn prompt_tables(conn: &Connection, question: &str) -> Vec<PromptTable> {
     let t = tenant::to_pg(conn.tenant_id);
     let c = tenant::to_pg(conn.id);
-    let rows: Vec<Value> = Spi::connect(|client| {
-        let mut out = Vec::new();
-        // As text: see crate::jsonb (pgrx's JsonB panics on some values).
-        let sql =
-            "SELECT pg_catalog.to_jsonb(m)::pg_catalog.text FROM dbrag.search_catalog($1, $2) s \
-                   JOIN control_plane.table_metadata_catalog m \
-                     ON m.tenant_id = $3 AND m.connection_id = $4 \
-                    AND m.schema_name = s.schema_name AND m.table_name = s.table_name \
-                   ORDER BY s.via_join, s.score DESC";
-        for row in client.select(
-            sql,
+    let rows: Vec<Value> =
+        Spi::connect(|client| {
+            // Two statements, not one join: on Citus a join of the search with
+            // the (distributed) catalog on one tenant's key is pushed down to a
+            // worker whole, where the search's own query would then be a nested
+            // distributed query, which Citus refuses.
+            let mut schemas: Vec<String> = Vec::new();
+            let mut tables: Vec<String> = Vec::new();
+            for row in client.select(
+            "SELECT s.schema_name::text, s.table_name::text FROM dbrag.search_catalog($1, $2) s \
+             ORDER BY s.via_join, s.score DESC",
             None,
-            &[
-                DatumWithOid::from(question),
-                DatumWithOid::from(PROMPT_HITS),
-                DatumWithOid::from(t),
-                DatumWithOid::from(c),
-            ],
+            &[DatumWithOid::from(question), DatumWithOid::from(PROMPT_HITS)],
         )? {
-            if let Some(j) = row
-                .get::<String>(1)?
-                .as_deref()
-                .and_then(crate::jsonb::from_text)
-            {
-                out.push(j);
-            }
+            schemas.push(row.get::<String>(1)?.unwrap_or_default());
+            tables.push(row.get::<String>(2)?.unwrap_or_default());
         }
-        Ok::<_, pgrx::spi::Error>(out)
-    })
-    .unwrap_or_else(|e| {
-        DbragError::new(Kind::NotConfigured, format!("catalog search failed: {e}")).raise()
-    });
+            let mut out = Vec::new();
+            // As text: see crate::jsonb (pgrx's JsonB panics on some values).
+            let sql = "SELECT pg_catalog.to_jsonb(m)::pg_catalog.text \
+                   FROM ROWS FROM (pg_catalog.unnest($3::pg_catalog.text[]), pg_catalog.unnest($4::pg_catalog.text[])) \
+                        WITH ORDINALITY AS k(schema_name, table_name, pos) \
+                   JOIN control_plane.table_metadata_catalog m \
+                     ON m.tenant_id = $1 AND m.connection_id = $2 \
+                    AND m.schema_name = k.schema_name AND m.table_name = k.table_name \
+                   ORDER BY k.pos";
+            for row in client.select(
+                sql,
+                None,
+                &[
+                    DatumWithOid::from(t),
+                    DatumWithOid::from(c),
+                    DatumWithOid::from(schemas),
+                    DatumWithOid::from(tables),
+                ],
+            )? {
+                if let Some(j) = row
+                    .get::<String>(1)?
+                    .as_deref()
+                    .and_then(crate::jsonb::from_text)
+                {
+                    out.push(j);
+                }
+            }
+            Ok::<_, pgrx::spi::Error>(out)
+        })
+        .unwrap_or_else(|e| {
+            DbragError::new(Kind::NotConfigured, format!("catalog search failed: {e}")).raise()
+        });
     rows.iter().map(table_from_catalog_row).collect()
 }
 
@@ -647,6 +664,7 @@ fn answer_and_record(
     run: bool,
 ) -> (Vec<String>, Option<String>) {
     let question = check_question(question);
+    crate::scaleout::keep_execution_remote();
     if !(1..=100_000).contains(&max_rows) {
         DbragError::new(Kind::BadArgument, "max_rows must be between 1 and 100000").raise();
     }

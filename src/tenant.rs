@@ -20,6 +20,7 @@ use crate::audit;
 use crate::error::{raise, required, DbragError, Kind};
 use crate::gucs;
 use crate::privileged;
+use crate::scaleout;
 
 static EPOCH: AtomicU64 = AtomicU64::new(1);
 
@@ -27,6 +28,7 @@ static EPOCH: AtomicU64 = AtomicU64::new(1);
 struct CacheKey {
     setting: String,
     app_setting: Option<String>,
+    assertion: Option<String>,
     session_user: pg_sys::Oid,
     epoch: u64,
 }
@@ -104,6 +106,9 @@ fn resolve(key: &CacheKey) -> Option<uuid::Uuid> {
     if !key.setting.is_empty() {
         return uuid::Uuid::try_parse(&key.setting).ok().and_then(active);
     }
+    if let Some(assertion) = &key.assertion {
+        return active(scaleout::asserted_tenant(assertion));
+    }
     if let Some(app) = &key.app_setting {
         return uuid::Uuid::try_parse(app).ok().and_then(active);
     }
@@ -119,6 +124,7 @@ pub fn current() -> Option<uuid::Uuid> {
         } else {
             None
         },
+        assertion: scaleout::assertion_setting(),
         session_user: privileged::session_user(),
         epoch: EPOCH.load(Ordering::Relaxed),
     };
@@ -175,7 +181,8 @@ fn open_cursors() -> i64 {
 }
 
 /// Put `tenant` in force after checking that it exists and is active.
-fn switch_to(tenant: uuid::Uuid, is_local: bool, via: &str) -> pgrx::Uuid {
+fn switch_to(tenant: uuid::Uuid, is_local: bool, via: &str, not_after: Option<i64>) -> pgrx::Uuid {
+    scaleout::before_switch();
     if current() != Some(tenant) && open_cursors() > 0 {
         DbragError::new(
             Kind::NotConfigured,
@@ -206,6 +213,7 @@ fn switch_to(tenant: uuid::Uuid, is_local: bool, via: &str) -> pgrx::Uuid {
         }
     }
     gucs::write_tenant_setting(&tenant.to_string(), is_local);
+    scaleout::forward_tenant(tenant, not_after);
     audit::record(
         "tenant_switch",
         Some(&tenant.to_string()),
@@ -238,7 +246,7 @@ fn set_tenant_token(token: Option<&str>, is_local: default!(Option<bool>, false)
                 Ok(t) => t,
                 Err(_) => raise(Kind::BadToken, "token claim tenant_id is not a uuid"),
             };
-            switch_to(tenant, is_local, "token")
+            switch_to(tenant, is_local, "token", Some(claims.exp))
         }
         Err(e) => {
             audit::record_durable("token_refused", None, json!({"reason": e.to_string()}));
@@ -282,7 +290,7 @@ fn set_tenant_uuid(
         .hint("a tenant member is bound to its tenant; CREATEROLE lets it grant itself dbrag_app. ALTER ROLE ... NOCREATEROLE (see dbrag.isolation_report())")
         .raise()
     }
-    switch_to(tenant, is_local, "uuid")
+    switch_to(tenant, is_local, "uuid", None)
 }
 
 /// Whether the login role has CREATEROLE and is listed in tenant_members:

@@ -11,6 +11,7 @@ pub mod dialect_guard;
 pub mod envelope;
 pub mod jwt;
 pub mod llmhttp;
+pub mod node_assertion;
 pub mod prompt;
 pub mod sqlguard;
 pub mod words;

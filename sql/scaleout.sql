@@ -1,0 +1,130 @@
+-- Citus: spread the control plane over a cluster (docs/scale-out.md).
+--
+-- Tenant-scoped tables (a tenant_id column that leads the primary key) are
+-- hash-distributed by tenant_id in one co-location group, so a tenant's
+-- connections, catalog, examples, history and audit rows sit on one node;
+-- the rest (tenants, memberships, platform settings) become reference
+-- tables, which every node holds in full. Foreign-key targets go first.
+-- Safe to run again: tables Citus already knows are skipped. Works on a
+-- populated install (Citus copies the rows into the shards).
+-- True when the table has a tenant_id column that leads its primary key.
+CREATE FUNCTION dbrag._tenant_leads_key(rel oid) RETURNS boolean
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT EXISTS (
+        SELECT FROM pg_catalog.pg_index i
+        JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+        WHERE i.indrelid = rel AND i.indisprimary AND a.attname = 'tenant_id')
+$$;
+REVOKE ALL ON FUNCTION dbrag._tenant_leads_key(oid) FROM PUBLIC;
+
+CREATE FUNCTION dbrag.distribute_control_plane()
+RETURNS TABLE (table_name regclass, placement text)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    pending oid[];
+    done    oid[] := '{}';
+    rel     oid;
+    progressed boolean;
+    anchor  regclass := NULL;
+    fk      record;
+    fks     jsonb := '[]';
+BEGIN
+    IF NOT (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = current_user) THEN
+        RAISE EXCEPTION 'permission denied to distribute the control plane'
+            USING ERRCODE = '42501', HINT = 'run it as a superuser on the Citus coordinator';
+    END IF;
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname = 'citus') THEN
+        RAISE EXCEPTION 'Citus is not installed in this database'
+            USING ERRCODE = '55000',
+                  HINT = 'preload it (shared_preload_libraries = ''citus,pg_dbrag''), CREATE EXTENSION citus, add the workers, then call this again';
+    END IF;
+    -- The control plane keeps updated_at, search vectors and the tenant
+    -- cache with row triggers; Citus runs them on the shards only when asked.
+    PERFORM pg_catalog.set_config('citus.enable_unsafe_triggers', 'on', true);
+    -- Keys to reference tables need one connection per node in this transaction.
+    PERFORM pg_catalog.set_config('citus.multi_shard_modify_mode', 'sequential', true);
+
+    SELECT pg_catalog.array_agg(c.oid ORDER BY c.relname) INTO pending
+    FROM pg_catalog.pg_class c
+    JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+    WHERE n.nspname = 'control_plane' AND c.relkind IN ('r', 'p') AND NOT c.relispartition;
+
+    SELECT pg_catalog.array_agg(p.logicalrelid::oid) INTO done
+    FROM pg_dist_partition p WHERE p.logicalrelid::oid = ANY (pending);
+    done := COALESCE(done, '{}');
+    -- A previous run left the audit trail local, without its key.
+    IF done <> '{}' AND NOT EXISTS (SELECT FROM pg_catalog.pg_constraint k
+            WHERE k.conrelid = 'control_plane.audit_log'::regclass AND k.contype = 'f') THEN
+        done := done || 'control_plane.audit_log'::regclass::oid;
+    END IF;
+
+    -- The anchor of the co-location group, if a previous run made one.
+    SELECT p.logicalrelid INTO anchor FROM pg_dist_partition p
+    WHERE p.logicalrelid = 'control_plane.tenant_databases'::regclass;
+
+    -- Citus turns every local table linked by a foreign key to a new
+    -- reference table into a table of its own kind, which clashes with the
+    -- copies the extension already made on the workers. So the keys between
+    -- control_plane tables are dropped on every node while the tables are
+    -- placed, then added back (Citus then creates them on every shard).
+    FOR fk IN
+        SELECT k.conrelid::regclass AS tbl, k.conname, pg_catalog.pg_get_constraintdef(k.oid) AS def
+        FROM pg_catalog.pg_constraint k
+        JOIN pg_catalog.pg_class c ON c.oid = k.confrelid
+        WHERE k.contype = 'f' AND c.relnamespace = 'control_plane'::regnamespace
+          AND k.conrelid = ANY (pending) AND NOT k.conrelid = ANY (done)
+    LOOP
+        fks := fks || pg_catalog.jsonb_build_object('tbl', fk.tbl::text, 'name', fk.conname, 'def', fk.def);
+        EXECUTE pg_catalog.format('ALTER TABLE %s DROP CONSTRAINT %I', fk.tbl, fk.conname);
+        -- The workers' copies too: adding the keys back reaches every node.
+        PERFORM run_command_on_workers(
+            pg_catalog.format('ALTER TABLE %s DROP CONSTRAINT IF EXISTS %I', fk.tbl, fk.conname));
+    END LOOP;
+
+    LOOP
+        progressed := false;
+        FOREACH rel IN ARRAY pending LOOP
+            CONTINUE WHEN rel = ANY (done);
+            -- The anchor of the co-location group goes first.
+            CONTINUE WHEN anchor IS NULL AND dbrag._tenant_leads_key(rel)
+                AND rel NOT IN ('control_plane.tenants'::regclass, 'control_plane.tenant_members'::regclass)
+                AND rel <> 'control_plane.tenant_databases'::regclass;
+            IF rel = 'control_plane.audit_log'::regclass THEN
+                -- The audit trail stays an ordinary table on each node: the
+                -- extension appends to it as itself inside callers'
+                -- transactions, and Citus refuses a later read of placements
+                -- another role wrote in the same transaction (set_tenant,
+                -- then the tenant's query). Its key to tenants is not added
+                -- back (Citus would convert the table), so on a cluster audit
+                -- rows outlive a dropped tenant.
+                table_name := rel; placement := 'local to each node';
+            ELSIF rel IN ('control_plane.tenants'::regclass, 'control_plane.tenant_members'::regclass)
+               OR NOT dbrag._tenant_leads_key(rel) THEN
+                PERFORM create_reference_table(rel::regclass);
+                table_name := rel; placement := 'reference';
+            ELSIF anchor IS NULL THEN
+                PERFORM create_distributed_table(rel::regclass, 'tenant_id');
+                anchor := rel;
+                table_name := rel; placement := 'distributed by tenant_id';
+            ELSE
+                PERFORM create_distributed_table(rel::regclass, 'tenant_id', colocate_with => anchor::text);
+                table_name := rel; placement := 'distributed by tenant_id, co-located with ' || anchor::text;
+            END IF;
+            done := done || rel;
+            progressed := true;
+            RETURN NEXT;
+        END LOOP;
+        EXIT WHEN NOT progressed;
+    END LOOP;
+    IF EXISTS (SELECT FROM pg_catalog.unnest(pending) p WHERE NOT p = ANY (done)) THEN
+        RAISE EXCEPTION 'some control_plane tables could not be placed'
+            USING ERRCODE = '55000';
+    END IF;
+    -- Keys back, referenced tables first (all are placed by now).
+    FOR fk IN SELECT * FROM pg_catalog.jsonb_to_recordset(fks) AS x(tbl text, name text, def text)
+              WHERE x.tbl <> 'control_plane.audit_log' LOOP
+        EXECUTE pg_catalog.format('ALTER TABLE %s ADD CONSTRAINT %I %s', fk.tbl, fk.name, fk.def);
+    END LOOP;
+END
+$$;
+REVOKE ALL ON FUNCTION dbrag.distribute_control_plane() FROM PUBLIC;

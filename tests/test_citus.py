@@ -1,0 +1,414 @@
+"""pg_dbrag on a live Citus cluster: a coordinator and two workers on
+127.0.0.1 that scripts/test.sh started (shared_preload_libraries =
+'citus,pg_dbrag', password auth everywhere). The control plane is
+distributed with dbrag.distribute_control_plane(), application tables are
+isolated and distributed by tenant_id, and every way of putting a tenant in
+force is checked on the workers, where row-level security is evaluated:
+router queries, multi-shard queries, INSERT ... SELECT and UPDATE across
+shards, and clients that connect straight to a worker."""
+
+import os
+import threading
+import uuid
+
+import psycopg
+import pytest
+
+from conftest import HOST, JWT_SECRET, SUPERUSER_PASSWORD, b64url, make_token, token_for
+
+COORD_PORT = os.environ.get("DBRAG_CITUS_PORT")
+SKIP_REASON = os.environ.get("DBRAG_CITUS_SKIP", "Citus cluster not started (scripts/test.sh starts it)")
+pytestmark = pytest.mark.skipif(not COORD_PORT, reason=SKIP_REASON)
+
+DB = "dbrag_citus"
+PW = "citus-role-pw"
+ROWS_PER_TENANT = {"a": 300, "b": 500}
+
+
+def ports():
+    base = int(COORD_PORT)
+    return base, base + 1, base + 2
+
+
+def conn(port, user="postgres", password=SUPERUSER_PASSWORD, dbname=DB, **kw):
+    return psycopg.connect(host=HOST, port=port, user=user, password=password, dbname=dbname,
+                           autocommit=True, **kw)
+
+
+class Cluster:
+    def __init__(self):
+        self.coord, self.w1, self.w2 = ports()
+        for port in (self.coord, self.w1, self.w2):
+            with conn(port, dbname="postgres") as c:
+                c.execute(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
+                c.execute(f"CREATE DATABASE {DB}")
+            with conn(port) as c:
+                c.execute("CREATE EXTENSION citus")
+        su = self.su = conn(self.coord)
+        # Citus connects to the nodes as the client's role: each role's
+        # password for those connections is kept in pg_dist_authinfo.
+        self.authinfo("postgres", SUPERUSER_PASSWORD)
+        su.execute("SELECT citus_set_coordinator_host('127.0.0.1', %s)", (self.coord,))
+        su.execute("SELECT citus_add_node('127.0.0.1', %s)", (self.w1,))
+        su.execute("SELECT citus_add_node('127.0.0.1', %s)", (self.w2,))
+        su.execute("CREATE EXTENSION pg_dbrag CASCADE")
+        tag = uuid.uuid4().hex[:6]
+        self.app, self.alice, self.bob = f"capp_{tag}", f"calice_{tag}", f"cbob_{tag}"
+        for role in (self.app, self.alice, self.bob):
+            su.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{PW}' NOSUPERUSER NOBYPASSRLS")
+            self.authinfo(role, PW)
+        su.execute(f"GRANT dbrag_app TO {self.app}")
+        # A populated install first: tenants exist before the distribution.
+        self.a = su.execute("SELECT dbrag.create_tenant('citus_a')").fetchone()[0]
+        self.placements = su.execute("SELECT table_name::text, placement FROM dbrag.distribute_control_plane()").fetchall()
+        self.b = su.execute("SELECT dbrag.create_tenant('citus_b')").fetchone()[0]
+        su.execute("SELECT dbrag.add_tenant_member(%s, %s)", (self.a, self.alice))
+        su.execute("SELECT dbrag.add_tenant_member(%s, %s)", (self.b, self.bob))
+        su.execute("CREATE SCHEMA app")
+        su.execute(f"GRANT USAGE ON SCHEMA app TO {self.app}, {self.alice}, {self.bob}")
+        # Isolate, then distribute ...
+        su.execute("CREATE TABLE app.orders (tenant_id uuid NOT NULL, id bigint NOT NULL, amount int NOT NULL, "
+                   "PRIMARY KEY (tenant_id, id))")
+        su.execute("SELECT dbrag.enable_tenant_isolation('app.orders')")
+        su.execute("SELECT create_distributed_table('app.orders', 'tenant_id', "
+                   "colocate_with => 'control_plane.tenant_databases')")
+        # ... and distribute, then isolate.
+        su.execute("CREATE TABLE app.events (tenant_id uuid NOT NULL, id bigint NOT NULL, kind text, "
+                   "PRIMARY KEY (tenant_id, id))")
+        su.execute("SELECT create_distributed_table('app.events', 'tenant_id', "
+                   "colocate_with => 'control_plane.tenant_databases')")
+        su.execute("SELECT dbrag.enable_tenant_isolation('app.events')")
+        for t in ("app.orders", "app.events"):
+            su.execute(f"GRANT SELECT, INSERT, UPDATE, DELETE ON {t} TO {self.app}, {self.alice}, {self.bob}")
+        for key, tenant in (("a", self.a), ("b", self.b)):
+            n = ROWS_PER_TENANT[key]
+            su.execute("INSERT INTO app.orders SELECT %s, g, g FROM generate_series(1, %s) g", (tenant, n))
+            su.execute("INSERT INTO app.events SELECT %s, g, 'seen' FROM generate_series(1, %s) g", (tenant, n))
+
+    def authinfo(self, role, password):
+        # Every node opens connections to the others (a worker runs queries
+        # on distributed tables for clients connected to it).
+        for port in (self.coord, self.w1, self.w2):
+            with conn(port) as c:
+                for node in (0, -1):
+                    c.execute("INSERT INTO pg_dist_authinfo (nodeid, rolename, authinfo) VALUES (%s, %s, %s) "
+                              "ON CONFLICT DO NOTHING", (node, role, f"password={password}"))
+
+    def login(self, role, port=None, **kw):
+        return conn(port or self.coord, user=role, password=PW, **kw)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    c = Cluster()
+    yield c
+    c.su.close()
+
+
+def counts(c, table="app.orders"):
+    return c.execute(f"SELECT tenant_id, count(*) FROM {table} GROUP BY 1 ORDER BY 1").fetchall()
+
+
+# ---- the control plane and application tables on the cluster
+
+def test_control_plane_placement(cluster):
+    placed = dict(cluster.placements)
+    assert placed["control_plane.tenants"] == "reference"
+    assert placed["control_plane.tenant_members"] == "reference"
+    assert placed["control_plane.tenant_databases"].startswith("distributed")
+    assert placed["control_plane.audit_log"] == "local to each node"
+    for t in ("table_metadata_catalog", "training_examples", "query_history"):
+        assert "co-located" in placed[f"control_plane.{t}"], t
+    rows = cluster.su.execute(
+        "SELECT logicalrelid::text, colocationid FROM pg_dist_partition "
+        "WHERE logicalrelid::text LIKE 'control_plane.%' AND partmethod = 'h'").fetchall()
+    assert len({c for _, c in rows}) == 1, rows
+    # Running it again changes nothing.
+    assert cluster.su.execute("SELECT count(*) FROM dbrag.distribute_control_plane()").fetchone()[0] == 0
+    # The tenant created before the distribution is on every node.
+    for port in (cluster.w1, cluster.w2):
+        with conn(port) as w:
+            assert w.execute("SELECT count(*) FROM control_plane.tenants WHERE tenant_id = %s",
+                             (cluster.a,)).fetchone()[0] == 1
+
+
+def test_distribute_refused_for_non_superusers(cluster):
+    with cluster.login(cluster.app) as c:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            c.execute("SELECT * FROM dbrag.distribute_control_plane()")
+
+
+def test_policies_on_every_shard(cluster):
+    for table in ("app.orders", "app.events"):
+        rows = cluster.su.execute(
+            "SELECT result FROM run_command_on_shards(%s, "
+            "$$SELECT count(*) FROM pg_policy WHERE polrelid = '%%s'::regclass$$)", (table,)).fetchall()
+        assert rows and all(int(r[0]) >= 4 for r in rows), (table, rows)
+        forced = cluster.su.execute(
+            "SELECT result FROM run_command_on_shards(%s, "
+            "$$SELECT relforcerowsecurity FROM pg_class WHERE oid = '%%s'::regclass$$)", (table,)).fetchall()
+        assert all(r[0] == "t" for r in forced), (table, forced)
+
+
+# ---- the tenant in force reaches the workers
+
+def check_only(c, tenant, cluster):
+    """Every read path returns only `tenant`'s rows."""
+    want = ROWS_PER_TENANT["a" if tenant == cluster.a else "b"]
+    other = cluster.b if tenant == cluster.a else cluster.a
+    # multi-shard, computed on the workers
+    assert c.execute("SELECT count(*) FROM app.orders").fetchone()[0] == want
+    assert c.execute("SELECT count(DISTINCT tenant_id) FROM app.events").fetchone()[0] == 1
+    # router query on the tenant's own key, and on the other tenant's key
+    assert c.execute("SELECT count(*) FROM app.orders WHERE tenant_id = %s AND id <= 10", (tenant,)).fetchone()[0] == 10
+    assert c.execute("SELECT count(*) FROM app.orders WHERE tenant_id = %s", (other,)).fetchone()[0] == 0
+    # a co-located join
+    assert c.execute("SELECT count(*) FROM app.orders o JOIN app.events e USING (tenant_id, id)").fetchone()[0] == want
+
+
+def writes_stay_in_tenant(c, tenant, cluster):
+    """INSERT ... SELECT and UPDATE across shards touch only the tenant's rows."""
+    other = cluster.b if tenant == cluster.a else cluster.a
+    c.execute("INSERT INTO app.events (tenant_id, id, kind) SELECT tenant_id, id + 100000, 'copied' FROM app.orders")
+    n = c.execute("UPDATE app.orders SET amount = amount + 1 RETURNING tenant_id").fetchall()
+    assert n and {r[0] for r in n} == {tenant}
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        c.execute("INSERT INTO app.orders VALUES (%s, 999999, 1)", (other,))
+
+
+def test_membership_reaches_workers(cluster):
+    with cluster.login(cluster.alice) as c:
+        check_only(c, cluster.a, cluster)
+        with c.transaction():
+            writes_stay_in_tenant(c, cluster.a, cluster)
+            raise psycopg.Rollback()
+    with cluster.login(cluster.bob) as c:
+        check_only(c, cluster.b, cluster)
+
+
+@pytest.mark.parametrize("how", ["token", "uuid"])
+def test_set_tenant_reaches_workers(cluster, how):
+    with cluster.login(cluster.app) as c:
+        for tenant in (cluster.a, cluster.b):
+            with c.transaction():
+                arg = token_for(tenant) if how == "token" else tenant
+                cast = "" if how == "token" else "::uuid"
+                c.execute(f"SELECT dbrag.set_tenant(%s{cast}, true)", (arg,))
+                check_only(c, tenant, cluster)
+                writes_stay_in_tenant(c, tenant, cluster)
+                raise psycopg.Rollback()
+        # After the transaction the tenant is gone, on the workers too.
+        assert c.execute("SELECT count(*) FROM app.orders").fetchone()[0] == 0
+
+
+def test_no_tenant_sees_nothing(cluster):
+    with cluster.login(cluster.app) as c:
+        assert c.execute("SELECT count(*) FROM app.orders").fetchone()[0] == 0
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            c.execute("INSERT INTO app.orders VALUES (%s, 424242, 1)", (cluster.a,))
+
+
+def test_session_level_tenant_never_opens_other_rows(cluster):
+    """A session-level set_tenant outside a transaction block is not carried to
+    the workers (docs/scale-out.md): reads on distributed tables then see the
+    worker's view of the session, never another tenant's rows."""
+    with cluster.login(cluster.app) as c:
+        c.execute("SELECT dbrag.set_tenant(%s::uuid)", (cluster.a,))
+        rows = counts(c)
+        assert all(t == cluster.a for t, _ in rows), rows
+        # inside a transaction block, a session-level set_tenant reaches them
+        with c.transaction():
+            c.execute("SELECT dbrag.set_tenant(%s::uuid)", (cluster.a,))
+            assert c.execute("SELECT count(*) FROM app.orders").fetchone()[0] == ROWS_PER_TENANT["a"]
+        c.execute("SELECT dbrag.reset_tenant()")
+
+
+def test_concurrent_tenants_do_not_mix(cluster):
+    """Several app sessions switching tenants per transaction over shared
+    worker connections: every transaction sees only its tenant."""
+    errors = []
+
+    def run(i):
+        try:
+            with cluster.login(cluster.app) as c:
+                for j in range(30):
+                    tenant = cluster.a if (i + j) % 2 else cluster.b
+                    with c.transaction():
+                        c.execute("SELECT dbrag.set_tenant(%s, true)", (token_for(tenant),))
+                        seen = {r[0] for r in c.execute("SELECT DISTINCT tenant_id FROM app.orders")}
+                        if seen != {tenant}:
+                            errors.append((tenant, seen))
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(repr(e))
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[:5]
+
+
+# ---- straight to a worker
+
+def test_login_role_on_a_worker_sees_its_tenant_only(cluster):
+    for port in (cluster.w1, cluster.w2):
+        with cluster.login(cluster.alice, port=port) as c:
+            check_only(c, cluster.a, cluster)
+
+
+def current_assertion(cluster, role, tenant):
+    with cluster.login(role) as c:
+        with c.transaction():
+            c.execute("SELECT dbrag.set_tenant(%s::uuid, true)" if role == cluster.app
+                      else "SELECT dbrag.set_tenant(%s, true)",
+                      (tenant if role == cluster.app else token_for(tenant),))
+            return c.execute("SELECT current_setting('dbrag.tenant_assertion')").fetchone()[0]
+
+
+def test_forged_assertion_refused_on_worker(cluster):
+    real = current_assertion(cluster, cluster.app, cluster.a)
+    assert real.startswith("v1.")
+    parts = real.split(".")
+    forged = [
+        ".".join([parts[0], str(cluster.b)] + parts[2:]),           # another tenant
+        ".".join(parts[:2] + ["9999999999"] + parts[3:]),            # a later expiry
+        ".".join(parts[:4] + [b64url(b"\0" * 32)]),                  # a made-up signature
+        "v1." + str(cluster.b),                                      # junk
+    ]
+    for value in forged:
+        with cluster.login(cluster.app, port=cluster.w1) as c:
+            c.execute("SELECT set_config('dbrag.tenant_assertion', %s, false)", (value,))
+            with pytest.raises(psycopg.errors.InvalidAuthorizationSpecification):
+                c.execute("SELECT count(*) FROM app.orders")
+    # The refusals were audited on the worker that saw them.
+    with conn(cluster.w1) as w:
+        assert w.execute("SELECT count(*) FROM control_plane.audit_log WHERE event = 'node_assertion_refused'"
+                         ).fetchone()[0] >= len(forged)
+
+
+def test_assertion_replayed_by_another_role_refused(cluster):
+    """The app server's assertion for tenant B, copied by alice (a member of
+    A) into her own session on a worker, is refused: it names its role."""
+    real = current_assertion(cluster, cluster.app, cluster.b)
+    for port in (cluster.coord, cluster.w1):
+        with cluster.login(cluster.alice, port=port) as c:
+            c.execute("SELECT set_config('dbrag.tenant_assertion', %s, false)", (real,))
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                c.execute("SELECT count(*) FROM app.orders")
+
+
+def test_assertion_signed_with_another_secret_refused(cluster):
+    from dbrag_assertion import sign
+    value = sign(b"not-the-cluster-secret", cluster.b, cluster.app)
+    with cluster.login(cluster.app, port=cluster.w2) as c:
+        c.execute("SELECT set_config('dbrag.tenant_assertion', %s, false)", (value,))
+        with pytest.raises(psycopg.errors.InvalidAuthorizationSpecification):
+            c.execute("SELECT count(*) FROM app.orders")
+
+
+def test_assertion_independently_signed_is_accepted(cluster):
+    """The format is what docs/scale-out.md says: a value signed by this test
+    with the cluster's secret is honoured for its role and tenant only."""
+    from dbrag_assertion import sign
+    value = sign(JWT_SECRET.encode(), cluster.b, cluster.app)
+    with cluster.login(cluster.app, port=cluster.w2) as c:
+        # As the coordinator does it: SET LOCAL, forwarded by Citus to the
+        # connections this node opens to the others.
+        with c.transaction():
+            c.execute("SET LOCAL citus.propagate_set_commands = 'local'")
+            c.execute(f"SET LOCAL dbrag.tenant_assertion = '{value}'")
+            assert c.execute("SELECT count(*) FROM app.orders").fetchone()[0] == ROWS_PER_TENANT["b"]
+            assert {r[0] for r in c.execute("SELECT DISTINCT tenant_id FROM app.events")} == {cluster.b}
+        # The same value for another role is refused.
+    with cluster.login(cluster.alice, port=cluster.w2) as c:
+        with c.transaction():
+            c.execute("SET LOCAL citus.propagate_set_commands = 'local'")
+            c.execute(f"SET LOCAL dbrag.tenant_assertion = '{value}'")
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                c.execute("SELECT count(*) FROM app.orders")
+
+
+@pytest.mark.parametrize("attempt", [
+    "SET dbrag.tenant_id = '{b}'",
+    "SELECT set_config('dbrag.tenant_id', '{b}', false)",
+    "SET app.current_tenant_id = '{b}'",
+    "SELECT dbrag.set_tenant('{b}'::uuid)",
+])
+def test_context_spoofing_on_a_worker(cluster, attempt):
+    """The spoofing attacks of tests/attacks/test_context_spoofing.py, against
+    a worker: alice (tenant A) never reaches B's rows there."""
+    with cluster.login(cluster.alice, port=cluster.w1) as c:
+        try:
+            c.execute(attempt.format(b=cluster.b))
+        except psycopg.Error:
+            pass
+        assert c.execute("SELECT count(*) FROM app.orders WHERE tenant_id = %s", (cluster.b,)).fetchone()[0] == 0
+        assert c.execute("SELECT count(*) FROM app.orders").fetchone()[0] in (0, ROWS_PER_TENANT["a"])
+
+
+def test_pgoptions_on_a_worker(cluster):
+    """A tenant set in the startup packet is refused outright on a worker."""
+    with pytest.raises(psycopg.OperationalError, match="permission denied to set parameter"):
+        cluster.login(cluster.alice, port=cluster.w1, options=f"-c dbrag.tenant_id={cluster.b}")
+
+
+# ---- sync_catalog and ask() on the coordinator over distributed tables
+
+from llm_fixture import llm_server  # noqa: E402,F401  (fixture)
+
+
+def sql_answer(sql):
+    return {"content": f"```sql\n{sql}\n```"}
+
+
+@pytest.mark.parametrize("caller", ["member", "app"])
+def test_sync_and_ask_over_distributed_tables(cluster, llm_server, caller):
+    """A tenant's login role, and the application server acting for each
+    tenant (set_tenant in the transaction that calls sync_catalog or ask),
+    catalog and query the distributed tables; RLS is enforced on the workers.
+    Citus refuses to mix roles on one shard placement inside a transaction,
+    so the application server calls sync_catalog and ask in transactions of
+    their own (docs/scale-out.md)."""
+    su = cluster.su
+    llm_server.reset()
+    su.execute(f"ALTER DATABASE {DB} SET dbrag.llm_url = '{llm_server.url}'")
+    su.execute(f"ALTER DATABASE {DB} SET dbrag.llm_model = 'fixture-model'")
+    su.execute("SELECT dbrag.set_llm_api_key('sk-citus-test', global => true)")
+    for tenant in (cluster.a, cluster.b):
+        su.execute("INSERT INTO control_plane.tenant_databases (tenant_id, name, kind, schema_name, is_active) "
+                   "VALUES (%s, 'app', 'local', 'app', true) ON CONFLICT DO NOTHING", (tenant,))
+    count_sql = "SELECT count(*) AS n, count(DISTINCT tenant_id) AS t FROM orders"
+
+    def check_catalog(tenant):
+        other = cluster.b if tenant == cluster.a else cluster.a
+        login = cluster.alice if tenant == cluster.a else cluster.bob
+        with cluster.login(login) as c:
+            tables = {r[0] for r in c.execute("SELECT table_name FROM control_plane.table_metadata_catalog")}
+            assert {"orders", "events"} <= tables
+            samples = " ".join(r[0] or "" for r in c.execute(
+                "SELECT sample_values::text FROM control_plane.table_metadata_catalog"))
+            assert str(other) not in samples
+
+    if caller == "member":
+        with cluster.login(cluster.alice) as c:
+            assert c.execute("SELECT added + changed + unchanged FROM dbrag.sync_catalog()").fetchone()[0] >= 2
+            check_catalog(cluster.a)
+            llm_server.script(sql_answer(count_sql))
+            rows = [r[0] for r in c.execute("SELECT * FROM dbrag.ask('how many orders?')")]
+            assert rows == [{"n": ROWS_PER_TENANT["a"], "t": 1}]
+    else:
+        with cluster.login(cluster.app) as c:
+            for tenant in (cluster.b, cluster.a):
+                with c.transaction():
+                    c.execute("SELECT dbrag.set_tenant(%s::uuid, true)", (tenant,))
+                    c.execute("SELECT * FROM dbrag.sync_catalog()")
+                check_catalog(tenant)
+                llm_server.script(sql_answer(count_sql))
+                with c.transaction():
+                    c.execute("SELECT dbrag.set_tenant(%s::uuid, true)", (tenant,))
+                    rows = [r[0] for r in c.execute("SELECT * FROM dbrag.ask('how many orders?')")]
+                want = ROWS_PER_TENANT["a" if tenant == cluster.a else "b"]
+                assert rows == [{"n": want, "t": 1}]
+    su.execute(f"ALTER DATABASE {DB} RESET dbrag.llm_url")
+    su.execute(f"ALTER DATABASE {DB} RESET dbrag.llm_model")
