@@ -572,3 +572,278 @@ BEGIN
     END LOOP;
 END
 $$;
+
+-- ===========================================================================
+-- Citus: dbrag.distribute_control_plane(), isolation of tables Citus already
+-- distributes (docs/scale-out.md).
+-- ===========================================================================
+
+-- True when the table has a tenant_id column that leads its primary key.
+CREATE FUNCTION dbrag._tenant_leads_key(rel oid) RETURNS boolean
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT EXISTS (
+        SELECT FROM pg_catalog.pg_index i
+        JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+        WHERE i.indrelid = rel AND i.indisprimary AND a.attname = 'tenant_id')
+$$;
+REVOKE ALL ON FUNCTION dbrag._tenant_leads_key(oid) FROM PUBLIC;
+
+CREATE FUNCTION dbrag.distribute_control_plane()
+RETURNS TABLE (table_name regclass, placement text)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    pending oid[];
+    done    oid[] := '{}';
+    rel     oid;
+    progressed boolean;
+    anchor  regclass := NULL;
+    fk      record;
+    fks     jsonb := '[]';
+BEGIN
+    IF NOT (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = current_user) THEN
+        RAISE EXCEPTION 'permission denied to distribute the control plane'
+            USING ERRCODE = '42501', HINT = 'run it as a superuser on the Citus coordinator';
+    END IF;
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname = 'citus') THEN
+        RAISE EXCEPTION 'Citus is not installed in this database'
+            USING ERRCODE = '55000',
+                  HINT = 'preload it (shared_preload_libraries = ''citus,pg_dbrag''), CREATE EXTENSION citus, add the workers, then call this again';
+    END IF;
+    -- The control plane keeps updated_at, search vectors and the tenant
+    -- cache with row triggers; Citus runs them on the shards only when asked.
+    PERFORM pg_catalog.set_config('citus.enable_unsafe_triggers', 'on', true);
+    -- Keys to reference tables need one connection per node in this transaction.
+    PERFORM pg_catalog.set_config('citus.multi_shard_modify_mode', 'sequential', true);
+
+    SELECT pg_catalog.array_agg(c.oid ORDER BY c.relname) INTO pending
+    FROM pg_catalog.pg_class c
+    JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+    WHERE n.nspname = 'control_plane' AND c.relkind IN ('r', 'p') AND NOT c.relispartition;
+
+    SELECT pg_catalog.array_agg(p.logicalrelid::oid) INTO done
+    FROM pg_dist_partition p WHERE p.logicalrelid::oid = ANY (pending);
+    done := COALESCE(done, '{}');
+    -- A previous run left the audit trail local, without its key.
+    IF done <> '{}' AND NOT EXISTS (SELECT FROM pg_catalog.pg_constraint k
+            WHERE k.conrelid = 'control_plane.audit_log'::regclass AND k.contype = 'f') THEN
+        done := done || 'control_plane.audit_log'::regclass::oid;
+    END IF;
+
+    -- The anchor of the co-location group, if a previous run made one.
+    SELECT p.logicalrelid INTO anchor FROM pg_dist_partition p
+    WHERE p.logicalrelid = 'control_plane.tenant_databases'::regclass;
+
+    -- Citus turns every local table linked by a foreign key to a new
+    -- reference table into a table of its own kind, which clashes with the
+    -- copies the extension already made on the workers. So the keys between
+    -- control_plane tables are dropped on every node while the tables are
+    -- placed, then added back (Citus then creates them on every shard).
+    FOR fk IN
+        SELECT k.conrelid::regclass AS tbl, k.conname, pg_catalog.pg_get_constraintdef(k.oid) AS def
+        FROM pg_catalog.pg_constraint k
+        JOIN pg_catalog.pg_class c ON c.oid = k.confrelid
+        WHERE k.contype = 'f' AND c.relnamespace = 'control_plane'::regnamespace
+          AND k.conrelid = ANY (pending) AND NOT k.conrelid = ANY (done)
+    LOOP
+        fks := fks || pg_catalog.jsonb_build_object('tbl', fk.tbl::text, 'name', fk.conname, 'def', fk.def);
+        EXECUTE pg_catalog.format('ALTER TABLE %s DROP CONSTRAINT %I', fk.tbl, fk.conname);
+        -- The workers' copies too: adding the keys back reaches every node.
+        PERFORM run_command_on_workers(
+            pg_catalog.format('ALTER TABLE %s DROP CONSTRAINT IF EXISTS %I', fk.tbl, fk.conname));
+    END LOOP;
+
+    LOOP
+        progressed := false;
+        FOREACH rel IN ARRAY pending LOOP
+            CONTINUE WHEN rel = ANY (done);
+            -- The anchor of the co-location group goes first.
+            CONTINUE WHEN anchor IS NULL AND dbrag._tenant_leads_key(rel)
+                AND rel NOT IN ('control_plane.tenants'::regclass, 'control_plane.tenant_members'::regclass)
+                AND rel <> 'control_plane.tenant_databases'::regclass;
+            IF rel = 'control_plane.audit_log'::regclass THEN
+                -- The audit trail stays an ordinary table on each node: the
+                -- extension appends to it as itself inside callers'
+                -- transactions, and Citus refuses a later read of placements
+                -- another role wrote in the same transaction (set_tenant,
+                -- then the tenant's query). Its key to tenants is not added
+                -- back (Citus would convert the table), so on a cluster audit
+                -- rows outlive a dropped tenant.
+                table_name := rel; placement := 'local to each node';
+            ELSIF rel IN ('control_plane.tenants'::regclass, 'control_plane.tenant_members'::regclass)
+               OR NOT dbrag._tenant_leads_key(rel) THEN
+                PERFORM create_reference_table(rel::regclass);
+                table_name := rel; placement := 'reference';
+            ELSIF anchor IS NULL THEN
+                PERFORM create_distributed_table(rel::regclass, 'tenant_id');
+                anchor := rel;
+                table_name := rel; placement := 'distributed by tenant_id';
+            ELSE
+                PERFORM create_distributed_table(rel::regclass, 'tenant_id', colocate_with => anchor::text);
+                table_name := rel; placement := 'distributed by tenant_id, co-located with ' || anchor::text;
+            END IF;
+            done := done || rel;
+            progressed := true;
+            RETURN NEXT;
+        END LOOP;
+        EXIT WHEN NOT progressed;
+    END LOOP;
+    IF EXISTS (SELECT FROM pg_catalog.unnest(pending) p WHERE NOT p = ANY (done)) THEN
+        RAISE EXCEPTION 'some control_plane tables could not be placed'
+            USING ERRCODE = '55000';
+    END IF;
+    -- Keys back, referenced tables first (all are placed by now).
+    FOR fk IN SELECT * FROM pg_catalog.jsonb_to_recordset(fks) AS x(tbl text, name text, def text)
+              WHERE x.tbl <> 'control_plane.audit_log' LOOP
+        EXECUTE pg_catalog.format('ALTER TABLE %s ADD CONSTRAINT %I %s', fk.tbl, fk.name, fk.def);
+    END LOOP;
+END
+$$;
+REVOKE ALL ON FUNCTION dbrag.distribute_control_plane() FROM PUBLIC;
+
+-- dbrag._distribution_column: the column Citus distributes a table by.
+CREATE FUNCTION dbrag._distribution_column(tbl regclass) RETURNS name
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    col name;
+BEGIN
+    IF pg_catalog.to_regclass('pg_catalog.pg_dist_partition') IS NULL THEN
+        RETURN NULL;
+    END IF;
+    EXECUTE 'SELECT pg_catalog.column_to_column_name(p.logicalrelid, p.partkey)
+             FROM pg_catalog.pg_dist_partition p WHERE p.logicalrelid = $1 AND p.partmethod = ''h'''
+        INTO col USING tbl;
+    RETURN col;
+END
+$$;
+
+-- dbrag._enable_tenant_isolation: leaves a Citus distribution column's NOT NULL and default alone.
+CREATE OR REPLACE FUNCTION dbrag._enable_tenant_isolation(tbl regclass, tenant_column name, rebuild_unique boolean)
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    col_type regtype;
+    kind "char";
+    added boolean := false;
+    has_index boolean;
+    orphans bigint;
+    u record;
+    stmt text;
+    pred text := pg_catalog.format('%I = dbrag.current_tenant_id()', tenant_column);
+    distributed boolean;
+BEGIN
+    IF tbl IS NULL OR tenant_column IS NULL OR tenant_column = '' THEN
+        RAISE EXCEPTION 'table and tenant column must not be NULL or empty' USING ERRCODE = '22004';
+    END IF;
+    SELECT c.relkind INTO kind FROM pg_catalog.pg_class c WHERE c.oid = tbl;
+    IF kind IS NULL OR kind NOT IN ('r', 'p') THEN
+        RAISE EXCEPTION '% is not a table', tbl USING ERRCODE = '42809';
+    END IF;
+    IF dbrag._is_own_table(tbl) THEN
+        RAISE EXCEPTION '% belongs to pg_dbrag, which manages its isolation itself', tbl USING ERRCODE = '22023';
+    END IF;
+    -- Every ALTER below needs this lock; take it first rather than upgrade.
+    EXECUTE pg_catalog.format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', tbl);
+
+    SELECT a.atttypid::regtype INTO col_type FROM pg_catalog.pg_attribute a
+    WHERE a.attrelid = tbl AND a.attname = tenant_column AND NOT a.attisdropped AND a.attnum > 0;
+    IF col_type IS NULL THEN
+        -- No default while adding: existing rows must not silently join the
+        -- caller's tenant; they stay NULL and are refused below.
+        EXECUTE pg_catalog.format('ALTER TABLE %s ADD COLUMN %I uuid', tbl, tenant_column);
+        added := true;
+    ELSIF col_type <> 'uuid'::regtype THEN
+        RAISE EXCEPTION 'column %.% is %, a tenant column must be uuid', tbl, tenant_column, col_type
+            USING ERRCODE = '22023',
+                  HINT = 'convert it first: ALTER TABLE ... ALTER COLUMN ... TYPE uuid USING ...::uuid';
+    END IF;
+    -- Citus refuses any ALTER of a distribution column, even one that
+    -- changes nothing; a distributed table's key column is NOT NULL already.
+    distributed := dbrag._distribution_column(tbl) = tenant_column;
+    BEGIN
+        IF NOT distributed THEN
+            EXECUTE pg_catalog.format('ALTER TABLE %s ALTER COLUMN %I SET NOT NULL', tbl, tenant_column);
+        END IF;
+    EXCEPTION WHEN not_null_violation THEN
+        IF added THEN
+            RAISE EXCEPTION '% has rows, and a tenant column added now would leave them without a tenant', tbl
+                USING ERRCODE = '23502',
+                      HINT = pg_catalog.format('add and fill it first: ALTER TABLE %s ADD COLUMN %I uuid; '
+                          'UPDATE %s SET %I = ''<tenant uuid>''; then call dbrag.enable_tenant_isolation again',
+                          tbl, tenant_column, tbl, tenant_column);
+        END IF;
+        -- Under forced RLS the count sees only the caller's rows; say what we can.
+        EXECUTE pg_catalog.format('SELECT count(*) FROM %s WHERE %I IS NULL', tbl, tenant_column) INTO orphans;
+        RAISE EXCEPTION '% has % row(s) without a tenant in column %', tbl,
+                CASE WHEN orphans > 0 THEN orphans::text ELSE 'some' END, tenant_column
+            USING ERRCODE = '23502',
+                  HINT = pg_catalog.format('assign them first: UPDATE %s SET %I = ''<tenant uuid>'' WHERE %I IS NULL',
+                      tbl, tenant_column, tenant_column);
+    END;
+    IF distributed THEN
+        RAISE NOTICE '% is distributed by %: Citus cannot give that column a default, so inserts must name the tenant', tbl, tenant_column
+            USING HINT = 'isolate a table before create_distributed_table to get the default';
+    ELSE
+        EXECUTE pg_catalog.format('ALTER TABLE %s ALTER COLUMN %I SET DEFAULT dbrag.current_tenant_id()', tbl, tenant_column);
+    END IF;
+    -- The four policies, as dbrag._tenant_policies writes them for the
+    -- control plane (that one is operators-only; this runs as the owner).
+    EXECUTE pg_catalog.format('ALTER TABLE %s ENABLE ROW LEVEL SECURITY', tbl);
+    EXECUTE pg_catalog.format('ALTER TABLE %s FORCE ROW LEVEL SECURITY', tbl);
+    FOR stmt IN SELECT p.polname FROM pg_catalog.pg_policy p
+                WHERE p.polrelid = tbl AND p.polname ~ '^dbrag_(tenant|admin)_(select|insert|update|delete)$'
+    LOOP
+        EXECUTE pg_catalog.format('DROP POLICY %I ON %s', stmt, tbl);
+    END LOOP;
+    EXECUTE pg_catalog.format('CREATE POLICY dbrag_tenant_select ON %s FOR SELECT USING (%s)', tbl, pred);
+    EXECUTE pg_catalog.format('CREATE POLICY dbrag_tenant_insert ON %s FOR INSERT WITH CHECK (%s)', tbl, pred);
+    EXECUTE pg_catalog.format('CREATE POLICY dbrag_tenant_update ON %s FOR UPDATE USING (%s) WITH CHECK (%s)',
+                              tbl, pred, pred);
+    EXECUTE pg_catalog.format('CREATE POLICY dbrag_tenant_delete ON %s FOR DELETE USING (%s)', tbl, pred);
+
+    -- Permissive policies are OR-ed: one of the owner's own can widen access.
+    FOR u IN SELECT p.polname, pg_catalog.pg_get_expr(p.polqual, p.polrelid) AS q
+             FROM pg_catalog.pg_policy p
+             WHERE p.polrelid = tbl AND p.polpermissive AND p.polname !~ '^dbrag_(tenant|admin)_'
+    LOOP
+        RAISE WARNING 'policy % on % is permissive: it is OR-ed with the tenant policies and can let other tenants'' rows through', u.polname, tbl
+            USING DETAIL = pg_catalog.format('USING %s', COALESCE(u.q, '(none)')),
+                  HINT = pg_catalog.format('make it restrictive or drop it: DROP POLICY %I ON %s;', u.polname, tbl);
+    END LOOP;
+
+    -- A tenant-first index, unless a usable one already leads with the column.
+    SELECT EXISTS (
+        SELECT 1 FROM pg_catalog.pg_index i
+        JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+        JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid
+        JOIN pg_catalog.pg_am am ON am.oid = ic.relam
+        WHERE i.indrelid = tbl AND a.attname = tenant_column AND i.indpred IS NULL
+          AND am.amname IN ('btree', 'hash')
+    ) INTO has_index;
+    IF NOT has_index THEN
+        -- Let PostgreSQL pick a free name (<table>_<column>_idx).
+        EXECUTE pg_catalog.format('CREATE INDEX ON %s (%I)', tbl, tenant_column);
+    END IF;
+
+    -- Unique keys that do not lead with the tenant column: a tenant can probe
+    -- another tenant's values through 23505, and Citus cannot distribute.
+    FOR u IN SELECT * FROM dbrag._non_tenant_first_unique(tbl, tenant_column) LOOP
+        IF rebuild_unique THEN
+            FOREACH stmt IN ARRAY dbrag._tenant_first_unique_sql(u.idx, tenant_column) LOOP
+                EXECUTE stmt;
+            END LOOP;
+            RAISE NOTICE 'rebuilt % of % to lead with %', u.idx_text, tbl, tenant_column;
+        ELSE
+            RAISE WARNING '% of % does not lead with %', u.idx_text, tbl, tenant_column
+                USING DETAIL = CASE WHEN u.tenant_in_key
+                        THEN 'The tenant column is in the key but not first: the tenant-first index scan cannot use it.'
+                        ELSE 'Uniqueness spans tenants: an INSERT that fails with 23505 tells a tenant that another tenant holds the value, and Citus cannot distribute the table by the tenant column.' END,
+                      HINT = pg_catalog.format('rebuild it: SELECT dbrag.enable_tenant_isolation(%L, %L, rebuild_unique => true);',
+                          tbl::text, tenant_column);
+        END IF;
+    END LOOP;
+
+    -- Partitions and inheritance children are tables of their own (queried
+    -- directly they apply their own policies, not the parent's):
+    -- dbrag._isolation_guarded calls this body for each of them too.
+END
+$$;
+
