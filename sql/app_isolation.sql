@@ -217,7 +217,7 @@ BEGIN
     END IF;
     -- Citus refuses any ALTER of a distribution column, even one that
     -- changes nothing; a distributed table's key column is NOT NULL already.
-    distributed := dbrag._distribution_column(tbl) = tenant_column;
+    distributed := COALESCE(dbrag._distribution_column(tbl) = tenant_column, false);
     BEGIN
         IF NOT distributed THEN
             EXECUTE pg_catalog.format('ALTER TABLE %s ALTER COLUMN %I SET NOT NULL', tbl, tenant_column);

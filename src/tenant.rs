@@ -383,25 +383,31 @@ fn issue_token(
 /// one of pg_dbrag's own tables.
 #[pg_extern(volatile, parallel_unsafe)]
 fn _invalidate_tenant_cache(rel: pg_sys::Oid) {
-    let own = privileged::with_pinned_search_path(|| {
-        Spi::get_one_with_args::<bool>(
-            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d \
-             JOIN pg_catalog.pg_extension e ON e.oid OPERATOR(pg_catalog.=) d.refobjid \
-             JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) d.objid \
-             WHERE d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass \
-               AND d.objid OPERATOR(pg_catalog.=) $1 AND d.deptype OPERATOR(pg_catalog.=) 'e' \
-               AND e.extname OPERATOR(pg_catalog.=) 'pg_dbrag' AND c.relkind OPERATOR(pg_catalog.=) 'r')",
-            &[DatumWithOid::from(rel)],
-        )
-    })
-    .ok()
-    .flatten()
-    .unwrap_or(false);
+    // A table in control_plane: one of the extension's own, or on Citus a
+    // shard of one, which Citus creates beside it and where the trigger
+    // fires too. Read from the syscache: the shard may be new in this
+    // command, not yet visible to a query.
+    // SAFETY: syscache lookups that return 0 / InvalidOid for unknown oids.
+    let own = unsafe {
+        let nsp = pg_sys::get_namespace_oid(c"control_plane".as_ptr(), true);
+        nsp != pg_sys::InvalidOid
+            && pg_sys::get_rel_relkind(rel) as u8 == pg_sys::RELKIND_RELATION
+            && pg_sys::get_rel_namespace(rel) == nsp
+    };
     if !own {
         raise(
             Kind::BadArgument,
             format!(
-                "relation with OID {} is not a table of pg_dbrag",
+                "relation {} (OID {}) is not a table of pg_dbrag",
+                // SAFETY: get_rel_name returns NULL for an unknown oid.
+                unsafe {
+                    let p = pg_sys::get_rel_name(rel);
+                    if p.is_null() {
+                        "?".to_string()
+                    } else {
+                        std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned()
+                    }
+                },
                 rel.to_u32()
             ),
         );
