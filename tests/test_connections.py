@@ -351,8 +351,8 @@ def local_schema(su, tenants):
     su.execute(f"CREATE SCHEMA {s}")
     su.execute(f"CREATE TABLE {s}.invoices (id int, amount numeric)")
     su.execute(f"CREATE TABLE {s}.secrets (id int)")
-    su.execute(f"GRANT USAGE ON SCHEMA {s} TO {tenants.a_role}")
-    su.execute(f"GRANT SELECT ON {s}.invoices TO {tenants.a_role}")
+    su.execute(f"GRANT USAGE ON SCHEMA {s} TO {tenants.a_trole}")
+    su.execute(f"GRANT SELECT ON {s}.invoices TO {tenants.a_trole}")
     return s
 
 

@@ -22,8 +22,8 @@ def ask_refused(conn, model, answers, question, state):
 def test_read_the_other_tenants_tables(su, plane):
     # Even with a grant on B's schema, only A's catalog tables may be read.
     t = plane.t
-    su.execute(f"GRANT USAGE ON SCHEMA {plane.sb} TO {t.a_role}")
-    su.execute(f"GRANT SELECT ON ALL TABLES IN SCHEMA {plane.sb} TO {t.a_role}")
+    su.execute(f"GRANT USAGE ON SCHEMA {plane.sb} TO {t.a_trole}")
+    su.execute(f"GRANT SELECT ON ALL TABLES IN SCHEMA {plane.sb} TO {t.a_trole}")
     with t.conn(t.a_role) as a:
         for sql in (f"SELECT name FROM {plane.sb}.singer",
                     f"SELECT name FROM singer UNION ALL SELECT name FROM {plane.sb}.singer",
