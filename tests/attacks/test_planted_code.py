@@ -81,3 +81,34 @@ def test_the_member_itself_gets_the_same_and_no_more(su, planted):
         rows = a.execute("SELECT * FROM dbrag.ask('singers with a peek')").fetchall()
         assert len(rows) == 2 and "no-b" in str(rows)
     assert_nothing_of_b(su, t, rows)
+
+
+@pytest.mark.parametrize("who", CALLERS)
+def test_the_callers_session_is_restored_on_every_path(su, planted, who):
+    # The tenant's code changes settings for the session; pg_dbrag rolls
+    # them back and restores the caller's role and search_path, after a
+    # success and after an error alike (as REFRESH MATERIALIZED VIEW does).
+    t, model, sa = planted.t, planted.model, planted.sa
+    with t.conn(t.a_role) as a:
+        a.execute(f"""CREATE FUNCTION {sa}.setter() RETURNS text LANGUAGE plpgsql AS $$ BEGIN
+            PERFORM pg_catalog.set_config('work_mem', '1234kB', false);
+            PERFORM pg_catalog.set_config('search_path', '{sa}', false);
+            RETURN 'set'; END $$""")
+        a.execute(f"CREATE VIEW {sa}.singer_setter AS SELECT name, {sa}.setter() AS s FROM {sa}.singer")
+        a.execute(f"GRANT SELECT ON {sa}.singer_setter TO PUBLIC")
+        a.execute("SELECT * FROM dbrag.sync_catalog()")
+    probe = "SELECT current_user, session_user, current_setting('search_path'), current_setting('work_mem')"
+    with caller_conn(t, who) as c:
+        before = c.execute(probe).fetchone()
+        model.reset()
+        model.script(sql_answer("SELECT name, s FROM singer_setter"))
+        rows = c.execute("SELECT * FROM dbrag.ask('singers, with settings')").fetchall()
+        assert len(rows) == 2 and "set" in str(rows)
+        assert c.execute(probe).fetchone() == before
+        model.reset()
+        model.script(sql_answer("SELECT * FROM singer_switch"), sql_answer("SELECT * FROM singer_switch"))
+        refused(c, "SELECT * FROM dbrag.ask('switch me')")
+        assert c.execute(probe).fetchone() == before
+        c.execute("SELECT * FROM dbrag.sync_catalog()").fetchall()
+        assert c.execute(probe).fetchone() == before
+        assert c.execute("SELECT dbrag.current_tenant_id()").fetchone()[0] == t.a
