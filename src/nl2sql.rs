@@ -461,50 +461,48 @@ fn execute_as_tenant(
     );
     let explain = format!("EXPLAIN (FORMAT JSON)\n{sql}\n");
     let deadline = crate::timer::Deadline::arm(timeout);
-    let outcome = {
-        crate::subxact::run(|| {
-            // SAFETY: saved at this subtransaction's nest level and restored
-            // when it ends, committed or not (a LOCAL setting would outlive it).
-            unsafe {
-                pgrx::pg_sys::set_config_option(
-                    c"transaction_read_only".as_ptr(),
-                    c"on".as_ptr(),
-                    pgrx::pg_sys::GucContext::PGC_USERSET,
-                    pgrx::pg_sys::GucSource::PGC_S_SESSION,
-                    pgrx::pg_sys::GucAction::GUC_ACTION_SAVE,
-                    true,
-                    0,
-                    false,
-                );
-            }
-            Spi::connect_mut(|client| {
-                // EXPLAIN is not a plain SELECT, so it cannot go through the
-                // read-only SPI path; the transaction is read-only anyway.
-                client.update(&explain, None, &[])?;
-                // Row by row through a cursor, counting bytes: the row cap
-                // bounds rows, not their width (one row of to_jsonb text may
-                // reach 1 GB), and a select would hold all of them at once.
-                let mut rows = Vec::new();
-                let mut bytes = 0usize;
-                let mut cursor = client.try_open_cursor(&wrapped, &[])?;
-                loop {
-                    let batch = cursor.fetch(1)?;
-                    if batch.is_empty() {
-                        break;
-                    }
-                    for row in batch {
-                        let text = row.get::<String>(1)?.unwrap_or_else(|| "null".into());
-                        bytes += text.len();
-                        if bytes > MAX_ANSWER_BYTES {
-                            return Ok::<_, pgrx::spi::Error>(None);
-                        }
-                        rows.push(text);
-                    }
+    let outcome = crate::subxact::run(|| {
+        // SAFETY: saved at this subtransaction's nest level and restored
+        // when it ends, committed or not (a LOCAL setting would outlive it).
+        unsafe {
+            pgrx::pg_sys::set_config_option(
+                c"transaction_read_only".as_ptr(),
+                c"on".as_ptr(),
+                pgrx::pg_sys::GucContext::PGC_USERSET,
+                pgrx::pg_sys::GucSource::PGC_S_SESSION,
+                pgrx::pg_sys::GucAction::GUC_ACTION_SAVE,
+                true,
+                0,
+                false,
+            );
+        }
+        Spi::connect_mut(|client| {
+            // EXPLAIN is not a plain SELECT, so it cannot go through the
+            // read-only SPI path; the transaction is read-only anyway.
+            client.update(&explain, None, &[])?;
+            // Row by row through a cursor, counting bytes: the row cap
+            // bounds rows, not their width (one row of to_jsonb text may
+            // reach 1 GB), and a select would hold all of them at once.
+            let mut rows = Vec::new();
+            let mut bytes = 0usize;
+            let mut cursor = client.try_open_cursor(&wrapped, &[])?;
+            loop {
+                let batch = cursor.fetch(1)?;
+                if batch.is_empty() {
+                    break;
                 }
-                Ok(Some(rows))
-            })
+                for row in batch {
+                    let text = row.get::<String>(1)?.unwrap_or_else(|| "null".into());
+                    bytes += text.len();
+                    if bytes > MAX_ANSWER_BYTES {
+                        return Ok::<_, pgrx::spi::Error>(None);
+                    }
+                    rows.push(text);
+                }
+            }
+            Ok(Some(rows))
         })
-    };
+    });
     let fired = deadline.fired();
     drop(deadline);
     match outcome {
