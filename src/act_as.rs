@@ -64,7 +64,8 @@ pub fn refuse_if_restricted(what: &str) {
 
 /// The tenant's role, as recorded in `control_plane.tenants.tenant_role`.
 /// 55000 when the tenant has none (an operator runs
-/// `dbrag._sync_tenant_role(tenant)`), or when the role is not a plain one.
+/// `dbrag._sync_tenant_role(tenant)`), or when the role is not a plain one
+/// (SUPERUSER, BYPASSRLS, CREATEROLE, or the rights of dbrag_app/dbrag_admin).
 pub fn tenant_role(tenant_id: uuid::Uuid) -> pg_sys::Oid {
     let name: Option<String> = privileged::as_extension(|| {
         Spi::get_one_with_args::<String>(
@@ -86,23 +87,33 @@ pub fn tenant_role(tenant_id: uuid::Uuid) -> pg_sys::Oid {
     let Ok(cname) = CString::new(name) else {
         missing()
     };
-    // SAFETY: a syscache lookup with missing_ok, then attribute lookups.
+    // SAFETY: a syscache lookup with missing_ok, then attribute and
+    // membership lookups on valid oids.
     let (oid, privileged_role) = unsafe {
         let oid = pg_sys::get_role_oid(cname.as_ptr(), true);
         if oid == pg_sys::InvalidOid {
             missing()
         }
+        let reaches = |name: &std::ffi::CStr| {
+            let r = pg_sys::get_role_oid(name.as_ptr(), true);
+            r != pg_sys::InvalidOid && pg_sys::has_privs_of_role(oid, r)
+        };
         (
             oid,
-            pg_sys::superuser_arg(oid) || pg_sys::has_bypassrls_privilege(oid),
+            pg_sys::superuser_arg(oid)
+                || pg_sys::has_bypassrls_privilege(oid)
+                || pg_sys::has_createrole_privilege(oid)
+                || reaches(c"dbrag_app")
+                || reaches(c"dbrag_admin"),
         )
     };
+    // Its code would run with more than a tenant's rights: refuse to act.
     if privileged_role {
         DbragError::new(
             Kind::NotConfigured,
-            format!("the role of tenant {tenant_id} bypasses row-level security"),
+            format!("the role of tenant {tenant_id} has privileges a tenant's role may not have"),
         )
-        .hint("ALTER ROLE ... NOSUPERUSER NOBYPASSRLS")
+        .hint("ALTER ROLE ... NOSUPERUSER NOBYPASSRLS NOCREATEROLE, and revoke dbrag_app and dbrag_admin from it")
         .raise()
     }
     oid

@@ -152,3 +152,21 @@ def test_superuser_relaxations_never_apply_when_acting_for_a_tenant(su, tenants)
                "42501")
     finally:
         su.execute("SELECT dbrag.reset_tenant()")
+
+
+def test_a_tenant_role_given_more_rights_is_not_acted_as(su, tenants):
+    # Granted dbrag_app (which could pick any tenant) or CREATEROLE, the
+    # tenant's role would lend its code more than a tenant's rights:
+    # pg_dbrag refuses to act as it (55000) until that is undone.
+    t = tenants
+    for grant, undo in ((f"GRANT dbrag_app TO {t.a_trole}", f"REVOKE dbrag_app FROM {t.a_trole}"),
+                        (f"ALTER ROLE {t.a_trole} CREATEROLE", f"ALTER ROLE {t.a_trole} NOCREATEROLE")):
+        su.execute(grant)
+        try:
+            with t.conn(t.a_role) as a:
+                e = raises(a, "SELECT * FROM dbrag.test_connection('local', NULL, 'public')", "55000")
+                assert "may not have" in str(e)
+        finally:
+            su.execute(undo)
+    with t.conn(t.a_role) as a:
+        a.execute("SELECT * FROM dbrag.test_connection('local', NULL, 'public')").fetchall()
