@@ -623,7 +623,10 @@ fn sync_catalog(
     let entries = introspect(&conn);
     let summary = store(&conn, &entries);
     if describe.unwrap_or(false) {
-        crate::nl2sql::describe_tables(&conn, &summary.written);
+        // As the tenant's role too, like the rest of the sync.
+        crate::act_as::as_tenant(conn.tenant_id, &conn.schema_name, || {
+            crate::nl2sql::describe_tables(&conn, &summary.written)
+        });
     }
     crate::audit::record(
         "catalog_synced",
