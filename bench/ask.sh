@@ -38,8 +38,9 @@ DO \$\$ BEGIN
     EXECUTE format('INSERT INTO wh.t_%s SELECT g, ''n'' || g, g, ''r'' || (g %% 5), current_date FROM generate_series(1, 100) g', i);
   END LOOP;
 END \$\$;
-GRANT USAGE ON SCHEMA wh TO bench_tenant;
-GRANT SELECT ON ALL TABLES IN SCHEMA wh TO bench_tenant;
+-- Data-plane grants go to the tenant's own role (what pg_dbrag acts as).
+SELECT format('GRANT USAGE ON SCHEMA wh TO %I', tenant_role) FROM control_plane.tenants WHERE name = 'bench' \gexec
+SELECT format('GRANT SELECT ON ALL TABLES IN SCHEMA wh TO %I', tenant_role) FROM control_plane.tenants WHERE name = 'bench' \gexec
 ALTER DATABASE bench SET dbrag.llm_url = 'http://127.0.0.1:$MODEL_PORT/v1';
 ALTER DATABASE bench SET dbrag.llm_model = 'fixture';
 SQL

@@ -19,6 +19,7 @@ CREATE TABLE control_plane.tenants (
     environment  control_plane.tenant_environment NOT NULL DEFAULT 'production',
     status       control_plane.tenant_status NOT NULL DEFAULT 'active',
     settings     jsonb NOT NULL DEFAULT '{}' CHECK (pg_catalog.jsonb_typeof(settings) = 'object'),
+    tenant_role  name UNIQUE,  -- the tenant's NOLOGIN role (sql/tenant_roles.sql)
     created_at   timestamptz NOT NULL DEFAULT pg_catalog.now(),
     updated_at   timestamptz NOT NULL DEFAULT pg_catalog.now()
 );
@@ -118,6 +119,8 @@ CREATE TABLE control_plane.query_history (
     completion_tokens integer,
     result_hash       text,
     catalog_version   text,
+    acting_role       text,  -- the role the statement ran as (the tenant's role)
+    model             text,  -- the model that wrote the SQL
     created_at        timestamptz NOT NULL DEFAULT pg_catalog.now(),
     PRIMARY KEY (tenant_id, query_id)
 );

@@ -60,6 +60,8 @@ const DURABLE_TABLES: &[(&str, &[&str])] = &[
             "completion_tokens",
             "result_hash",
             "catalog_version",
+            "acting_role",
+            "model",
         ],
     ),
 ];

@@ -1,10 +1,10 @@
 //! The metadata catalog (SPEC §5): introspect a connection's schema, keep one
 //! row per table in `control_plane.table_metadata_catalog`, search it.
 //!
-//! Introspection and sampling run as the calling user, so a `local`
-//! connection shows only what the caller may already read (and RLS applies
-//! to the sampled rows). Writes run as the extension with the tenant id set
-//! explicitly. The search itself is `dbrag.search_catalog` in sql/catalog.sql.
+//! Introspection and sampling run as the tenant's role (crate::act_as),
+//! whoever calls, so a `local` connection shows only the tables and columns
+//! the tenant's role may read (and RLS applies to the sampled rows). Writes
+//! run as the extension with the tenant id set explicitly. The search itself is `dbrag.search_catalog` in sql/catalog.sql.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -66,6 +66,21 @@ JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 WHERE n.nspname = $1 AND c.relkind IN ('r', 'p', 'v', 'm', 'f') AND NOT c.relispartition
 ORDER BY c.relname
 "#;
+
+/// [`INTROSPECT_SQL`] for a `local` connection: only tables and columns
+/// the current role (the tenant's) may read.
+fn introspect_local_sql() -> String {
+    INTROSPECT_SQL
+        .replace(
+            "WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped)",
+            "WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
+             AND pg_catalog.has_column_privilege(c.oid, a.attnum, 'SELECT'))",
+        )
+        .replace(
+            "AND NOT c.relispartition\n",
+            "AND NOT c.relispartition AND pg_catalog.has_any_column_privilege(c.oid, 'SELECT')\n",
+        )
+}
 
 /// What sync_catalog found for one table, ready to store.
 #[derive(Debug, Clone)]
@@ -234,11 +249,7 @@ fn add_incoming_relationships(entries: &mut [TableEntry]) {
 pub fn samples_from_rows(entry: &TableEntry, rows: &[Value]) -> Map<String, Value> {
     let mut out = Map::new();
     for column in entry.data_types.keys() {
-        if looks_secret(column) {
-            continue;
-        }
-        let kind = entry.data_types[column].as_str().unwrap_or_default();
-        if kind.starts_with("bytea") || kind.contains("json") || kind.starts_with("tsvector") {
+        if !sampled_column(entry, column) {
             continue;
         }
         let mut seen: Vec<String> = Vec::new();
@@ -263,7 +274,7 @@ pub fn samples_from_rows(entry: &TableEntry, rows: &[Value]) -> Map<String, Valu
     out
 }
 
-/// Introspect a local schema as the calling user.
+/// Introspect a local schema as the current role (the tenant's).
 fn introspect_local(schema: &str) -> Vec<TableEntry> {
     let can_use: bool = Spi::get_one_with_args::<bool>(
         "SELECT pg_catalog.has_schema_privilege($1, 'USAGE')",
@@ -278,16 +289,15 @@ fn introspect_local(schema: &str) -> Vec<TableEntry> {
             format!("permission denied for schema {schema}"),
         );
     }
-    let rows: Vec<String> = privileged::with_pinned_search_path(|| {
-        Spi::connect(|client| {
-            let mut out = Vec::new();
-            for row in client.select(INTROSPECT_SQL, None, &[DatumWithOid::from(schema)])? {
-                if let Some(s) = row.get::<String>(1)? {
-                    out.push(s);
-                }
+    let sql = introspect_local_sql();
+    let rows: Vec<String> = Spi::connect(|client| {
+        let mut out = Vec::new();
+        for row in client.select(&sql, None, &[DatumWithOid::from(schema)])? {
+            if let Some(s) = row.get::<String>(1)? {
+                out.push(s);
             }
-            Ok::<_, pgrx::spi::Error>(out)
-        })
+        }
+        Ok::<_, pgrx::spi::Error>(out)
     })
     .unwrap_or_else(|e| {
         raise(
@@ -305,35 +315,27 @@ fn introspect_local(schema: &str) -> Vec<TableEntry> {
     entries
 }
 
-/// A few rows of a local table, read as the caller; an unreadable table
-/// simply yields no samples.
+/// A few rows of a local table, read as the current role (the tenant's):
+/// only the columns it may read (the entry holds no others) and that are
+/// sampled at all. A row that fails (a policy's or view's error) yields no
+/// samples.
 fn sample_local(entry: &TableEntry) -> Map<String, Value> {
-    let readable = Spi::get_one_with_args::<bool>(
-        "SELECT pg_catalog.has_table_privilege(pg_catalog.format('%I.%I', $1::text, $2::text), 'SELECT')",
-        &[DatumWithOid::from(entry.schema_name.as_str()), DatumWithOid::from(entry.table_name.as_str())],
-    )
-    .ok()
-    .flatten()
-    .unwrap_or(false);
-    if !readable {
+    let columns: Vec<String> = entry
+        .column_order
+        .iter()
+        .filter(|c| sampled_column(entry, c))
+        .map(|c| quote_ident(c))
+        .collect();
+    if columns.is_empty() {
         return Map::new();
     }
-    let rows: Vec<Value> = privileged::with_pinned_search_path(|| {
-        let sql = format!(
-            "SELECT pg_catalog.to_jsonb(t)::pg_catalog.text FROM {}.{} t LIMIT {SAMPLE_ROWS}",
-            quote_ident(&entry.schema_name),
-            quote_ident(&entry.table_name)
-        );
-        // A view or policy there runs its functions as the caller: no samples
-        // when their owner is not one the caller trusts (see crate::guard).
-        if let Some(why) = crate::guard::untrusted_code_in(&sql) {
-            notice!(
-                "sync_catalog: no samples of {}.{}: {why}",
-                entry.schema_name,
-                entry.table_name
-            );
-            return Ok(Vec::new());
-        }
+    let sql = format!(
+        "SELECT pg_catalog.to_jsonb(t)::pg_catalog.text FROM (SELECT {} FROM {}.{} LIMIT {SAMPLE_ROWS}) t",
+        columns.join(", "),
+        quote_ident(&entry.schema_name),
+        quote_ident(&entry.table_name)
+    );
+    let rows = crate::subxact::run(|| {
         Spi::connect(|client| {
             let mut out = Vec::new();
             // As text: a row with a number beyond an f64 or JSON nested
@@ -350,9 +352,40 @@ fn sample_local(entry: &TableEntry) -> Map<String, Value> {
             }
             Ok::<_, pgrx::spi::Error>(out)
         })
-    })
-    .unwrap_or_default();
+    });
+    let rows: Vec<Value> = match rows {
+        Ok(Ok(rows)) => rows,
+        Ok(Err(e)) => {
+            notice!(
+                "sync_catalog: no samples of {}.{}: {e}",
+                entry.schema_name,
+                entry.table_name
+            );
+            Vec::new()
+        }
+        Err(caught) => match crate::subxact::report_of(&caught) {
+            Some((code, message)) if !crate::guard::must_rethrow(code) => {
+                notice!(
+                    "sync_catalog: no samples of {}.{}: {message}",
+                    entry.schema_name,
+                    entry.table_name
+                );
+                Vec::new()
+            }
+            _ => caught.rethrow(),
+        },
+    };
     samples_from_rows(entry, &rows)
+}
+
+/// Whether a column's values are sampled: not secret-looking by name, not
+/// binary, JSON or a text-search vector.
+fn sampled_column(entry: &TableEntry, column: &str) -> bool {
+    if looks_secret(column) {
+        return false;
+    }
+    let kind = entry.data_types[column].as_str().unwrap_or_default();
+    !(kind.starts_with("bytea") || kind.contains("json") || kind.starts_with("tsvector"))
 }
 
 /// A quoted identifier, as quote_ident() would write it.
@@ -400,8 +433,14 @@ fn introspect_postgres(conn: &Connection) -> Vec<TableEntry> {
     entries
 }
 
-/// Introspect whatever the connection reaches.
+/// Introspect whatever the connection reaches, as the tenant's role.
 fn introspect(conn: &Connection) -> Vec<TableEntry> {
+    crate::act_as::as_tenant(conn.tenant_id, &conn.schema_name, || {
+        introspect_as_tenant(conn)
+    })
+}
+
+fn introspect_as_tenant(conn: &Connection) -> Vec<TableEntry> {
     match conn.kind {
         EngineKind::Local => introspect_local(&conn.schema_name),
         EngineKind::Postgres => introspect_postgres(conn),
@@ -584,7 +623,10 @@ fn sync_catalog(
     let entries = introspect(&conn);
     let summary = store(&conn, &entries);
     if describe.unwrap_or(false) {
-        crate::nl2sql::describe_tables(&conn, &summary.written);
+        // As the tenant's role too, like the rest of the sync.
+        crate::act_as::as_tenant(conn.tenant_id, &conn.schema_name, || {
+            crate::nl2sql::describe_tables(&conn, &summary.written)
+        });
     }
     crate::audit::record(
         "catalog_synced",
@@ -604,4 +646,9 @@ fn sync_catalog(
 #[pg_extern(immutable, strict, parallel_safe)]
 fn identifier_words(ident: &str) -> String {
     dbrag_core::identifier_words(ident)
+}
+
+/// A quoted literal, as quote_literal() would write it (standard strings).
+pub fn quote_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
 }

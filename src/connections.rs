@@ -270,7 +270,8 @@ fn shape_tables(
 }
 
 /// A `local` schema the caller may use: not a system schema, existing, and
-/// with USAGE granted to the calling role (checked as that role).
+/// with USAGE granted to the current role (for a tenant: its role, see
+/// crate::act_as).
 fn check_local_schema(schema: &str) -> Result<()> {
     if is_system_schema(schema) {
         return Err(DbragError::new(
@@ -494,7 +495,7 @@ fn test_connection(
     let kind = parse_kind(required(kind, "kind"));
     let schema = required(schema_name, "schema_name");
     check_schema_name(schema);
-    let tables = match kind {
+    let list = || match kind {
         EngineKind::Local => {
             if conninfo.is_some() {
                 raise(Kind::BadArgument, "a local connection takes no conninfo");
@@ -507,6 +508,12 @@ fn test_connection(
             let schema = resolve_schema(kind, schema, Some(&target));
             target_tables(&mut target, &schema).or_raise()
         }
+    };
+    // For a tenant: as its role (crate::act_as), whoever calls. An operator
+    // with no tenant in force tests with its own rights.
+    let tables = match t {
+        Some(t) => crate::act_as::as_tenant(t, schema, list),
+        None => list(),
     };
     TableIterator::new(tables)
 }
@@ -574,7 +581,7 @@ fn create_connection(
             if conninfo.is_some() {
                 raise(Kind::BadArgument, "a local connection takes no conninfo");
             }
-            check_local_schema(&schema).or_raise();
+            crate::act_as::as_tenant(t, &schema, || check_local_schema(&schema)).or_raise();
             (
                 Readable {
                     host: None,
@@ -587,7 +594,8 @@ fn create_connection(
         }
         _ => {
             let info = required(conninfo, "conninfo");
-            let target = prepare_target(kind, info, Some(t));
+            let target =
+                crate::act_as::as_tenant(t, &schema, || prepare_target(kind, info, Some(t)));
             schema = resolve_schema(kind, &schema, Some(&target));
             let parts = target_readable(&target, &schema, info);
             let blob = crypto::seal_internal(
@@ -667,7 +675,7 @@ fn update_connection(
     if let Some(s) = schema_name {
         check_schema_name(s);
         if conn.kind == EngineKind::Local {
-            check_local_schema(s).or_raise();
+            crate::act_as::as_tenant(t, s, || check_local_schema(s)).or_raise();
         }
         new_schema = Some(match conn.kind {
             EngineKind::Sqlite => resolve_schema(conn.kind, s, None),
@@ -680,7 +688,9 @@ fn update_connection(
         if conn.kind == EngineKind::Local {
             raise(Kind::BadArgument, "a local connection takes no conninfo");
         }
-        let target = prepare_target(conn.kind, info, Some(t));
+        let target = crate::act_as::as_tenant(t, &conn.schema_name, || {
+            prepare_target(conn.kind, info, Some(t))
+        });
         let schema_now = new_schema
             .clone()
             .unwrap_or_else(|| conn.schema_name.clone());
@@ -770,17 +780,14 @@ fn delete_connection(connection: Option<pgrx::Uuid>) {
     );
 }
 
-/// `dbrag.activate_connection(connection)`: check the connection works
-/// (decrypt, connect, schema present; for local, USAGE on the schema), then
-/// make it the tenant's only active one.
-#[pg_extern(volatile, parallel_unsafe)]
-fn activate_connection(connection: Option<pgrx::Uuid>) {
-    let conn = load(tenant::from_pg(required(connection, "connection")));
+/// What activate_connection checks, as the tenant's role: decrypt, connect,
+/// schema present; for local, USAGE on the schema.
+fn check_works(conn: &Connection) {
     match conn.kind {
         EngineKind::Local => check_local_schema(&conn.schema_name).or_raise(),
         EngineKind::Postgres => {
             let rows = remote_query(
-                &conn,
+                conn,
                 "SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = $1",
                 &[Some(&conn.schema_name)],
                 gucs::REMOTE_CONNECT_TIMEOUT_MS.get(),
@@ -797,7 +804,7 @@ fn activate_connection(connection: Option<pgrx::Uuid>) {
             }
         }
         EngineKind::Mysql => {
-            let target = crate::dataplane::mysql_target(&conn).or_raise();
+            let target = crate::dataplane::mysql_target(conn).or_raise();
             crate::mysql::list_tables(
                 &target,
                 &conn.schema_name,
@@ -807,10 +814,19 @@ fn activate_connection(connection: Option<pgrx::Uuid>) {
             .or_raise();
         }
         EngineKind::Sqlite => {
-            let path = crate::dataplane::sqlite_path(&conn).or_raise();
+            let path = crate::dataplane::sqlite_path(conn).or_raise();
             crate::sqlite::list_tables(&path).or_raise();
         }
     }
+}
+
+/// `dbrag.activate_connection(connection)`: check the connection works
+/// (decrypt, connect, schema present; for local, USAGE on the schema), then
+/// make it the tenant's only active one.
+#[pg_extern(volatile, parallel_unsafe)]
+fn activate_connection(connection: Option<pgrx::Uuid>) {
+    let conn = load(tenant::from_pg(required(connection, "connection")));
+    crate::act_as::as_tenant(conn.tenant_id, &conn.schema_name, || check_works(&conn));
     let args = [
         DatumWithOid::from(tenant::to_pg(conn.tenant_id)),
         DatumWithOid::from(tenant::to_pg(conn.id)),

@@ -191,6 +191,7 @@ fn encrypt(plaintext: &str, context: &str) -> Vec<u8> {
 /// (wrong key, wrong context, tampered or truncated value), never garbage.
 #[pg_extern(stable, strict, parallel_safe)]
 fn decrypt(ciphertext: &[u8], context: &str) -> String {
+    crate::act_as::refuse_if_restricted("dbrag.decrypt");
     open_aad(ciphertext, &sql_aad(context))
         .and_then(utf8)
         .or_raise()
@@ -216,6 +217,7 @@ const GLOBAL_LLM_KEY: &str = "llm_api_key";
 /// model API key of the tenant in force, or the global one (operators only).
 #[pg_extern(volatile, parallel_unsafe)]
 fn set_llm_api_key(key: Option<&str>, global: default!(Option<bool>, false)) {
+    crate::act_as::refuse_if_restricted("dbrag.set_llm_api_key");
     let global = global.unwrap_or(false);
     if let Some(k) = key {
         if k.trim().is_empty() {
@@ -371,6 +373,7 @@ fn reseal(
 /// A value that does not decrypt is left as it is, with a WARNING.
 #[pg_extern(volatile, parallel_unsafe)]
 fn rotate_key() -> i64 {
+    crate::act_as::refuse_if_restricted("dbrag.rotate_key");
     if !privileged::is_platform_admin() {
         DbragError::new(Kind::Forbidden, "permission denied to rotate keys")
             .hint("only superusers and dbrag_admin may call dbrag.rotate_key()")

@@ -12,7 +12,6 @@ use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
 use serde_json::Value;
 
-use crate::catalog::quote_ident;
 use crate::connections::{self, Connection, EngineKind};
 use crate::error::{raise, required, DbragError, Kind, OrRaise, Result};
 use crate::gucs;
@@ -266,13 +265,15 @@ fn _dataplane_query(
         _ => sql.to_string(),
     };
     let timeout = timeout_ms.unwrap_or_else(|| gucs::QUERY_TIMEOUT_MS.get());
-    let (rows, truncated) = execute_read_only(
-        &conn,
-        &checked,
-        max_rows.unwrap_or(100) as i64,
-        usize::MAX,
-        timeout,
-    )
+    let (rows, truncated) = crate::act_as::as_tenant(conn.tenant_id, &conn.schema_name, || {
+        execute_read_only(
+            &conn,
+            &checked,
+            max_rows.unwrap_or(100) as i64,
+            usize::MAX,
+            timeout,
+        )
+    })
     .or_raise();
     if truncated {
         notice!("dbrag._dataplane_query: more rows existed than max_rows");
@@ -293,9 +294,4 @@ fn _dataplane_check(connection: Option<pgrx::Uuid>, sql: Option<&str>) -> String
     }
     let conn = connections::load(tenant::from_pg(required(connection, "connection")));
     check_statement(&conn, required(sql, "sql"), &catalog_tables(&conn)).or_raise()
-}
-
-/// The schema-qualified search path text for a local connection.
-pub fn local_search_path(schema: &str) -> String {
-    format!("{}, pg_catalog, pg_temp", quote_ident(schema))
 }

@@ -24,6 +24,13 @@
 //! between the check and the run. The caller must run the statement in the
 //! same transaction and under the same `search_path` it was checked with.
 //!
+//! What the statement does not name (views expanded by the rewriter, their
+//! row-level security policies, a negator or commutator the planner picks,
+//! casts inside `to_jsonb`) is not judged by owner: analysis, EXPLAIN and
+//! the run happen as the tenant's role inside a security-restricted
+//! operation (crate::act_as), so such code can do nothing the tenant could
+//! not do itself, whoever called.
+//!
 //! Remote connections ([`check_remote`]): the tables do not exist here, so
 //! only the raw parse tree is checked: one `SelectStmt`, no `INTO`, no locking
 //! clause, no data-modifying `WITH`, every table name (CTE names in scope
@@ -297,7 +304,6 @@ pub fn check_local(
         if let Some(e) = walk.refusal {
             return Err(e);
         }
-        untrusted_code(query)?;
         Ok((walk.relations, walk.functions))
     })?;
     let relations: Vec<pg_sys::Oid> = relations.into_iter().map(pg_sys::Oid::from).collect();
@@ -573,194 +579,6 @@ unsafe fn walk_local(node: *mut pg_sys::Node, ctx: *mut c_void) -> bool {
         return true;
     }
     pg_sys::expression_tree_walker(node, Some(local_walker), ctx)
-}
-
-// ---------------------------------------------------------------------------
-// Local: code the statement runs without naming it
-// ---------------------------------------------------------------------------
-//
-// A view's body and a table's row-level security policies run as whoever
-// queries them, not as their owner: functions they call execute with the
-// caller's privileges. The statement's own text is checked above; what the
-// rewriter adds (views expanded, policies attached as security quals) may
-// call any function. When the application server (dbrag_app), an operator
-// or a superuser calls dbrag.ask() or dbrag.sync_catalog() for a tenant whose
-// login role may create objects in its schema, a view or policy planted
-// there ran the tenant's code with the caller's privileges (found by the
-// attack suite: an operator's ask() returned every tenant's name through
-// the admin policies). So every function that code calls, and every domain
-// it casts to, must belong to a role the caller trusts: a superuser, the
-// caller itself, or a role the caller is a member of.
-
-struct TrustWalk {
-    caller: pg_sys::Oid,
-    refusal: Option<GuardError>,
-    parked: Option<Box<dyn Any + Send>>,
-}
-
-/// Whether code owned by `owner` may run as `caller`.
-fn trusted_owner(caller: pg_sys::Oid, owner: pg_sys::Oid) -> bool {
-    // SAFETY: catalog lookups of two role oids; neither raises.
-    owner == caller
-        || unsafe { pg_sys::superuser_arg(owner) }
-        || unsafe { pg_sys::is_member_of_role_nosuper(caller, owner) }
-}
-
-/// Owner of a pg_proc (`PROCOID`) or pg_type (`TYPEOID`) row.
-///
-/// # Safety
-/// Syscache lookup.
-unsafe fn owner_of(
-    cache: pg_sys::SysCacheIdentifier::Type,
-    oid: pg_sys::Oid,
-) -> Option<pg_sys::Oid> {
-    let tup = pg_sys::SearchSysCache1(cache as i32, pg_sys::Datum::from(oid));
-    if tup.is_null() {
-        return None;
-    }
-    let owner = if cache == pg_sys::SysCacheIdentifier::PROCOID {
-        (*pg_sys::heap_tuple_get_struct::<pg_sys::FormData_pg_proc>(tup)).proowner
-    } else {
-        (*pg_sys::heap_tuple_get_struct::<pg_sys::FormData_pg_type>(tup)).typowner
-    };
-    pg_sys::ReleaseSysCache(tup);
-    Some(owner)
-}
-
-/// # Safety
-/// Catalog lookup only.
-unsafe fn role_name(role: pg_sys::Oid) -> String {
-    cstr(pg_sys::GetUserNameFromId(role, true)).unwrap_or_else(|| u32::from(role).to_string())
-}
-
-unsafe extern "C-unwind" fn trust_checker(funcid: pg_sys::Oid, ctx: *mut c_void) -> bool {
-    let walk = ctx as *mut TrustWalk;
-    from_c(
-        || {
-            let walk = &mut *walk;
-            let owner = owner_of(pg_sys::SysCacheIdentifier::PROCOID, funcid);
-            match owner {
-                Some(owner) if trusted_owner(walk.caller, owner) => false,
-                _ => {
-                    let name = cstr(pg_sys::get_func_name(funcid))
-                        .unwrap_or_else(|| u32::from(funcid).to_string());
-                    let owner = owner.map(|o| role_name(o)).unwrap_or_else(|| "?".into());
-                    walk.refusal = Some(GuardError::Forbidden(format!(
-                        "a view or row-level security policy the statement reads calls function {name}, \
-                         owned by role {owner}, which would run with the privileges of role {}",
-                        role_name(walk.caller)
-                    )));
-                    true
-                }
-            }
-        },
-        |p| (*walk).parked = Some(p),
-    )
-}
-
-unsafe extern "C-unwind" fn trust_walker(node: *mut pg_sys::Node, ctx: *mut c_void) -> bool {
-    from_c(
-        || walk_trust(node, ctx),
-        |p| (*(ctx as *mut TrustWalk)).parked = Some(p),
-    )
-}
-
-/// # Safety
-/// `node` is NULL or a node of a rewritten Query; `ctx` points to a [`TrustWalk`].
-unsafe fn walk_trust(node: *mut pg_sys::Node, ctx: *mut c_void) -> bool {
-    if node.is_null() {
-        return false;
-    }
-    let walk = &mut *(ctx as *mut TrustWalk);
-    if near_stack_limit() {
-        walk.refusal = Some(too_deep());
-        return true;
-    }
-    match (*node).type_ {
-        pg_sys::NodeTag::T_Query => {
-            return pg_sys::query_tree_walker(
-                node as *mut pg_sys::Query,
-                Some(trust_walker),
-                ctx,
-                pg_sys::QTW_EXAMINE_RTES_BEFORE as i32,
-            );
-        }
-        // Its subquery, functions, values and security quals are walked by
-        // query_tree_walker itself.
-        pg_sys::NodeTag::T_RangeTblEntry => return false,
-        pg_sys::NodeTag::T_CoerceToDomain => {
-            // A domain's CHECK constraints run at the cast.
-            let typ = (*(node as *mut pg_sys::CoerceToDomain)).resulttype;
-            match owner_of(pg_sys::SysCacheIdentifier::TYPEOID, typ) {
-                Some(owner) if trusted_owner(walk.caller, owner) => {}
-                owner => {
-                    let owner = owner.map(|o| role_name(o)).unwrap_or_else(|| "?".into());
-                    walk.refusal = Some(GuardError::Forbidden(format!(
-                        "a view the statement reads casts to a domain owned by role {owner}, \
-                         whose checks would run with the privileges of role {}",
-                        role_name(walk.caller)
-                    )));
-                    return true;
-                }
-            }
-        }
-        _ => {}
-    }
-    if pg_sys::check_functions_in_node(node, Some(trust_checker), ctx) {
-        return true;
-    }
-    pg_sys::expression_tree_walker(node, Some(trust_walker), ctx)
-}
-
-/// Refuse a statement whose views or policies call code of a role the
-/// caller does not trust. Consumes `query` (the rewriter changes it).
-///
-/// # Safety
-/// `query` is a freshly analyzed Query, inside [`guarded`].
-unsafe fn untrusted_code(query: *mut pg_sys::Query) -> Result<(), GuardError> {
-    let mut walk = TrustWalk {
-        caller: pg_sys::GetUserId(),
-        refusal: None,
-        parked: None,
-    };
-    let rewritten = PgList::<pg_sys::Query>::from_pg(pg_sys::QueryRewrite(query));
-    for q in rewritten.iter_ptr() {
-        if walk_trust(
-            q as *mut pg_sys::Node,
-            &mut walk as *mut TrustWalk as *mut c_void,
-        ) {
-            break;
-        }
-    }
-    if let Some(payload) = walk.parked.take() {
-        std::panic::resume_unwind(payload);
-    }
-    match walk.refusal {
-        Some(e) => Err(e),
-        None => Ok(()),
-    }
-}
-
-/// For code that reads a relation itself (sync_catalog's samples): why `sql`
-/// (one SELECT) would run code of a role the caller does not trust, or None.
-/// An error analysing `sql` reads as "nothing to refuse": the statement then
-/// fails on its own when it runs.
-pub fn untrusted_code_in(sql: &str) -> Option<String> {
-    let (_, ctext) = statement_text(sql).ok()?;
-    match guarded(|| unsafe {
-        let raw = single_select(&ctext)?;
-        let query = pg_sys::parse_analyze_fixedparams(
-            raw,
-            ctext.as_ptr(),
-            std::ptr::null(),
-            0,
-            std::ptr::null_mut(),
-        );
-        untrusted_code(query)
-    }) {
-        Err(GuardError::Forbidden(why)) => Some(why),
-        _ => None,
-    }
 }
 
 // ---------------------------------------------------------------------------

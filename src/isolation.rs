@@ -292,53 +292,46 @@ fn run(sql: &str) {
     }
 }
 
-/// Grant the tenant's schema role to exactly the tenant's member login
-/// roles (none while the tenant is not active), plus dbrag_admin. Runs as
-/// the extension; the caller has been checked.
-fn sync_members(tenant: uuid::Uuid, role: &str) {
-    let id = tenant::to_pg(tenant);
-    // Roles to add and to drop, computed in one query; names come back quoted.
-    let changes: Vec<(bool, String)> = Spi::connect(|client| {
-        let rows = client.select(
-            "WITH wanted AS ( \
-                 SELECT m.member::pg_catalog.oid AS oid FROM control_plane.tenant_members m \
-                 JOIN control_plane.tenants t ON t.tenant_id = m.tenant_id \
-                 JOIN pg_catalog.pg_roles r ON r.oid = m.member::pg_catalog.oid \
-                 WHERE m.tenant_id = $1 AND t.status = 'active' AND NOT (r.rolsuper OR r.rolbypassrls) \
-                 UNION SELECT oid FROM pg_catalog.pg_roles WHERE rolname = 'dbrag_admin'), \
-             have AS ( \
-                 SELECT am.member AS oid FROM pg_catalog.pg_auth_members am \
-                 JOIN pg_catalog.pg_roles g ON g.oid = am.roleid WHERE g.rolname = $2) \
-             SELECT true, pg_catalog.quote_ident(pg_catalog.pg_get_userbyid(oid)) \
-                 FROM (SELECT oid FROM wanted EXCEPT SELECT oid FROM have) a \
-             UNION ALL \
-             SELECT false, pg_catalog.quote_ident(pg_catalog.pg_get_userbyid(oid)) \
-                 FROM (SELECT oid FROM have EXCEPT SELECT oid FROM wanted) d",
-            None,
-            &[DatumWithOid::from(id), DatumWithOid::from(role)],
-        )?;
+/// The members of `role`, quoted.
+fn members_of(role: &str) -> Vec<String> {
+    Spi::connect(|client| {
         let mut out = Vec::new();
-        for r in rows {
-            if let (Some(grant), Some(name)) = (r.get::<bool>(1)?, r.get::<String>(2)?) {
-                out.push((grant, name));
+        for r in client.select(
+            "SELECT pg_catalog.quote_ident(pg_catalog.pg_get_userbyid(am.member)) \
+             FROM pg_catalog.pg_auth_members am JOIN pg_catalog.pg_roles g ON g.oid = am.roleid \
+             WHERE g.rolname = $1",
+            None,
+            &[DatumWithOid::from(role)],
+        )? {
+            if let Some(m) = r.get::<String>(1)? {
+                out.push(m);
             }
         }
         Ok::<_, pgrx::spi::Error>(out)
     })
-    .unwrap_or_else(|e| DbragError::from(e).raise());
-    for (grant, member) in changes {
-        if grant {
-            run(&format!("GRANT {role} TO {member}"));
-        } else {
-            run(&format!("REVOKE {role} FROM {member}"));
-        }
+    .unwrap_or_else(|e| DbragError::from(e).raise())
+}
+
+/// The schema's owner is granted to nobody (no member can `SET ROLE` to it,
+/// so nothing a member did survives its removal); members reach the schema
+/// through the tenant's role, which gets USAGE and CREATE. Runs as the
+/// extension; the caller has been checked.
+fn schema_grants(tenant: uuid::Uuid, schema: &str, owner: &str) {
+    for member in members_of(owner) {
+        run(&format!("REVOKE {owner} FROM {member} CASCADE"));
     }
+    let tenant_role = crate::act_as::role_name(crate::act_as::tenant_role(tenant));
+    run(&format!(
+        "GRANT USAGE, CREATE ON SCHEMA {schema} TO {}",
+        crate::catalog::quote_ident(&tenant_role)
+    ));
 }
 
 /// `dbrag.create_tenant_schema(tenant) → text`: a schema `tenant_<hex>` owned
-/// by a dedicated NOLOGIN role `dbrag_t_<hex>`, granted to the tenant's
-/// member login roles and to dbrag_admin, and to nobody else; recorded in the
-/// tenant's settings. Idempotent: returns the recorded schema. dbrag_admin only.
+/// by a dedicated NOLOGIN role `dbrag_t_<hex>` that is granted to nobody;
+/// the tenant's role (`tenants.tenant_role`, granted to its active members)
+/// gets USAGE and CREATE on it. Recorded in the tenant's settings.
+/// Idempotent: returns the recorded schema. dbrag_admin only.
 #[pg_extern(volatile, parallel_unsafe)]
 fn create_tenant_schema(tenant: Option<pgrx::Uuid>) -> String {
     let tenant = tenant::from_pg(required(tenant, "tenant"));
@@ -401,7 +394,7 @@ fn create_tenant_schema(tenant: Option<pgrx::Uuid>) -> String {
         ) {
             DbragError::from(e).raise()
         }
-        sync_members(tenant, &role);
+        schema_grants(tenant, &schema, &role);
     });
     audit::record(
         "tenant_schema_created",
@@ -618,18 +611,193 @@ fn adopt_tenant_schema(tenant: Option<pgrx::Uuid>) -> String {
 }
 
 /// `dbrag._sync_tenant_schema(tenant)`: after a membership or status change,
-/// grant the tenant's schema role to exactly its active members. No-op for a
-/// tenant without a schema. dbrag_admin only (called by add/remove_tenant_member
+/// keep the schema's owner granted to nobody and the schema granted to the
+/// tenant's role (which follows its active members). No-op for a tenant
+/// without a schema. dbrag_admin only (called by add/remove_tenant_member
 /// and set_tenant_status).
 #[pg_extern(volatile, parallel_unsafe)]
 fn _sync_tenant_schema(tenant: Option<pgrx::Uuid>) {
     let tenant = tenant::from_pg(required(tenant, "tenant"));
     require_admin("tenant administration");
     privileged::as_extension(|| {
-        if let Some((_, Some(_), Some(role))) = tenant_schema_row(tenant) {
-            if role == schema_names(tenant).1 && role_exists(&role) {
-                sync_members(tenant, &role);
+        if let Some((_, Some(schema), Some(role))) = tenant_schema_row(tenant) {
+            if (schema.clone(), role.clone()) == schema_names(tenant)
+                && role_exists(&role)
+                && schema_exists(&schema)
+            {
+                schema_grants(tenant, &schema, &role);
             }
+        }
+    });
+}
+
+// ---------------------------------------------------------------------------
+// A role per tenant
+// ---------------------------------------------------------------------------
+//
+// Every tenant has a NOLOGIN role of its own (`control_plane.tenants.tenant_role`,
+// named by `dbrag.tenant_role_name(tenant)`), granted to exactly the tenant's
+// member login roles while the tenant is active. Data-plane grants go to it,
+// and all work pg_dbrag does for the tenant runs as it (crate::act_as).
+// Triggers on `tenants` and `tenant_members` keep it in step.
+
+/// What COMMENT ON ROLE says about a tenant's role: how an existing role
+/// of that name is recognised as this tenant's (restore into a second
+/// database of the same cluster finds it already there).
+fn tenant_role_comment(tenant: uuid::Uuid) -> String {
+    format!("pg_dbrag: role of tenant {tenant}")
+}
+
+fn role_comment(name: &str) -> Option<String> {
+    Spi::get_one_with_args::<String>(
+        "SELECT pg_catalog.shobj_description(oid, 'pg_authid') FROM pg_catalog.pg_roles WHERE rolname = $1",
+        &[DatumWithOid::from(name)],
+    )
+    .ok()
+    .flatten()
+}
+
+/// Grant `role` to exactly the active tenant's member login roles (never a
+/// superuser or BYPASSRLS role), revoke it from everyone else.
+fn sync_role_members(tenant: uuid::Uuid, role: &str) {
+    let id = tenant::to_pg(tenant);
+    let changes: Vec<(bool, String)> = Spi::connect(|client| {
+        let rows = client.select(
+            "WITH wanted AS ( \
+                 SELECT m.member::pg_catalog.oid AS oid FROM control_plane.tenant_members m \
+                 JOIN control_plane.tenants t ON t.tenant_id = m.tenant_id \
+                 JOIN pg_catalog.pg_roles r ON r.oid = m.member::pg_catalog.oid \
+                 WHERE m.tenant_id = $1 AND t.status = 'active' AND NOT (r.rolsuper OR r.rolbypassrls)), \
+             have AS ( \
+                 SELECT am.member AS oid FROM pg_catalog.pg_auth_members am \
+                 JOIN pg_catalog.pg_roles g ON g.oid = am.roleid WHERE g.rolname = $2) \
+             SELECT true, pg_catalog.quote_ident(pg_catalog.pg_get_userbyid(oid)) \
+                 FROM (SELECT oid FROM wanted EXCEPT SELECT oid FROM have) a \
+             UNION ALL \
+             SELECT false, pg_catalog.quote_ident(pg_catalog.pg_get_userbyid(oid)) \
+                 FROM (SELECT oid FROM have EXCEPT SELECT oid FROM wanted) d",
+            None,
+            &[DatumWithOid::from(id), DatumWithOid::from(role)],
+        )?;
+        let mut out = Vec::new();
+        for r in rows {
+            if let (Some(grant), Some(name)) = (r.get::<bool>(1)?, r.get::<String>(2)?) {
+                out.push((grant, name));
+            }
+        }
+        Ok::<_, pgrx::spi::Error>(out)
+    })
+    .unwrap_or_else(|e| DbragError::from(e).raise());
+    let quoted = crate::catalog::quote_ident(role);
+    for (grant, member) in changes {
+        if grant {
+            run(&format!("GRANT {quoted} TO {member}"));
+        } else {
+            run(&format!("REVOKE {quoted} FROM {member} CASCADE"));
+        }
+    }
+}
+
+/// `dbrag._sync_tenant_role(tenant) → name`: create the tenant's role when
+/// missing (NOLOGIN, no SUPERUSER/BYPASSRLS/CREATEDB/CREATEROLE/REPLICATION),
+/// record it, and grant it to exactly the active tenant's members. NULL for
+/// a tenant that does not exist (a cascade from its removal). Called by the
+/// triggers on tenants and tenant_members; dbrag_admin only.
+#[pg_extern(volatile, parallel_unsafe)]
+fn _sync_tenant_role(tenant: Option<pgrx::Uuid>) -> Option<String> {
+    let tenant = tenant::from_pg(required(tenant, "tenant"));
+    require_admin("tenant administration");
+    crate::act_as::refuse_if_restricted("dbrag._sync_tenant_role");
+    privileged::as_extension(|| {
+        let row = Spi::connect(|client| {
+            let rows = client.select(
+                "SELECT tenant_role::pg_catalog.text, dbrag.tenant_role_name(tenant_id)::pg_catalog.text \
+                 FROM control_plane.tenants WHERE tenant_id = $1",
+                Some(1),
+                &[DatumWithOid::from(tenant::to_pg(tenant))],
+            )?;
+            let mut out = None;
+            for r in rows {
+                out = Some((r.get::<String>(1)?, r.get::<String>(2)?.unwrap_or_default()));
+            }
+            Ok::<_, pgrx::spi::Error>(out)
+        })
+        .unwrap_or_else(|e| DbragError::from(e).raise());
+        let (recorded, named) = row?;
+        // Always this database's own name: a copy restored beside the
+        // original in one cluster records the original's role, which this
+        // database must never grant, revoke or drop (docs/operations.md).
+        let role = named;
+        let quoted = crate::catalog::quote_ident(&role);
+        let ours = tenant_role_comment(tenant);
+        if role_exists(&role) {
+            if role_comment(&role).as_deref() != Some(ours.as_str()) {
+                DbragError::new(
+                    Kind::Duplicate,
+                    format!("role {role} already exists and is not the role of tenant {tenant}"),
+                )
+                .hint("drop or rename that role, then call dbrag._sync_tenant_role(tenant) again")
+                .raise()
+            }
+            let unsafe_role = exists(
+                "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = $1 AND \
+                 (rolsuper OR rolbypassrls OR rolcreaterole OR rolcreatedb OR rolcanlogin OR rolreplication))",
+                &role,
+            );
+            if unsafe_role {
+                DbragError::new(
+                    Kind::Forbidden,
+                    format!("role {role} of tenant {tenant} has attributes a tenant's role may not have"),
+                )
+                .hint(format!("ALTER ROLE {quoted} NOLOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE NOREPLICATION"))
+                .raise()
+            }
+        } else {
+            run(&format!(
+                "CREATE ROLE {quoted} NOLOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE NOREPLICATION INHERIT"
+            ));
+            run(&format!(
+                "COMMENT ON ROLE {quoted} IS {}",
+                crate::catalog::quote_literal(&ours)
+            ));
+        }
+        if recorded.as_deref() != Some(role.as_str()) {
+            if let Err(e) = Spi::run_with_args(
+                "UPDATE control_plane.tenants SET tenant_role = $2::pg_catalog.name WHERE tenant_id = $1",
+                &[DatumWithOid::from(tenant::to_pg(tenant)), DatumWithOid::from(role.as_str())],
+            ) {
+                DbragError::from(e).raise()
+            }
+        }
+        sync_role_members(tenant, &role);
+        Some(role)
+    })
+}
+
+/// `dbrag._drop_tenant_role(role)`: after a tenant's removal, take its role
+/// from every member and drop it; a role that still owns objects or holds
+/// privileges (in this or another database) is kept, with no members, and a
+/// WARNING names it. Only roles pg_dbrag made for a tenant. dbrag_admin only.
+#[pg_extern(volatile, parallel_unsafe)]
+fn _drop_tenant_role(role: Option<&str>) {
+    require_admin("tenant administration");
+    crate::act_as::refuse_if_restricted("dbrag._drop_tenant_role");
+    let Some(role) = role else { return };
+    privileged::as_extension(|| {
+        if !role_exists(role)
+            || !role_comment(role).is_some_and(|c| c.starts_with("pg_dbrag: role of tenant "))
+        {
+            return;
+        }
+        let quoted = crate::catalog::quote_ident(role);
+        for m in members_of(role) {
+            run(&format!("REVOKE {quoted} FROM {m} CASCADE"));
+        }
+        let dropped = crate::subxact::run(|| Spi::run(&format!("DROP ROLE {quoted}")));
+        if !matches!(dropped, Ok(Ok(()))) {
+            warning!(
+                "role {role} of the removed tenant still owns objects or holds privileges; it was kept, with no members"
+            );
         }
     });
 }

@@ -4,6 +4,7 @@
 
 use pgrx::prelude::*;
 
+mod act_as;
 mod audit;
 mod catalog;
 mod connections;
@@ -46,6 +47,15 @@ pgrx::extension_sql_file!(
         "isolation",
         isolation::_isolation_guarded,
         isolation::_auto_isolate_mode
+    ]
+);
+pgrx::extension_sql_file!(
+    "../sql/tenant_roles.sql",
+    name = "tenant_roles",
+    requires = [
+        "control_plane",
+        isolation::_sync_tenant_role,
+        isolation::_drop_tenant_role
     ]
 );
 pgrx::extension_sql_file!(

@@ -267,6 +267,10 @@ struct Attempt {
     result_hash: Option<String>,
     cached: bool,
     catalog_version: Option<String>,
+    /// The role the statement runs as (the tenant's, crate::act_as).
+    acting_role: Option<String>,
+    /// The model that writes the SQL.
+    model: Option<String>,
 }
 
 /// Why a call ended without rows: the history status and the error.
@@ -299,14 +303,22 @@ fn catalog_version(conn: &Connection) -> Option<String> {
     .flatten()
 }
 
-/// SQL generated earlier for the same question against the same catalog.
-fn cached_sql(conn: &Connection, question: &str, version: &str) -> Option<String> {
+/// SQL generated earlier for the same question, for the same tenant, acting
+/// role, connection, catalog version and model.
+fn cached_sql(
+    conn: &Connection,
+    question: &str,
+    version: &str,
+    acting_role: &str,
+    model: &str,
+) -> Option<String> {
     privileged::as_extension(|| {
         Spi::connect(|client| {
             client
                 .select(
                     "SELECT generated_sql FROM control_plane.query_history \
                      WHERE tenant_id = $1 AND connection_id = $2 AND question = $3 AND catalog_version = $4 \
+                       AND acting_role = $5 AND model = $6 \
                        AND status IN ('ok', 'cached') AND generated_sql IS NOT NULL \
                      ORDER BY created_at DESC LIMIT 1",
                     Some(1),
@@ -315,6 +327,8 @@ fn cached_sql(conn: &Connection, question: &str, version: &str) -> Option<String
                         DatumWithOid::from(tenant::to_pg(conn.id)),
                         DatumWithOid::from(question),
                         DatumWithOid::from(version),
+                        DatumWithOid::from(acting_role),
+                        DatumWithOid::from(model),
                     ],
                 )?
                 .first()
@@ -376,17 +390,6 @@ fn allowed_relations(conn: &Connection) -> std::collections::HashSet<pgrx::pg_sy
     crate::guard::relation_oids(tables.iter().map(|(s, t)| (s.as_str(), t.as_str())))
 }
 
-/// Run `f` with the local connection's schema first on the search path,
-/// so the model may write unqualified names; restored afterwards.
-fn with_connection_search_path<R>(conn: &Connection, f: impl FnOnce() -> R) -> R {
-    let path = std::ffi::CString::new(crate::dataplane::local_search_path(&conn.schema_name))
-        .unwrap_or_default();
-    let level = privileged::push_search_path(&path);
-    let out = f();
-    privileged::restore_settings(level);
-    out
-}
-
 /// Check a statement for the connection: Ok(normalised SQL), or the
 /// failure (refused: no retry; invalid: the model may retry).
 enum Checked {
@@ -395,12 +398,16 @@ enum Checked {
     Invalid(String),
 }
 
-fn check(conn: &Connection, sql: &str) -> Checked {
+fn check(conn: &Connection, role: pgrx::pg_sys::Oid, sql: &str) -> Checked {
     use crate::guard::GuardError;
     let result = match conn.kind {
         EngineKind::Local => {
             let allowed = allowed_relations(conn);
-            with_connection_search_path(conn, || crate::guard::check_local(sql, &allowed))
+            // Parse analysis may run the tenant's code (a type's input
+            // function on a literal): as the tenant's role, like the run.
+            crate::act_as::as_role(role, &conn.schema_name, || {
+                crate::guard::check_local(sql, &allowed)
+            })
         }
         EngineKind::Postgres => crate::guard::check_remote(
             sql,
@@ -434,9 +441,25 @@ fn check(conn: &Connection, sql: &str) -> Checked {
     }
 }
 
-/// Plan and run a checked statement as the calling user, read-only, under
-/// the deadline, at most `max_rows` rows, each as jsonb text.
-fn execute(conn: &Connection, sql: &str, max_rows: i64) -> Result<(Vec<String>, bool), ExecError> {
+/// Plan and run a checked statement as the tenant's role (crate::act_as),
+/// read-only, under the deadline, at most `max_rows` rows, each as jsonb
+/// text (a cast to json on a tenant's type runs as the tenant's role too).
+fn execute(
+    conn: &Connection,
+    role: pgrx::pg_sys::Oid,
+    sql: &str,
+    max_rows: i64,
+) -> Result<(Vec<String>, bool), ExecError> {
+    crate::act_as::as_role(role, &conn.schema_name, || {
+        execute_as_tenant(conn, sql, max_rows)
+    })
+}
+
+fn execute_as_tenant(
+    conn: &Connection,
+    sql: &str,
+    max_rows: i64,
+) -> Result<(Vec<String>, bool), ExecError> {
     let timeout = gucs::QUERY_TIMEOUT_MS.get();
     if conn.kind != EngineKind::Local {
         return crate::dataplane::execute_read_only(conn, sql, max_rows, MAX_ANSWER_BYTES, timeout)
@@ -455,48 +478,46 @@ fn execute(conn: &Connection, sql: &str, max_rows: i64) -> Result<(Vec<String>, 
     );
     let explain = format!("EXPLAIN (FORMAT JSON)\n{sql}\n");
     let deadline = crate::timer::Deadline::arm(timeout);
-    let outcome = with_connection_search_path(conn, || {
-        crate::subxact::run(|| {
-            // SAFETY: saved at this subtransaction's nest level and restored
-            // when it ends, committed or not (a LOCAL setting would outlive it).
-            unsafe {
-                pgrx::pg_sys::set_config_option(
-                    c"transaction_read_only".as_ptr(),
-                    c"on".as_ptr(),
-                    pgrx::pg_sys::GucContext::PGC_USERSET,
-                    pgrx::pg_sys::GucSource::PGC_S_SESSION,
-                    pgrx::pg_sys::GucAction::GUC_ACTION_SAVE,
-                    true,
-                    0,
-                    false,
-                );
-            }
-            Spi::connect_mut(|client| {
-                // EXPLAIN is not a plain SELECT, so it cannot go through the
-                // read-only SPI path; the transaction is read-only anyway.
-                client.update(&explain, None, &[])?;
-                // Row by row through a cursor, counting bytes: the row cap
-                // bounds rows, not their width (one row of to_jsonb text may
-                // reach 1 GB), and a select would hold all of them at once.
-                let mut rows = Vec::new();
-                let mut bytes = 0usize;
-                let mut cursor = client.try_open_cursor(&wrapped, &[])?;
-                loop {
-                    let batch = cursor.fetch(1)?;
-                    if batch.is_empty() {
-                        break;
-                    }
-                    for row in batch {
-                        let text = row.get::<String>(1)?.unwrap_or_else(|| "null".into());
-                        bytes += text.len();
-                        if bytes > MAX_ANSWER_BYTES {
-                            return Ok::<_, pgrx::spi::Error>(None);
-                        }
-                        rows.push(text);
-                    }
+    let outcome = crate::subxact::run(|| {
+        // SAFETY: saved at this subtransaction's nest level and restored
+        // when it ends, committed or not (a LOCAL setting would outlive it).
+        unsafe {
+            pgrx::pg_sys::set_config_option(
+                c"transaction_read_only".as_ptr(),
+                c"on".as_ptr(),
+                pgrx::pg_sys::GucContext::PGC_USERSET,
+                pgrx::pg_sys::GucSource::PGC_S_SESSION,
+                pgrx::pg_sys::GucAction::GUC_ACTION_SAVE,
+                true,
+                0,
+                false,
+            );
+        }
+        Spi::connect_mut(|client| {
+            // EXPLAIN is not a plain SELECT, so it cannot go through the
+            // read-only SPI path; the transaction is read-only anyway.
+            client.update(&explain, None, &[])?;
+            // Row by row through a cursor, counting bytes: the row cap
+            // bounds rows, not their width (one row of to_jsonb text may
+            // reach 1 GB), and a select would hold all of them at once.
+            let mut rows = Vec::new();
+            let mut bytes = 0usize;
+            let mut cursor = client.try_open_cursor(&wrapped, &[])?;
+            loop {
+                let batch = cursor.fetch(1)?;
+                if batch.is_empty() {
+                    break;
                 }
-                Ok(Some(rows))
-            })
+                for row in batch {
+                    let text = row.get::<String>(1)?.unwrap_or_else(|| "null".into());
+                    bytes += text.len();
+                    if bytes > MAX_ANSWER_BYTES {
+                        return Ok::<_, pgrx::spi::Error>(None);
+                    }
+                    rows.push(text);
+                }
+            }
+            Ok(Some(rows))
         })
     });
     let fired = deadline.fired();
@@ -554,8 +575,17 @@ fn answer(
     attempt: &mut Attempt,
 ) -> Result<Vec<String>, Failure> {
     let version = catalog_version(conn).unwrap_or_default();
+    let role = crate::act_as::tenant_role(conn.tenant_id);
+    let acting_role = crate::act_as::role_name(role);
+    attempt.acting_role = Some(acting_role.clone());
+    attempt.model = crate::llm::config_for(conn.tenant_id, None)
+        .ok()
+        .map(|c| c.model);
     let mut retry: Option<(String, String)> = None;
-    let mut from_cache = cached_sql(conn, question, &version);
+    let mut from_cache = match &attempt.model {
+        Some(model) => cached_sql(conn, question, &version, &acting_role, model),
+        None => None,
+    };
     for round in 0..=RETRIES {
         let sql = match from_cache.take() {
             Some(sql) => {
@@ -569,7 +599,7 @@ fn answer(
         };
         attempt.sql = Some(sql.clone());
         let last = round == RETRIES;
-        let checked = match check(conn, &sql) {
+        let checked = match check(conn, role, &sql) {
             Checked::Ok(s) => s,
             Checked::Refused(e) => return Err(Failure::new("refused", e)),
             Checked::Invalid(msg) if !last => {
@@ -591,7 +621,7 @@ fn answer(
             return Ok(Vec::new());
         }
         let started = std::time::Instant::now();
-        match execute(conn, &checked, max_rows) {
+        match execute(conn, role, &checked, max_rows) {
             Ok((rows, truncated)) => {
                 attempt.execution_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
                 attempt.rows = Some(rows.len() as i64);
@@ -653,6 +683,8 @@ fn history_row(
         "completion_tokens": attempt.completion_tokens,
         "result_hash": attempt.result_hash,
         "catalog_version": attempt.catalog_version,
+        "acting_role": attempt.acting_role,
+        "model": attempt.model,
     })
 }
 

@@ -225,6 +225,7 @@ fn switch_to(tenant: uuid::Uuid, is_local: bool, via: &str, not_after: Option<i6
 /// `dbrag.set_tenant(token)`: put the tenant named by a server-signed token in force.
 #[pg_extern(volatile, parallel_unsafe, name = "set_tenant")]
 fn set_tenant_token(token: Option<&str>, is_local: default!(Option<bool>, false)) -> pgrx::Uuid {
+    crate::act_as::refuse_if_restricted("dbrag.set_tenant");
     let token = required(token, "token");
     let is_local = is_local.unwrap_or(false);
     let Some(secret) = gucs::string_value(&gucs::JWT_SECRET) else {
@@ -265,6 +266,7 @@ fn set_tenant_uuid(
     tenant: Option<pgrx::Uuid>,
     is_local: default!(Option<bool>, false),
 ) -> pgrx::Uuid {
+    crate::act_as::refuse_if_restricted("dbrag.set_tenant");
     let tenant = from_pg(required(tenant, "tenant"));
     let is_local = is_local.unwrap_or(false);
     if !(privileged::current_user_has_role(c"dbrag_app") || privileged::is_platform_admin()) {
@@ -320,6 +322,7 @@ fn member_with_createrole() -> bool {
 /// `dbrag.reset_tenant()`: clear the tenant set by `set_tenant`.
 #[pg_extern(volatile, parallel_unsafe)]
 fn reset_tenant() {
+    crate::act_as::refuse_if_restricted("dbrag.reset_tenant");
     gucs::write_tenant_setting("", false);
 }
 
@@ -337,6 +340,7 @@ fn issue_token(
     ttl_seconds: default!(Option<i32>, 3600),
     role: default!(Option<&str>, "NULL"),
 ) -> String {
+    crate::act_as::refuse_if_restricted("dbrag.issue_token");
     let tenant = from_pg(required(tenant, "tenant"));
     if !privileged::is_platform_admin() {
         raise(

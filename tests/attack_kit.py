@@ -62,3 +62,80 @@ def plane(su, tenants, llm_server):
 def history(conn):
     return conn.execute("SELECT status, generated_sql, error FROM control_plane.query_history "
                         "ORDER BY created_at").fetchall()
+
+
+# ------------------------------------------------------------------ acting as the tenant
+# The callers pg_dbrag works for a tenant on behalf of: the application
+# server (dbrag_app), an operator (dbrag_admin) and a superuser. Whoever
+# calls, the work runs as the tenant's own role in a security-restricted
+# operation, so code the tenant planted can do nothing A could not do itself.
+CALLERS = ("app_role", "admin_role", "superuser")
+
+
+def caller_conn(t, who):
+    """A connection of `who` with tenant A in force."""
+    from conftest import connect
+    c = connect() if who == "superuser" else t.conn(getattr(t, who))
+    c.execute("SELECT dbrag.set_tenant(%s::uuid)", (t.a,))
+    return c
+
+
+def peek_function(schema, t, sb):
+    """A function of tenant A that tries everything a privileged caller could
+    do for it: switch to B, issue a token for B, read the server's secrets,
+    read every tenant's name and B's rows. Returns what it got."""
+    return f"""CREATE FUNCTION {schema}.peek() RETURNS text LANGUAGE plpgsql AS $$
+        DECLARE out text := '';
+        BEGIN
+            BEGIN PERFORM dbrag.set_tenant('{t.b}'::uuid); out := out || 'SWITCHED;';
+            EXCEPTION WHEN others THEN out := out || 'no-switch;'; END;
+            BEGIN out := out || 'token=' || dbrag.issue_token('{t.b}'::uuid) || ';';
+            EXCEPTION WHEN others THEN out := out || 'no-token;'; END;
+            BEGIN out := out || 'jwt=' || pg_catalog.current_setting('dbrag.jwt_secret') || ';';
+            EXCEPTION WHEN others THEN out := out || 'no-jwt;'; END;
+            BEGIN out := out || 'key=' || pg_catalog.current_setting('dbrag.master_key') || ';';
+            EXCEPTION WHEN others THEN out := out || 'no-key;'; END;
+            BEGIN out := out || 'tenants=' || coalesce((SELECT string_agg(name, ',') FROM control_plane.tenants), '') || ';';
+            EXCEPTION WHEN others THEN out := out || 'no-tenants;'; END;
+            BEGIN out := out || 'b=' || coalesce((SELECT string_agg(name, ',') FROM {sb}.singer), '') || ';';
+            EXCEPTION WHEN others THEN out := out || 'no-b;'; END;
+            RETURN out;
+        END $$"""
+
+
+def forbidden_strings(t):
+    """What must never reach tenant A: B's rows and name, a token, the
+    server's secrets, proof of a switch."""
+    import os
+    from conftest import JWT_SECRET
+    out = [B_SECRET, t.b_name, "eyJ", JWT_SECRET, "SWITCHED"]
+    key = os.environ.get("DBRAG_TEST_MASTER_KEY")
+    if key:
+        out.append(key)
+    return out
+
+
+def assert_nothing_of_b(su, t, *texts, since=None):
+    """B's rows and secrets appear nowhere: not in `texts` (answers, errors),
+    A's catalog, A's history, or the audit trail written since `since`."""
+    bad = forbidden_strings(t)
+    found = [str(x) for x in texts]
+    found += [str(r) for r in su.execute(
+        "SELECT sample_values::text, column_descriptions::text, table_description "
+        "FROM control_plane.table_metadata_catalog WHERE tenant_id = %s", (t.a,))]
+    found += [str(r) for r in su.execute(
+        "SELECT question, generated_sql, error FROM control_plane.query_history WHERE tenant_id = %s", (t.a,))]
+    if since is not None:
+        found += [str(r) for r in su.execute(
+            "SELECT event, detail::text FROM control_plane.audit_log WHERE created_at >= %s", (since,))]
+    import re
+    # Whole words: B's name "b_<tag>" is also the tail of the schema "xb_<tag>".
+    patterns = [re.compile(r"(?<![A-Za-z0-9_])" + re.escape(b) + r"(?![A-Za-z0-9_])") if b == t.b_name
+                else re.compile(re.escape(b)) for b in bad]
+    for text in found:
+        for b, p in zip(bad, patterns):
+            assert not p.search(text), f"{b!r} leaked into {text[:300]!r}"
+
+
+def now(su):
+    return su.execute("SELECT clock_timestamp()").fetchone()[0]

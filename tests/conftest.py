@@ -69,6 +69,12 @@ def su(database):
         yield c
 
 
+def tenant_role(su, tenant_id):
+    """The NOLOGIN role of a tenant (control_plane.tenants.tenant_role)."""
+    return su.execute("SELECT tenant_role FROM control_plane.tenants WHERE tenant_id = %s",
+                      (tenant_id,)).fetchone()[0]
+
+
 class Tenants:
     """Two tenants, A and B, each with a login role; plus an application
     server role (dbrag_app), an operator (dbrag_admin) and a stranger that
@@ -89,6 +95,10 @@ class Tenants:
         self.b = su.execute("SELECT dbrag.create_tenant(%s)", (self.b_name,)).fetchone()[0]
         su.execute("SELECT dbrag.add_tenant_member(%s, %s)", (self.a, self.a_role))
         su.execute("SELECT dbrag.add_tenant_member(%s, %s)", (self.b, self.b_role))
+        # Each tenant's own NOLOGIN role: what its members are granted and
+        # what pg_dbrag acts as for it; data-plane grants go to it.
+        self.a_trole = tenant_role(su, self.a)
+        self.b_trole = tenant_role(su, self.b)
 
     def conn(self, role, **kw):
         return connect(user=role, password=ROLE_PASSWORD, **kw)

@@ -109,7 +109,7 @@ def test_rls_applies_to_generated_sql(su, nl):
     su.execute(f"CREATE TABLE {sa}.invoices (id int, amount numeric, tenant_id uuid)")
     su.execute(f"INSERT INTO {sa}.invoices VALUES (1, 10, %s), (2, 20, %s)", (tenants.a, tenants.b))
     su.execute(f"SELECT dbrag.enable_tenant_isolation('{sa}.invoices')")
-    su.execute(f"GRANT SELECT ON {sa}.invoices TO {tenants.a_role}")
+    su.execute(f"GRANT SELECT ON {sa}.invoices TO {tenants.a_trole}")
     model.script(sql_answer("SELECT id, amount FROM invoices ORDER BY id"))
     with tenants.conn(tenants.a_role) as a:
         a.execute("SELECT * FROM dbrag.sync_catalog()")
@@ -255,7 +255,7 @@ def test_usage_per_tenant(nl):
 def test_sync_with_describe(su, nl):
     tenants, sa, _, model = nl
     su.execute(f"CREATE TABLE {sa}.t_x (a int, b text)")
-    su.execute(f"GRANT SELECT ON {sa}.t_x TO {tenants.a_role}")
+    su.execute(f"GRANT SELECT ON {sa}.t_x TO {tenants.a_trole}")
     model.script({"content": 'Here it is: {"table": "Tour buses the band travels in", '
                              '"columns": {"a": "bus number", "b": "driver name", "nope": "ignored"}}'})
     with tenants.conn(tenants.a_role) as a:

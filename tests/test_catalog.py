@@ -4,6 +4,8 @@ English, and keep tenants' catalogs apart."""
 import psycopg
 import pytest
 
+from conftest import tenant_role
+
 SCHEMA_SQL = """
 CREATE SCHEMA {s};
 CREATE TABLE {s}.singer (singer_id int PRIMARY KEY, name text, country text, age int);
@@ -22,6 +24,9 @@ INSERT INTO {s}.accounts VALUES (1, 'ann', 'sekrit-hash-value', 'tok-123456', '1
 
 
 def make_local_connection(su, tenant, role, schema):
+    """A schema of tables and an active local connection to it. The grants go
+    to the tenant's own role (what pg_dbrag acts as), not to `role`."""
+    role = tenant_role(su, tenant)
     su.execute(SCHEMA_SQL.format(s=schema))
     su.execute(f"GRANT USAGE ON SCHEMA {schema} TO {role}")
     su.execute(f"GRANT SELECT ON ALL TABLES IN SCHEMA {schema} TO {role}")
@@ -36,7 +41,7 @@ def catalogs(su, tenants):
     ca = make_local_connection(su, tenants.a, tenants.a_role, sa)
     cb = make_local_connection(su, tenants.b, tenants.b_role, sb)
     su.execute(f"CREATE TABLE {sb}.b_only_secret_plans (plan text)")
-    su.execute(f"GRANT SELECT ON {sb}.b_only_secret_plans TO {tenants.b_role}")
+    su.execute(f"GRANT SELECT ON {sb}.b_only_secret_plans TO {tenants.b_trole}")
     return tenants, (sa, ca), (sb, cb)
 
 

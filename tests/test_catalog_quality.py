@@ -17,8 +17,8 @@ RECALL_AT_5_FLOOR = 0.93
 def shop(su, tenants):
     su.execute("DROP SCHEMA IF EXISTS shop CASCADE")
     su.execute((FIXTURE / "schema.sql").read_text())
-    su.execute(f"GRANT USAGE ON SCHEMA shop TO {tenants.a_role}")
-    su.execute(f"GRANT SELECT ON ALL TABLES IN SCHEMA shop TO {tenants.a_role}")
+    su.execute(f"GRANT USAGE ON SCHEMA shop TO {tenants.a_trole}")
+    su.execute(f"GRANT SELECT ON ALL TABLES IN SCHEMA shop TO {tenants.a_trole}")
     su.execute("INSERT INTO control_plane.tenant_databases (tenant_id, name, kind, schema_name, is_active) "
                "VALUES (%s, 'shop', 'local', 'shop', true)", (tenants.a,))
     yield tenants

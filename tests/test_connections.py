@@ -351,8 +351,8 @@ def local_schema(su, tenants):
     su.execute(f"CREATE SCHEMA {s}")
     su.execute(f"CREATE TABLE {s}.invoices (id int, amount numeric)")
     su.execute(f"CREATE TABLE {s}.secrets (id int)")
-    su.execute(f"GRANT USAGE ON SCHEMA {s} TO {tenants.a_role}")
-    su.execute(f"GRANT SELECT ON {s}.invoices TO {tenants.a_role}")
+    su.execute(f"GRANT USAGE ON SCHEMA {s} TO {tenants.a_trole}")
+    su.execute(f"GRANT SELECT ON {s}.invoices TO {tenants.a_trole}")
     return s
 
 
@@ -367,8 +367,8 @@ def test_local_schema_workflow(su, tenants, local_schema):
         row = view_rows(a)[0]
         assert row[:4] == (cid, "app", "local", None) and row[5] == DBNAME and row[7] == local_schema
         a.execute("SELECT dbrag.activate_connection(%s)", (cid,))
-        # Lose the grant: activation checks it again, as the caller.
-        su.execute(f"REVOKE USAGE ON SCHEMA {local_schema} FROM {tenants.a_role}")
+        # Lose the grant: activation checks it again, as the tenant's role.
+        su.execute(f"REVOKE USAGE ON SCHEMA {local_schema} FROM {tenants.a_trole}")
         assert err(a, "SELECT dbrag.activate_connection(%s)", (cid,)).sqlstate == "42501"
     with tenants.conn(tenants.b_role) as b:
         for sql in ["SELECT * FROM dbrag.test_connection('local', NULL, %s)",

@@ -13,7 +13,7 @@ def two_catalogs(su, tenants):
     make_local_connection(su, tenants.a, tenants.a_role, sa)
     make_local_connection(su, tenants.b, tenants.b_role, sb)
     su.execute(f"CREATE TABLE {sb}.b_singer_fees (fee numeric)")
-    su.execute(f"GRANT SELECT ON {sb}.b_singer_fees TO {tenants.b_role}")
+    su.execute(f"GRANT SELECT ON {sb}.b_singer_fees TO {tenants.b_trole}")
     with tenants.conn(tenants.a_role) as a, tenants.conn(tenants.b_role) as b:
         a.execute("SELECT * FROM dbrag.sync_catalog()")
         b.execute("SELECT * FROM dbrag.sync_catalog()")

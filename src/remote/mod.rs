@@ -97,8 +97,12 @@ pub fn parse(conninfo: &str) -> Result<Parsed> {
 /// Whether the caller may let libpq use the server's own identity: the login
 /// role and the current role must both be superusers (so neither a tenant
 /// running through the extension's privileged path nor a superuser who took
-/// a tenant's role with `SET ROLE` qualifies).
+/// a tenant's role with `SET ROLE` qualifies), and never while pg_dbrag
+/// works for a tenant (crate::act_as), whoever called.
 pub fn caller_is_superuser() -> bool {
+    if crate::act_as::acting_for_tenant() {
+        return false;
+    }
     // SAFETY: plain catalog lookups on valid role oids.
     unsafe { pg_sys::superuser() && pg_sys::superuser_arg(pg_sys::GetSessionUserId()) }
 }

@@ -22,8 +22,8 @@ def ask_refused(conn, model, answers, question, state):
 def test_read_the_other_tenants_tables(su, plane):
     # Even with a grant on B's schema, only A's catalog tables may be read.
     t = plane.t
-    su.execute(f"GRANT USAGE ON SCHEMA {plane.sb} TO {t.a_role}")
-    su.execute(f"GRANT SELECT ON ALL TABLES IN SCHEMA {plane.sb} TO {t.a_role}")
+    su.execute(f"GRANT USAGE ON SCHEMA {plane.sb} TO {t.a_trole}")
+    su.execute(f"GRANT SELECT ON ALL TABLES IN SCHEMA {plane.sb} TO {t.a_trole}")
     with t.conn(t.a_role) as a:
         for sql in (f"SELECT name FROM {plane.sb}.singer",
                     f"SELECT name FROM singer UNION ALL SELECT name FROM {plane.sb}.singer",
@@ -161,23 +161,29 @@ def trojan(su, plane):
 
 @pytest.mark.parametrize("caller", ["admin_role", "app_role"])
 def test_code_planted_in_the_tenants_schema_does_not_run_as_a_privileged_caller(su, trojan, caller):
+    # The view and the policy run, but as tenant A's role in a
+    # security-restricted operation (docs/isolation.md): the switch to B is
+    # refused and control_plane shows A's row only (tests/attacks/
+    # test_planted_code.py and test_invoker_reads.py go further).
     t = trojan.t
     role = getattr(t, caller)
     with t.conn(role) as c:
         c.execute("SELECT dbrag.set_tenant(%s::uuid)", (t.a,))
-        for sql in ("SELECT * FROM singer_notes", "SELECT * FROM fans"):
-            e = ask_refused(c, trojan.model, [sql], "list the singers with their notes", "42501")
-            assert t.b_name not in str(e) and "note" in str(e)
-        # The catalog sync run by the privileged role takes no samples there either.
+        for sql in ("SELECT name, note FROM singer_notes ORDER BY 1", "SELECT name FROM fans"):
+            trojan.model.reset()
+            trojan.model.script(sql_answer(sql))
+            rows = c.execute("SELECT * FROM dbrag.ask('list the singers with their notes')").fetchall()
+            assert rows and t.b_name not in str(rows), rows
+            assert c.execute("SELECT dbrag.current_tenant_id()").fetchone()[0] == t.a
         notices = []
         c.add_notice_handler(lambda d: notices.append(d.message_primary))
         c.execute("SELECT * FROM dbrag.sync_catalog()").fetchall()
-        assert any("no samples" in n and "singer_notes" in n for n in notices), notices
         samples = c.execute("SELECT sample_values::text FROM control_plane.table_metadata_catalog "
                             "WHERE tenant_id = %s", (t.a,)).fetchall()
-        assert t.b_name not in str(samples)
+        assert t.b_name not in str(samples) and t.a_name in str(samples)
         assert c.execute("SELECT dbrag.current_tenant_id()").fetchone()[0] == t.a
-    # The tenant's own role still asks through its own view: its code, its rights.
+    # The tenant's own role asks through its own view: its code, its rights.
+    trojan.model.reset()
     trojan.model.script(sql_answer("SELECT name, note FROM singer_notes ORDER BY 1"))
     with t.conn(t.a_role) as a:
         rows = a.execute("SELECT * FROM dbrag.ask('singers with notes')").fetchall()

@@ -132,7 +132,7 @@ def test_values_serde_cannot_hold(su, plane):
     su.execute(f"CREATE TABLE {plane.sa}.odd (id int, big numeric, doc jsonb)")
     su.execute(f"INSERT INTO {plane.sa}.odd VALUES (1, 1e400, %s)", (deep,))
     su.execute(f"INSERT INTO {plane.sa}.odd VALUES (2, 12345678901234567890.123456789, '{{}}')")
-    su.execute(f"GRANT SELECT ON {plane.sa}.odd TO {t.a_role}")
+    su.execute(f"GRANT SELECT ON {plane.sa}.odd TO {t.a_trole}")
     with t.conn(t.a_role) as a:
         a.execute("SELECT * FROM dbrag.sync_catalog()").fetchall()
         model.script(sql_answer("SELECT id, big, doc FROM odd ORDER BY id"))

@@ -15,7 +15,8 @@ import os
 import psycopg
 import pytest
 
-from common import (ALICE, APP, APP_TABLE, B_KEY, BOB, DB, GLOBAL_KEY, STATE, login, read_json, snapshot, su)
+from common import (ALICE, APP, APP_TABLE, B_KEY, BOB, DB, GLOBAL_KEY, SCHEMA_A, SCHEMA_B, STATE, login, read_json,
+                    snapshot, su)
 from conftest import token_for
 from llm_fixture import LlmServer
 
@@ -54,6 +55,19 @@ def test_every_row_is_still_there():
                             f"missing {missing[:3]} added {added[:3]}")
     assert not problems, "\n".join(problems)
     assert before["control_plane.tenant_databases"]["count"] == len(CONNS)
+
+
+def test_operator_moves_data_plane_grants_to_tenant_roles():
+    """The documented step after updating from 0.1.0 (README, "Upgrading"):
+    0.2.0 acts as the tenant's role, so the grants 0.1.0 asked for on the
+    members' login roles are given to the tenants' roles."""
+    with su() as s:
+        for tenant, schema in ((A, SCHEMA_A), (B, SCHEMA_B)):
+            role = s.execute("SELECT tenant_role FROM control_plane.tenants WHERE tenant_id = %s",
+                             (tenant,)).fetchone()[0]
+            assert role == s.execute("SELECT dbrag.tenant_role_name(%s)", (tenant,)).fetchone()[0]
+            s.execute(f'GRANT USAGE ON SCHEMA {schema} TO "{role}"')
+            s.execute(f'GRANT SELECT ON ALL TABLES IN SCHEMA {schema} TO "{role}"')
 
 
 def test_ciphertexts_decrypt():

@@ -1,0 +1,47 @@
+-- A role per tenant (docs/isolation.md): a NOLOGIN role created with the
+-- tenant, granted to exactly its active members, dropped with it. Data-plane
+-- grants go to it; everything pg_dbrag does for the tenant runs as it.
+
+-- The one place the naming lives: 'dbrag_tenant_', a tag of the database's
+-- name (as dbrag._tenant_role_name does for schema owners: a copy restored
+-- beside the original in one cluster gets roles of its own) and the id's 32
+-- hex digits.
+CREATE FUNCTION dbrag.tenant_role_name(tenant uuid) RETURNS name
+LANGUAGE sql STABLE STRICT PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT pg_catalog.format('dbrag_tenant_%s_%s',
+        pg_catalog.left(pg_catalog.md5(pg_catalog.current_database()::pg_catalog.text), 8),
+        pg_catalog.replace(tenant::pg_catalog.text, '-', ''))::pg_catalog.name
+$$;
+
+CREATE FUNCTION control_plane.sync_tenant_role() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF TG_TABLE_NAME = 'tenants' AND TG_OP = 'DELETE' THEN
+        -- Only this database's own role (a restored copy may record the original's).
+        IF OLD.tenant_role = dbrag.tenant_role_name(OLD.tenant_id) THEN
+            PERFORM dbrag._drop_tenant_role(OLD.tenant_role);
+        END IF;
+    ELSIF TG_OP = 'DELETE' THEN
+        PERFORM dbrag._sync_tenant_role(OLD.tenant_id);
+    ELSE
+        PERFORM dbrag._sync_tenant_role(NEW.tenant_id);
+        IF TG_OP = 'UPDATE' AND OLD.tenant_id IS DISTINCT FROM NEW.tenant_id THEN
+            PERFORM dbrag._sync_tenant_role(OLD.tenant_id);
+        END IF;
+    END IF;
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER tenants_role AFTER INSERT OR UPDATE OF status ON control_plane.tenants
+    FOR EACH ROW EXECUTE FUNCTION control_plane.sync_tenant_role();
+CREATE TRIGGER tenants_role_drop AFTER DELETE ON control_plane.tenants
+    FOR EACH ROW EXECUTE FUNCTION control_plane.sync_tenant_role();
+CREATE TRIGGER tenant_members_role AFTER INSERT OR UPDATE OR DELETE ON control_plane.tenant_members
+    FOR EACH ROW EXECUTE FUNCTION control_plane.sync_tenant_role();
+
+-- The platform's own tenant (seeded before these triggers existed).
+SELECT dbrag._sync_tenant_role('00000000-0000-0000-0000-000000000001');
+
+REVOKE EXECUTE ON FUNCTION dbrag._sync_tenant_role(uuid), dbrag._drop_tenant_role(text) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION control_plane.sync_tenant_role() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION dbrag._sync_tenant_role(uuid), dbrag._drop_tenant_role(text) TO dbrag_admin;
