@@ -559,7 +559,7 @@ fn adopt_tenant_schema(tenant: Option<pgrx::Uuid>) -> String {
             );
         }
         if old == role {
-            sync_members(tenant, &role);
+            schema_grants(tenant, &schema, &role);
             return (old, role);
         }
         if role_exists(&role) {
@@ -599,7 +599,20 @@ fn adopt_tenant_schema(tenant: Option<pgrx::Uuid>) -> String {
         ) {
             DbragError::from(e).raise()
         }
-        sync_members(tenant, &role);
+        schema_grants(tenant, &schema, &role);
+        // The tenant's own role is this database's too (the triggers made it
+        // when the tenants were restored); give it what the original
+        // database's role of the tenant was granted here.
+        let original_trole = old.replacen("dbrag_t_", "dbrag_tenant_", 1);
+        let trole = Spi::get_one_with_args::<String>(
+            "SELECT dbrag.tenant_role_name($1)::text",
+            &[DatumWithOid::from(id)],
+        )
+        .unwrap_or_else(|e| DbragError::from(e).raise())
+        .unwrap_or_default();
+        if original_trole != trole && role_exists(&original_trole) && role_exists(&trole) {
+            copy_grants(&original_trole, &trole);
+        }
         (old, role)
     });
     audit::record(
