@@ -880,7 +880,17 @@ $$;
 
 CREATE FUNCTION control_plane.sync_tenant_role() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    on_coordinator boolean := true;
 BEGIN
+    -- On Citus the trigger fires on every node's copy of these reference
+    -- tables; roles are made on the coordinator, which propagates them.
+    IF pg_catalog.to_regproc('pg_catalog.citus_is_coordinator') IS NOT NULL THEN
+        EXECUTE 'SELECT pg_catalog.citus_is_coordinator()' INTO on_coordinator;
+        IF NOT on_coordinator THEN
+            RETURN NULL;
+        END IF;
+    END IF;
     IF TG_TABLE_NAME = 'tenants' AND TG_OP = 'DELETE' THEN
         -- Only this database's own role (a restored copy may record the original's).
         IF OLD.tenant_role = dbrag.tenant_role_name(OLD.tenant_id) THEN
