@@ -87,7 +87,7 @@ def tenant_schema(su, tenants):
 
 def test_removed_member_keeps_nothing_of_the_tenant_schema(su, tenants, tenant_schema):
     t, s = tenants, tenant_schema
-    owner = f"dbrag_t_{t.a.hex}"
+    owner = su.execute("SELECT dbrag._tenant_role_name(%s)", (t.a,)).fetchone()[0]
     # Nobody can become the schema's owner: not members, not operators.
     assert members(su, owner) == set()
     assert not su.execute("SELECT pg_has_role(%s, %s, 'MEMBER')", (t.admin_role, owner)).fetchone()[0]
