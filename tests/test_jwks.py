@@ -10,6 +10,7 @@ import time
 
 import psycopg
 import pytest
+from psycopg import sql
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa, utils
 
@@ -91,7 +92,8 @@ def set_keys_file(value):
         if value is None:
             c.execute("ALTER SYSTEM RESET dbrag.jwt_public_keys_file")
         else:
-            c.execute("ALTER SYSTEM SET dbrag.jwt_public_keys_file = %s", (value,))
+            c.execute(sql.SQL("ALTER SYSTEM SET dbrag.jwt_public_keys_file = {}")
+                      .format(sql.Literal(value)))
         c.execute("SELECT pg_reload_conf()")
     want = value or ""
     for _ in range(100):
