@@ -127,10 +127,10 @@ PY
 # Sanity: both ways return the same row, through the pooler.
 T5=00000000-0000-4000-8000-000000000005
 TOK5=$(sed -n "s/.*set_tenant('\([^']*\)'.*/\1/p" "$S/hs256_01.sql")
-via_pooler() { $PG_BIN/psql -X -At -h 127.0.0.1 -p "$PGB_PORT" -U "$1" -d bench -c "$2"; }
-hand_row=$(via_pooler bench_quiet "SELECT * FROM bench.hand WHERE tenant_id = '$T5' AND id = 42")
-iso_row=$(via_pooler bench_quiet "BEGIN; SELECT dbrag.set_tenant('$TOK5', true) \\g /dev/null
-SELECT * FROM bench.isolated WHERE id = 42; COMMIT;" | grep -v -e '^BEGIN' -e '^COMMIT' || true)
+via_pooler() { $PG_BIN/psql -X -q -At -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PGB_PORT" -U "$1" -d bench; }
+hand_row=$(echo "SELECT * FROM bench.hand WHERE tenant_id = '$T5' AND id = 42;" | via_pooler bench_quiet)
+iso_row=$(printf '%s\n' "BEGIN;" "SELECT dbrag.set_tenant('$TOK5', true) \\g /dev/null" \
+    "SELECT * FROM bench.isolated WHERE id = 42;" "COMMIT;" | via_pooler bench_quiet)
 echo "tenant 5, id 42: hand=[$hand_row] isolated=[$iso_row]"
 [ -n "$hand_row" ] && [ "$hand_row" = "$iso_row" ] || { echo "the two ways disagree"; exit 1; }
 
