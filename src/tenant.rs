@@ -390,7 +390,7 @@ fn set_tenant_token(token: Option<&str>, is_local: default!(Option<bool>, false)
         hs256_secret: secret.as_deref().map(str::as_bytes),
         public_keys: jwks.as_deref(),
     };
-    match jwt::verify(token, &verifier, now_unix()) {
+    match verify_cached(token, &secret, &jwks, &verifier) {
         Ok(claims) => {
             let tenant = match uuid::Uuid::try_parse(&claims.tenant_id) {
                 Ok(t) => t,
@@ -411,6 +411,74 @@ fn set_tenant_token(token: Option<&str>, is_local: default!(Option<bool>, false)
             err.raise()
         }
     }
+}
+
+/// Most verified tokens one backend remembers (each at most 8 KB).
+const VERIFIED_CACHE_MAX: usize = 256;
+
+/// A verified token: its claims and the key material that verified it.
+struct Verified {
+    claims: jwt::Claims,
+    /// The public keys in force then (None: the HS256 secret verified it).
+    keys: Option<Rc<Jwks>>,
+}
+
+thread_local! {
+    /// Tokens this backend verified, by their exact text, valid while the
+    /// HS256 secret (first member) and the public key document are the same.
+    /// A pooled application sends the same user's token in every
+    /// transaction; the signature is checked once, expiry every time.
+    static VERIFIED: RefCell<(Option<String>, HashMap<String, Verified>)> =
+        RefCell::new((None, HashMap::new()));
+}
+
+/// `jwt::verify`, remembering successes for the same key material.
+fn verify_cached(
+    token: &str,
+    secret: &Option<String>,
+    jwks: &Option<Rc<Jwks>>,
+    verifier: &jwt::Verifier<'_>,
+) -> Result<jwt::Claims, jwt::TokenError> {
+    let now = now_unix();
+    let hit = VERIFIED.with(|c| {
+        let mut c = c.borrow_mut();
+        if &c.0 != secret {
+            c.0 = secret.clone();
+            c.1.clear();
+        }
+        let v = c.1.get(token)?;
+        let same_keys = match (&v.keys, jwks) {
+            (None, _) => true,
+            (Some(a), Some(b)) => Rc::ptr_eq(a, b),
+            (Some(_), None) => false,
+        };
+        same_keys.then(|| v.claims.clone())
+    });
+    if let Some(claims) = hit {
+        if now >= claims.exp {
+            return Err(jwt::TokenError::Expired);
+        }
+        if claims.nbf.is_some_and(|nbf| now < nbf) {
+            return Err(jwt::TokenError::NotYetValid);
+        }
+        return Ok(claims);
+    }
+    let claims = jwt::verify(token, verifier, now)?;
+    let by_public_key = jwt::token_header(token).is_ok_and(|h| h.alg != Alg::Hs256);
+    VERIFIED.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.1.len() >= VERIFIED_CACHE_MAX {
+            c.1.clear();
+        }
+        c.1.insert(
+            token.to_string(),
+            Verified {
+                claims: claims.clone(),
+                keys: if by_public_key { jwks.clone() } else { None },
+            },
+        );
+    });
+    Ok(claims)
 }
 
 /// `dbrag.set_tenant(uuid)`: for the trusted application server and operators.

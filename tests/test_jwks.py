@@ -158,6 +158,23 @@ def test_expired_or_tampered_identity_provider_tokens(su, tenants, keys, keys_fi
     assert len(audit_rows(su, before, "token_refused")) == 3
 
 
+def test_a_reused_token_is_still_checked_for_expiry(su, tenants, keys, keys_file):
+    """A backend remembers tokens it verified (a pooled application sends the
+    same one every transaction); expiry is checked at every use."""
+    now = int(time.time())
+    short = {"tenant_id": str(tenants.a), "exp": now + 2}
+    tokens = [idp_token(keys["ES256"], short), make_token(short)]
+    with tenants.conn(tenants.stranger) as c:
+        for t in tokens:
+            for _ in range(3):
+                assert set_tenant(c, t) == tenants.a
+        time.sleep(max(0.0, now + 2.2 - time.time()))
+        for t in tokens:
+            with pytest.raises(psycopg.Error) as e:
+                set_tenant(c, t)
+            assert e.value.sqlstate == "28000" and "expired" in str(e.value)
+
+
 def test_key_rotation_is_seen_by_a_running_session(su, tenants, keys, keys_file):
     """The file is re-read when it changes: a session open across the
     rotation accepts the new key and refuses the removed one."""
