@@ -12,7 +12,7 @@
 //! Tokens are HS256 with `dbrag.jwt_secret`, or RS256/ES256/EdDSA verified
 //! with the public keys of `dbrag.jwt_public_keys_file` (a JWKS document,
 //! re-read when the file changes), so the database need hold no signing
-//! secret (docs/isolation.md, "Tokens from an identity provider").
+//! secret (README, "Tokens from an identity provider").
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -78,7 +78,10 @@ fn tenant_status(tenant: uuid::Uuid) -> Option<String> {
     }) {
         return hit;
     }
-    let status = tenant_status_uncached(tenant);
+    // A failed lookup reads as "no such tenant" and is not remembered.
+    let Some(status) = tenant_status_uncached(tenant) else {
+        return None;
+    };
     // An invalidation during the lookup bumps the epoch: the entry is then
     // filed under the old one and never served.
     STATUS.with(|c| {
@@ -92,15 +95,17 @@ fn tenant_status(tenant: uuid::Uuid) -> Option<String> {
     status
 }
 
-/// Tenant status as stored, looked up as the extension (no policy applies).
-fn tenant_status_uncached(tenant: uuid::Uuid) -> Option<String> {
+/// Tenant status as stored, looked up as the extension (no policy applies):
+/// Some(None) when there is no such tenant, None when the lookup failed.
+fn tenant_status_uncached(tenant: uuid::Uuid) -> Option<Option<String>> {
     let id = pgrx::Uuid::from_bytes(*tenant.as_bytes());
     privileged::as_extension(|| {
         // A read-only select: this runs inside parallel workers too.
         Spi::connect(|client| {
             client
+                // Always one row: NULL when there is no such tenant.
                 .select(
-                    "SELECT status::text FROM control_plane.tenants WHERE tenant_id = $1",
+                    "SELECT (SELECT status::text FROM control_plane.tenants WHERE tenant_id = $1)",
                     Some(1),
                     &[DatumWithOid::from(id)],
                 )?
@@ -108,7 +113,7 @@ fn tenant_status_uncached(tenant: uuid::Uuid) -> Option<String> {
                 .get_one::<String>()
         })
     })
-    .unwrap_or(None)
+    .ok()
 }
 
 /// The single active tenant the login role is a member of, if exactly one;
