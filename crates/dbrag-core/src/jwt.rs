@@ -1297,6 +1297,48 @@ mod tests {
     }
 
     #[test]
+    fn header_typ_and_kid_shapes() {
+        let payload = good_claims().to_string();
+        for typ in ["JWT", "at+jwt", "application/at+JWT"] {
+            let t = raw_token(
+                &format!(r#"{{"alg":"HS256","typ":"{typ}"}}"#),
+                &payload,
+                SECRET,
+            );
+            assert!(verify_hs256(&t, SECRET, NOW).is_ok(), "{typ}");
+        }
+        let long = "k".repeat(MAX_KID_LEN + 1);
+        for kid in [
+            format!("{long:?}"),
+            "\"\"".into(),
+            "7".into(),
+            "[\"a\"]".into(),
+        ] {
+            let t = raw_token(
+                &format!(r#"{{"alg":"HS256","kid":{kid}}}"#),
+                &payload,
+                SECRET,
+            );
+            assert!(
+                matches!(verify_hs256(&t, SECRET, NOW), Err(TokenError::Malformed(_))),
+                "{kid}"
+            );
+        }
+        // Algorithm names are case-sensitive.
+        for alg in ["eddsa", "Rs256", "es256"] {
+            let t = raw_token(
+                &format!(r#"{{"alg":"{alg}","kid":"ec-1"}}"#),
+                &payload,
+                SECRET,
+            );
+            assert_eq!(
+                with_keys(&t, &jwks()),
+                Err(TokenError::UnsupportedAlgorithm(alg.into()))
+            );
+        }
+    }
+
+    #[test]
     fn jwks_documents_refused() {
         let bad = |doc: &str| Jwks::parse(doc.as_bytes()).unwrap_err().0;
         assert!(bad(WEAK).contains("1024 bits"), "{}", bad(WEAK));
