@@ -17,6 +17,8 @@ static mut TENANT_ID_VALUE: *mut std::ffi::c_char = std::ptr::null_mut();
 pub static JWT_SECRET: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 pub static JWT_PUBLIC_KEYS_FILE: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(None);
+pub static JWT_ISSUER: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+pub static JWT_AUDIENCE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 pub static AUDIT_TENANT_SWITCHES: GucSetting<bool> = GucSetting::<bool>::new(true);
 pub static MASTER_KEY: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 pub static MASTER_KEY_FILE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
@@ -131,6 +133,22 @@ pub fn register() {
         c"JWKS file of public keys for RS256, ES256 and EdDSA tokens in dbrag.set_tenant(token).",
         c"Read by the server and re-read when the file changes; tokens pick a key by kid.",
         &JWT_PUBLIC_KEYS_FILE,
+        GucContext::Suset,
+        GucFlags::empty(),
+    );
+    GucRegistry::define_string_guc(
+        c"dbrag.jwt_issuer",
+        c"When set, set_tenant(token) requires the token's iss claim to equal it.",
+        c"",
+        &JWT_ISSUER,
+        GucContext::Suset,
+        GucFlags::empty(),
+    );
+    GucRegistry::define_string_guc(
+        c"dbrag.jwt_audience",
+        c"When set, set_tenant(token) requires the token's aud claim to include it.",
+        c"",
+        &JWT_AUDIENCE,
         GucContext::Suset,
         GucFlags::empty(),
     );

@@ -391,9 +391,13 @@ fn set_tenant_token(token: Option<&str>, is_local: default!(Option<bool>, false)
         },
         _ => None,
     };
+    let issuer = gucs::string_value(&gucs::JWT_ISSUER);
+    let audience = gucs::string_value(&gucs::JWT_AUDIENCE);
     let verifier = jwt::Verifier {
         hs256_secret: secret.as_deref().map(str::as_bytes),
         public_keys: jwks.as_deref(),
+        issuer: issuer.as_deref(),
+        audience: audience.as_deref(),
     };
     match verify_cached(token, &secret, &jwks, &verifier) {
         Ok(claims) => {
@@ -432,7 +436,7 @@ thread_local! {
     /// Tokens this backend verified, by their exact text, valid while the
     /// HS256 secret (first member) and the public key document are the same.
     /// A pooled application sends the same user's token in every
-    /// transaction; the signature is checked once, expiry every time.
+    /// transaction; the signature is checked once, the claims every time.
     static VERIFIED: RefCell<(Option<String>, HashMap<String, Verified>)> =
         RefCell::new((None, HashMap::new()));
 }
@@ -460,12 +464,8 @@ fn verify_cached(
         same_keys.then(|| v.claims.clone())
     });
     if let Some(claims) = hit {
-        if now >= claims.exp {
-            return Err(jwt::TokenError::Expired);
-        }
-        if claims.nbf.is_some_and(|nbf| now < nbf) {
-            return Err(jwt::TokenError::NotYetValid);
-        }
+        // Time, issuer and audience are checked at every use.
+        jwt::check_claims(&claims, verifier, now)?;
         return Ok(claims);
     }
     let claims = jwt::verify(token, verifier, now)?;

@@ -87,21 +87,21 @@ def write_keys_file(jwks, path=KEYS_FILE):
     os.replace(tmp, path)
 
 
-def set_keys_file(value):
+def set_keys_file(value, name="dbrag.jwt_public_keys_file"):
     with connect(dbname="postgres") as c:
         if value is None:
-            c.execute("ALTER SYSTEM RESET dbrag.jwt_public_keys_file")
+            c.execute(sql.SQL("ALTER SYSTEM RESET {}").format(sql.Identifier(*name.split("."))))
         else:
-            c.execute(sql.SQL("ALTER SYSTEM SET dbrag.jwt_public_keys_file = {}")
-                      .format(sql.Literal(value)))
+            c.execute(sql.SQL("ALTER SYSTEM SET {} = {}")
+                      .format(sql.Identifier(*name.split(".")), sql.Literal(value)))
         c.execute("SELECT pg_reload_conf()")
     want = value or ""
     for _ in range(100):
         with connect(dbname="postgres") as c:
-            if c.execute("SHOW dbrag.jwt_public_keys_file").fetchone()[0] == want:
+            if c.execute(sql.SQL("SHOW {}").format(sql.Identifier(*name.split(".")))).fetchone()[0] == want:
                 return
         time.sleep(0.05)
-    raise AssertionError("the server did not pick up dbrag.jwt_public_keys_file")
+    raise AssertionError(f"the server did not pick up {name}")
 
 
 @pytest.fixture
@@ -173,6 +173,38 @@ def test_a_reused_token_is_still_checked_for_expiry(su, tenants, keys, keys_file
             with pytest.raises(psycopg.Error) as e:
                 set_tenant(c, t)
             assert e.value.sqlstate == "28000" and "expired" in str(e.value)
+
+
+def test_issuer_and_audience_when_configured(su, tenants, keys, keys_file):
+    """dbrag.jwt_issuer / dbrag.jwt_audience: an identity provider signs
+    tokens for many applications; only those for this one are accepted."""
+    key = keys["RS256"]
+    ours = dict(claims_for(tenants.a), aud=["https://api.example/", "dbrag"])
+    other_app = dict(claims_for(tenants.a), aud="billing")
+    other_idp = dict(ours, iss="https://evil.example/")
+    with tenants.conn(tenants.stranger) as c:
+        # Verified and remembered by this backend before the settings exist.
+        remembered = idp_token(key, other_app)
+        assert set_tenant(c, remembered) == tenants.a
+        assert set_tenant(c, remembered) == tenants.a
+        try:
+            set_keys_file("https://idp.example/", "dbrag.jwt_issuer")
+            set_keys_file("dbrag", "dbrag.jwt_audience")
+            for _ in range(100):
+                if c.execute("SHOW dbrag.jwt_audience").fetchone()[0] == "dbrag":
+                    break
+                time.sleep(0.05)
+            before = last_audit_id(su)
+            assert set_tenant(c, idp_token(key, ours)) == tenants.a
+            # The remembered token meets the new rule too.
+            for token in (remembered, idp_token(key, other_app), idp_token(key, other_idp)):
+                with pytest.raises(psycopg.Error) as e:
+                    set_tenant(c, token)
+                assert e.value.sqlstate == "28000"
+            assert len(audit_rows(su, before, "token_refused")) == 3
+        finally:
+            set_keys_file(None, "dbrag.jwt_issuer")
+            set_keys_file(None, "dbrag.jwt_audience")
 
 
 def test_key_rotation_is_seen_by_a_running_session(su, tenants, keys, keys_file):
@@ -310,6 +342,7 @@ def test_keys_file_setting_is_superuser_only(tenants):
         with pytest.raises(psycopg.Error) as e:
             c.execute("SET dbrag.jwt_public_keys_file = '/tmp/mine.json'")
         assert e.value.sqlstate == "42501"
-        with pytest.raises(psycopg.Error) as e:
-            c.execute("SET dbrag.audit_tenant_switches = off")
-        assert e.value.sqlstate == "42501"
+        for setting in ("dbrag.audit_tenant_switches", "dbrag.jwt_issuer", "dbrag.jwt_audience"):
+            with pytest.raises(psycopg.Error) as e:
+                c.execute(f"SET {setting} = 'off'")
+            assert e.value.sqlstate == "42501"

@@ -38,7 +38,14 @@ pub struct Claims {
     pub nbf: Option<i64>,
     /// Optional role name chosen by the issuer.
     pub role: Option<String>,
+    /// Issuer (`iss`), when given.
+    pub iss: Option<String>,
+    /// Audiences (`aud`, a string or an array of strings); empty when absent.
+    pub aud: Vec<String>,
 }
+
+/// Most audiences a token may list.
+pub const MAX_AUDIENCES: usize = 32;
 
 /// Why a token was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,6 +74,10 @@ pub enum TokenError {
     MissingClaim(&'static str),
     /// A claim is present but has the wrong type or shape.
     InvalidClaim(&'static str),
+    /// An issuer is required and `iss` does not name it.
+    WrongIssuer,
+    /// An audience is required and `aud` does not include it.
+    WrongAudience,
 }
 
 impl fmt::Display for TokenError {
@@ -100,6 +111,13 @@ impl fmt::Display for TokenError {
             TokenError::NotYetValid => write!(f, "token is not valid yet (nbf is in the future)"),
             TokenError::MissingClaim(c) => write!(f, "token is missing the {c:?} claim"),
             TokenError::InvalidClaim(c) => write!(f, "token claim {c:?} is invalid"),
+            TokenError::WrongIssuer => {
+                write!(f, "token claim \"iss\" does not name the expected issuer")
+            }
+            TokenError::WrongAudience => write!(
+                f,
+                "token claim \"aud\" does not include the expected audience"
+            ),
         }
     }
 }
@@ -116,7 +134,7 @@ pub fn verify_hs256(token: &str, secret: &[u8], now_unix: i64) -> Result<Claims,
         token,
         &Verifier {
             hs256_secret: Some(secret),
-            public_keys: None,
+            ..Default::default()
         },
         now_unix,
     )
@@ -130,6 +148,10 @@ pub struct Verifier<'a> {
     pub hs256_secret: Option<&'a [u8]>,
     /// Public keys for RS256, ES256 and EdDSA.
     pub public_keys: Option<&'a Jwks>,
+    /// When set, `iss` must equal it.
+    pub issuer: Option<&'a str>,
+    /// When set, `aud` must include it.
+    pub audience: Option<&'a str>,
 }
 
 /// Algorithm and key id named by a token's header (not yet verified).
@@ -215,15 +237,31 @@ pub fn verify(token: &str, keys: &Verifier<'_>, now_unix: i64) -> Result<Claims,
     // Only now is the payload trusted enough to parse.
     let payload = decode_segment(p64, "payload is not canonical base64url")?;
     let claims = parse_claims(&payload)?;
+    check_claims(&claims, keys, now_unix)?;
+    Ok(claims)
+}
+
+/// The checks of a verified token's claims that depend on the time and the
+/// configuration: expiry, not-before, issuer and audience. `verify` runs
+/// them; a caller that remembers verified claims runs them at every use.
+pub fn check_claims(claims: &Claims, keys: &Verifier<'_>, now_unix: i64) -> Result<(), TokenError> {
     if now_unix >= claims.exp {
         return Err(TokenError::Expired);
     }
-    if let Some(nbf) = claims.nbf {
-        if now_unix < nbf {
-            return Err(TokenError::NotYetValid);
+    if claims.nbf.is_some_and(|nbf| now_unix < nbf) {
+        return Err(TokenError::NotYetValid);
+    }
+    if let Some(want) = keys.issuer {
+        if claims.iss.as_deref() != Some(want) {
+            return Err(TokenError::WrongIssuer);
         }
     }
-    Ok(claims)
+    if let Some(want) = keys.audience {
+        if !claims.aud.iter().any(|a| a == want) {
+            return Err(TokenError::WrongAudience);
+        }
+    }
+    Ok(())
 }
 
 /// Signs `claims` (a JSON object) as an HS256 compact JWS with header `{"alg":"HS256","typ":"JWT"}`.
@@ -387,12 +425,29 @@ fn parse_claims(bytes: &[u8]) -> Result<Claims, TokenError> {
         Some(Value::String(s)) => Some(s.clone()),
         Some(_) => return Err(TokenError::InvalidClaim("role")),
     };
+    let iss = match obj.get("iss") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(_) => return Err(TokenError::InvalidClaim("iss")),
+    };
+    let aud = match obj.get("aud") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(Value::Array(list)) if list.len() <= MAX_AUDIENCES => list
+            .iter()
+            .map(|v| v.as_str().map(str::to_string))
+            .collect::<Option<Vec<_>>>()
+            .ok_or(TokenError::InvalidClaim("aud"))?,
+        Some(_) => return Err(TokenError::InvalidClaim("aud")),
+    };
     Ok(Claims {
         tenant_id,
         exp,
         iat,
         nbf,
         role,
+        iss,
+        aud,
     })
 }
 
@@ -1146,6 +1201,7 @@ mod tests {
             &Verifier {
                 hs256_secret: Some(SECRET),
                 public_keys: Some(jwks),
+                ..Default::default()
             },
             NOW,
         )
@@ -1192,7 +1248,8 @@ mod tests {
                 ES,
                 &Verifier {
                     hs256_secret: None,
-                    public_keys: Some(&k)
+                    public_keys: Some(&k),
+                    ..Default::default()
                 },
                 4102444800
             ),
@@ -1277,7 +1334,8 @@ mod tests {
                     &t,
                     &Verifier {
                         hs256_secret: None,
-                        public_keys: Some(&k)
+                        public_keys: Some(&k),
+                        ..Default::default()
                     },
                     NOW
                 ),
@@ -1293,6 +1351,63 @@ mod tests {
         assert_eq!(
             with_keys(&t, &k),
             Err(TokenError::UnsupportedAlgorithm("none".into()))
+        );
+    }
+
+    #[test]
+    fn issuer_and_audience_when_required() {
+        let mut c = good_claims();
+        c["iss"] = json!("https://idp.example/");
+        c["aud"] = json!(["other-app", "dbrag"]);
+        let t = sign_hs256(&c, SECRET).unwrap();
+        let v = |iss: Option<&'static str>, aud: Option<&'static str>| Verifier {
+            hs256_secret: Some(SECRET),
+            issuer: iss,
+            audience: aud,
+            ..Default::default()
+        };
+        let got = verify(&t, &v(None, None), NOW).unwrap();
+        assert_eq!(got.iss.as_deref(), Some("https://idp.example/"));
+        assert_eq!(got.aud, vec!["other-app", "dbrag"]);
+        assert!(verify(&t, &v(Some("https://idp.example/"), Some("dbrag")), NOW).is_ok());
+        assert_eq!(
+            verify(&t, &v(Some("https://evil.example/"), None), NOW),
+            Err(TokenError::WrongIssuer)
+        );
+        assert_eq!(
+            verify(&t, &v(None, Some("billing")), NOW),
+            Err(TokenError::WrongAudience)
+        );
+        // A token without the claims fails a required check.
+        let bare = sign_hs256(&good_claims(), SECRET).unwrap();
+        assert_eq!(
+            verify(&bare, &v(Some("x"), None), NOW),
+            Err(TokenError::WrongIssuer)
+        );
+        assert_eq!(
+            verify(&bare, &v(None, Some("x")), NOW),
+            Err(TokenError::WrongAudience)
+        );
+        // Shapes.
+        for (name, bad) in [
+            ("iss", json!(5)),
+            ("aud", json!(5)),
+            ("aud", json!(["a", 1])),
+        ] {
+            let mut c = good_claims();
+            c[name] = bad;
+            let t = sign_hs256(&c, SECRET).unwrap();
+            assert!(matches!(
+                verify(&t, &v(None, None), NOW),
+                Err(TokenError::InvalidClaim(_))
+            ));
+        }
+        let mut c = good_claims();
+        c["aud"] = json!(vec!["a"; MAX_AUDIENCES + 1]);
+        let t = sign_hs256(&c, SECRET).unwrap();
+        assert_eq!(
+            verify(&t, &v(None, None), NOW),
+            Err(TokenError::InvalidClaim("aud"))
         );
     }
 
