@@ -202,4 +202,71 @@ install_release_files() {
     rm -f "$lib"/pg_dbrag*.so "$ext"/pg_dbrag.control
     cp "$dir"/lib/pg_dbrag*.so "$lib/"
     cp "$dir"/extension/pg_dbrag* "$ext/"
+# PgBouncer from Debian's package, in front of a test cluster.
+PGBOUNCER=$(command -v pgbouncer || echo /usr/sbin/pgbouncer)
+
+# start_pgbouncer DIR LISTEN_PORT SERVER_PORT SUPERUSER_PASSWORD DB [DB...]
+# A pooler on 127.0.0.1:LISTEN_PORT (no Unix socket), run as the OS user
+# postgres. Clients authenticate with SCRAM; their secrets come from the
+# server's pg_shadow through auth_query (auth_user postgres, whose password
+# is the only one in the auth_file), so roles created by tests log in
+# without being listed anywhere. Each DB argument is a [databases] line,
+# e.g. "app = host=127.0.0.1 port=5432 dbname=app pool_size=5".
+start_pgbouncer() {
+    local dir=$1 port=$2 server_port=$3 password=$4
+    shift 4
+    stop_pgbouncer "$dir"
+    rm -rf "$dir"
+    mkdir -p "$dir"
+    printf '"postgres" "%s"\n' "$password" >"$dir/userlist.txt"
+    {
+        echo "[databases]"
+        for db in "$@"; do echo "$db"; done
+        echo
+        echo "[pgbouncer]"
+        echo "listen_addr = 127.0.0.1"
+        echo "listen_port = $port"
+        echo "unix_socket_dir ="
+        echo "auth_type = scram-sha-256"
+        echo "auth_file = $dir/userlist.txt"
+        echo "auth_user = postgres"
+        echo "auth_query = SELECT usename, passwd FROM pg_catalog.pg_shadow WHERE usename = \$1"
+        echo "pool_mode = transaction"
+        echo "default_pool_size = 5"
+        echo "max_client_conn = 500"
+        echo "server_reset_query = DISCARD ALL"
+        echo "ignore_startup_parameters = extra_float_digits"
+        echo "admin_users = postgres"
+        echo "logfile = $dir/pgbouncer.log"
+        echo "pidfile = $dir/pgbouncer.pid"
+    } >"$dir/pgbouncer.ini"
+    chown -R postgres:postgres "$dir"
+    chmod 600 "$dir/userlist.txt"
+    as_postgres "$PGBOUNCER" -d -q "$dir/pgbouncer.ini" || {
+        tail -20 "$dir/pgbouncer.log" 2>/dev/null
+        return 1
+    }
+    local i
+    for i in $(seq 1 80); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+            return 0
+        fi
+        sleep 0.25
+    done
+    echo "pgbouncer did not start; see $dir/pgbouncer.log"
+    tail -20 "$dir/pgbouncer.log" 2>/dev/null
+    return 1
+}
+
+stop_pgbouncer() {
+    local dir=$1 pid
+    if [ -f "$dir/pgbouncer.pid" ]; then
+        pid=$(cat "$dir/pgbouncer.pid" 2>/dev/null || true)
+        if [ -n "$pid" ] && kill "$pid" 2>/dev/null; then
+            for _ in $(seq 1 40); do
+                kill -0 "$pid" 2>/dev/null || break
+                sleep 0.25
+            done
+        fi
+    fi
 }

@@ -9,7 +9,7 @@ export DEBIAN_FRONTEND=noninteractive
 
 need_apt=()
 for pkg in postgresql-15 postgresql-server-dev-15 postgresql-contrib libpq-dev libclang-dev clang sudo \
-           mariadb-server mariadb-client curl pkg-config; do
+           mariadb-server mariadb-client pgbouncer curl pkg-config; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -31,8 +31,8 @@ if ! grep -qs "pg15" "$HOME/.pgrx/config.toml"; then
 fi
 
 # Test tools for the suites that talk to PostgreSQL as tenants do.
-if ! python3 -c "import psycopg, pytest" 2>/dev/null; then
-    echo "setup: installing psycopg and pytest"
-    python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore "psycopg[binary]>=3.1,<4" "pytest>=7,<9"
+if ! python3 -c "import psycopg, pytest, cryptography" 2>/dev/null; then
+    echo "setup: installing psycopg, pytest and cryptography"
+    python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore "psycopg[binary]>=3.1,<4" "pytest>=7,<9" "cryptography>=41"
 fi
 echo "setup: ready"

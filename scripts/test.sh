@@ -13,6 +13,7 @@ chmod 755 "$WORK"
 export DBRAG_TEST_PORT=${DBRAG_TEST_PORT:-55432}
 export DBRAG_REMOTE_PORT=${DBRAG_REMOTE_PORT:-55433}
 export DBRAG_MYSQL_PORT=${DBRAG_MYSQL_PORT:-55434}
+export DBRAG_PGBOUNCER_PORT=${DBRAG_PGBOUNCER_PORT:-$((DBRAG_TEST_PORT + 3))}
 export DBRAG_TEST_PASSWORD=${DBRAG_TEST_PASSWORD:-postgres-test-pw}
 export DBRAG_TEST_JWT_SECRET=${DBRAG_TEST_JWT_SECRET:-test-jwt-secret-0123456789abcdef}
 export DBRAG_TEST_MASTER_KEY=${DBRAG_TEST_MASTER_KEY:-000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f}
@@ -23,6 +24,7 @@ cleanup() {
     stop_cluster "$WORK/remote"
     stop_mariadb "$WORK/mariadb"
     for node in 0 1 2; do stop_cluster "$WORK/citus$node"; done
+    stop_pgbouncer "$WORK/pgbouncer"
 }
 # DBRAG_KEEP_CLUSTERS=1 leaves them running, to rerun pytest by hand.
 [ "${DBRAG_KEEP_CLUSTERS:-0}" = 1 ] || trap cleanup EXIT
@@ -80,6 +82,16 @@ else
     export DBRAG_CITUS_SKIP="${citus_status##*$'\n'}"
     unset DBRAG_CITUS_PORT
 fi
+
+# PgBouncer in front of the primary (tests/test_pooling.py): dbrag_test in
+# transaction mode over 5 server connections; _tx1 the same over one (so
+# which client follows which is known); _session in session mode, where
+# server_reset_query = DISCARD ALL runs between clients.
+PRIMARY="host=127.0.0.1 port=$DBRAG_TEST_PORT dbname=dbrag_test"
+start_pgbouncer "$WORK/pgbouncer" "$DBRAG_PGBOUNCER_PORT" "$DBRAG_TEST_PORT" "$DBRAG_TEST_PASSWORD" \
+    "dbrag_test = $PRIMARY pool_size=5" \
+    "dbrag_test_tx1 = $PRIMARY pool_size=1" \
+    "dbrag_test_session = $PRIMARY pool_size=1 pool_mode=session"
 
 echo "== integration tests over real connections"
 python3 -m pytest tests -q -p no:cacheprovider "$@" || status=$?

@@ -15,6 +15,11 @@ pub const TENANT_GUC: &CStr = c"dbrag.tenant_id";
 static mut TENANT_ID_VALUE: *mut std::ffi::c_char = std::ptr::null_mut();
 
 pub static JWT_SECRET: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+pub static JWT_PUBLIC_KEYS_FILE: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(None);
+pub static JWT_ISSUER: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+pub static JWT_AUDIENCE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+pub static AUDIT_TENANT_SWITCHES: GucSetting<bool> = GucSetting::<bool>::new(true);
 pub static MASTER_KEY: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 pub static MASTER_KEY_FILE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 pub static TRUST_GUC_TENANT: GucSetting<bool> = GucSetting::<bool>::new(false);
@@ -122,6 +127,38 @@ pub fn register() {
         &JWT_SECRET,
         GucContext::Suset,
         secret,
+    );
+    GucRegistry::define_string_guc(
+        c"dbrag.jwt_public_keys_file",
+        c"JWKS file of public keys for RS256, ES256 and EdDSA tokens in dbrag.set_tenant(token).",
+        c"Read by the server and re-read when the file changes; tokens pick a key by kid.",
+        &JWT_PUBLIC_KEYS_FILE,
+        GucContext::Suset,
+        GucFlags::empty(),
+    );
+    GucRegistry::define_string_guc(
+        c"dbrag.jwt_issuer",
+        c"When set, set_tenant(token) requires the token's iss claim to equal it.",
+        c"",
+        &JWT_ISSUER,
+        GucContext::Suset,
+        GucFlags::empty(),
+    );
+    GucRegistry::define_string_guc(
+        c"dbrag.jwt_audience",
+        c"When set, set_tenant(token) requires the token's aud claim to include it.",
+        c"",
+        &JWT_AUDIENCE,
+        GucContext::Suset,
+        GucFlags::empty(),
+    );
+    GucRegistry::define_bool_guc(
+        c"dbrag.audit_tenant_switches",
+        c"Write a tenant_switch audit row for every successful dbrag.set_tenant.",
+        c"Refusals are always audited. Off saves a write per switch for applications that set the tenant in every transaction.",
+        &AUDIT_TENANT_SWITCHES,
+        GucContext::Suset,
+        GucFlags::empty(),
     );
     GucRegistry::define_string_guc(
         c"dbrag.master_key",

@@ -5,12 +5,21 @@
 //! receive it with the rest of the settings. When it is empty, a login role
 //! listed in `tenant_members` gets its one tenant. Resolution is cached per
 //! backend and dropped on any relcache invalidation, which the triggers on
-//! `tenants` and `tenant_members` send when a row there changes.
+//! `tenants` and `tenant_members` send when a row there changes. Tenant
+//! status and membership are cached the same way, so `set_tenant` in every
+//! transaction (connection poolers) costs no query once a tenant was seen.
+//!
+//! Tokens are HS256 with `dbrag.jwt_secret`, or RS256/ES256/EdDSA verified
+//! with the public keys of `dbrag.jwt_public_keys_file` (a JWKS document,
+//! re-read when the file changes), so the database need hold no signing
+//! secret (README, "Tokens from an identity provider").
 
 use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use dbrag_core::jwt;
+use dbrag_core::jwt::{self, Alg, Jwks};
 use pgrx::datum::DatumWithOid;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
@@ -33,8 +42,19 @@ struct CacheKey {
     epoch: u64,
 }
 
+/// Most tenants whose status one backend keeps; the map is emptied beyond.
+const STATUS_CACHE_MAX: usize = 4096;
+
 thread_local! {
     static RESOLVED: RefCell<Option<(CacheKey, Option<uuid::Uuid>)>> = const { RefCell::new(None) };
+    /// Tenant → status (None: no such tenant), valid for one epoch.
+    static STATUS: RefCell<(u64, HashMap<uuid::Uuid, Option<String>>)> =
+        RefCell::new((0, HashMap::new()));
+    /// (epoch, login role) → its single active tenant.
+    static MEMBERSHIP: RefCell<Option<(u64, pg_sys::Oid, Option<uuid::Uuid>)>> =
+        const { RefCell::new(None) };
+    /// The parsed public key file and what it was parsed from.
+    static PUBLIC_KEYS: RefCell<Option<(KeyFileStamp, Rc<Jwks>)>> = const { RefCell::new(None) };
 }
 
 unsafe extern "C-unwind" fn on_relcache_invalidation(_arg: pg_sys::Datum, _relid: pg_sys::Oid) {
@@ -51,15 +71,43 @@ pub fn init() {
     };
 }
 
-/// Tenant status as stored, looked up as the extension (no policy applies).
+/// Tenant status as stored, cached until the next invalidation.
 fn tenant_status(tenant: uuid::Uuid) -> Option<String> {
+    let epoch = EPOCH.load(Ordering::Relaxed);
+    if let Some(hit) = STATUS.with(|c| {
+        let c = c.borrow();
+        (c.0 == epoch).then(|| c.1.get(&tenant).cloned()).flatten()
+    }) {
+        return hit;
+    }
+    // A failed lookup reads as "no such tenant" and is not remembered.
+    let Some(status) = tenant_status_uncached(tenant) else {
+        return None;
+    };
+    // An invalidation during the lookup bumps the epoch: the entry is then
+    // filed under the old one and never served.
+    STATUS.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.0 != epoch || c.1.len() >= STATUS_CACHE_MAX {
+            c.0 = epoch;
+            c.1.clear();
+        }
+        c.1.insert(tenant, status.clone());
+    });
+    status
+}
+
+/// Tenant status as stored, looked up as the extension (no policy applies):
+/// Some(None) when there is no such tenant, None when the lookup failed.
+fn tenant_status_uncached(tenant: uuid::Uuid) -> Option<Option<String>> {
     let id = pgrx::Uuid::from_bytes(*tenant.as_bytes());
     privileged::as_extension(|| {
         // A read-only select: this runs inside parallel workers too.
         Spi::connect(|client| {
             client
+                // Always one row: NULL when there is no such tenant.
                 .select(
-                    "SELECT status::text FROM control_plane.tenants WHERE tenant_id = $1",
+                    "SELECT (SELECT status::text FROM control_plane.tenants WHERE tenant_id = $1)",
                     Some(1),
                     &[DatumWithOid::from(id)],
                 )?
@@ -67,11 +115,26 @@ fn tenant_status(tenant: uuid::Uuid) -> Option<String> {
                 .get_one::<String>()
         })
     })
-    .unwrap_or(None)
+    .ok()
 }
 
-/// The single active tenant the login role is a member of, if exactly one.
+/// The single active tenant the login role is a member of, if exactly one;
+/// cached until the next invalidation.
 fn membership_tenant(member: pg_sys::Oid) -> Option<uuid::Uuid> {
+    let epoch = EPOCH.load(Ordering::Relaxed);
+    if let Some(hit) = MEMBERSHIP.with(|c| {
+        c.borrow()
+            .as_ref()
+            .and_then(|(e, m, t)| (*e == epoch && *m == member).then_some(*t))
+    }) {
+        return hit;
+    }
+    let tenant = membership_tenant_uncached(member);
+    MEMBERSHIP.with(|c| *c.borrow_mut() = Some((epoch, member, tenant)));
+    tenant
+}
+
+fn membership_tenant_uncached(member: pg_sys::Oid) -> Option<uuid::Uuid> {
     let found: Vec<pgrx::Uuid> = privileged::as_extension(|| {
         Spi::connect(|client| {
             let rows = client.select(
@@ -165,25 +228,27 @@ fn now_unix() -> i64 {
         .unwrap_or(0)
 }
 
-/// Open cursors of this session. A cursor evaluates the tenant when its scan
-/// starts and keeps it: one opened (or partly fetched) under tenant A would
-/// go on returning A's rows after a switch to B.
-fn open_cursors() -> i64 {
-    // The unnamed portal is the statement calling us, not a cursor.
-    privileged::with_pinned_search_path(|| {
-        Spi::get_one::<i64>(
-            "SELECT count(*) FROM pg_catalog.pg_cursors WHERE name OPERATOR(pg_catalog.<>) ''",
-        )
-    })
-    .ok()
-    .flatten()
-    .unwrap_or(0)
+/// Whether this session has an open cursor. A cursor evaluates the tenant
+/// when its scan starts and keeps it: one opened (or partly fetched) under
+/// tenant A would go on returning A's rows after a switch to B. Declared,
+/// partly fetched and held (`WITH HOLD`) cursors are all portals in the
+/// READY state; the statement calling us is ACTIVE, not READY.
+fn has_open_cursors() -> bool {
+    // SAFETY: reads the backend's portal table; no allocation, no error.
+    !unsafe { pg_sys::ThereAreNoReadyPortals() }
 }
 
 /// Put `tenant` in force after checking that it exists and is active.
-fn switch_to(tenant: uuid::Uuid, is_local: bool, via: &str, not_after: Option<i64>) -> pgrx::Uuid {
+/// `detail` goes into the audit rows (the switch's, when switches are audited).
+fn switch_to(
+    tenant: uuid::Uuid,
+    is_local: bool,
+    via: &str,
+    detail: serde_json::Value,
+    not_after: Option<i64>,
+) -> pgrx::Uuid {
     scaleout::before_switch();
-    if current() != Some(tenant) && open_cursors() > 0 {
+    if current() != Some(tenant) && has_open_cursors() {
         DbragError::new(
             Kind::NotConfigured,
             "cannot switch tenants while cursors are open",
@@ -197,7 +262,10 @@ fn switch_to(tenant: uuid::Uuid, is_local: bool, via: &str, not_after: Option<i6
             audit::record_durable(
                 "tenant_switch_refused",
                 Some(&tenant.to_string()),
-                json!({"via": via, "reason": format!("tenant is {status}")}),
+                with_detail(
+                    json!({"via": via, "reason": format!("tenant is {status}")}),
+                    &detail,
+                ),
             );
             DbragError::new(Kind::Forbidden, format!("tenant {tenant} is {status}"))
                 .hint("only active tenants can be put in force; see dbrag.set_tenant_status")
@@ -207,50 +275,154 @@ fn switch_to(tenant: uuid::Uuid, is_local: bool, via: &str, not_after: Option<i6
             audit::record_durable(
                 "tenant_switch_refused",
                 None,
-                json!({"via": via, "reason": "unknown tenant", "claimed_tenant": tenant.to_string()}),
+                with_detail(
+                    json!({"via": via, "reason": "unknown tenant", "claimed_tenant": tenant.to_string()}),
+                    &detail,
+                ),
             );
             raise(Kind::NotFound, format!("tenant {tenant} does not exist"))
         }
     }
     gucs::write_tenant_setting(&tenant.to_string(), is_local);
     scaleout::forward_tenant(tenant, not_after);
-    audit::record(
-        "tenant_switch",
-        Some(&tenant.to_string()),
-        json!({"via": via, "is_local": is_local}),
-    );
+    if gucs::AUDIT_TENANT_SWITCHES.get() {
+        audit::record(
+            "tenant_switch",
+            Some(&tenant.to_string()),
+            with_detail(json!({"via": via, "is_local": is_local}), &detail),
+        );
+    }
     to_pg(tenant)
 }
 
-/// `dbrag.set_tenant(token)`: put the tenant named by a server-signed token in force.
+/// `base` with the members of `extra` (an object) added.
+fn with_detail(mut base: serde_json::Value, extra: &serde_json::Value) -> serde_json::Value {
+    if let (Some(b), Some(e)) = (base.as_object_mut(), extra.as_object()) {
+        for (k, v) in e {
+            b.insert(k.clone(), v.clone());
+        }
+    }
+    base
+}
+
+/// (path, size, mtime in ns, inode) of the public key file.
+type KeyFileStamp = (String, u64, i128, u64);
+
+fn keys_not_configured(message: String) -> DbragError {
+    DbragError::new(Kind::NotConfigured, message).hint(
+        "a superuser points dbrag.jwt_public_keys_file at a readable JWKS document \
+         ({\"keys\": [...]}) of the identity provider's public keys",
+    )
+}
+
+/// The public keys of `dbrag.jwt_public_keys_file`, parsed once per backend
+/// and again when the setting or the file's size, mtime or inode changes.
+fn public_keys(path: &str) -> Result<Rc<Jwks>, DbragError> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).map_err(|e| {
+        keys_not_configured(format!(
+            "cannot read the file named by dbrag.jwt_public_keys_file: {e}"
+        ))
+    })?;
+    let stamp: KeyFileStamp = (
+        path.to_string(),
+        meta.len(),
+        meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128,
+        meta.ino(),
+    );
+    if let Some(hit) = PUBLIC_KEYS.with(|c| {
+        c.borrow()
+            .as_ref()
+            .and_then(|(s, k)| (s == &stamp).then(|| k.clone()))
+    }) {
+        return Ok(hit);
+    }
+    if meta.len() > jwt::MAX_JWKS_LEN as u64 {
+        return Err(keys_not_configured(format!(
+            "dbrag.jwt_public_keys_file is larger than {} bytes",
+            jwt::MAX_JWKS_LEN
+        )));
+    }
+    let bytes = std::fs::read(path).map_err(|e| {
+        keys_not_configured(format!(
+            "cannot read the file named by dbrag.jwt_public_keys_file: {e}"
+        ))
+    })?;
+    let keys = Rc::new(
+        Jwks::parse(&bytes)
+            .map_err(|e| keys_not_configured(format!("dbrag.jwt_public_keys_file: {e}")))?,
+    );
+    PUBLIC_KEYS.with(|c| *c.borrow_mut() = Some((stamp, keys.clone())));
+    Ok(keys)
+}
+
+/// `dbrag.set_tenant(token)`: put the tenant named by a signed token in force.
 #[pg_extern(volatile, parallel_unsafe, name = "set_tenant")]
 fn set_tenant_token(token: Option<&str>, is_local: default!(Option<bool>, false)) -> pgrx::Uuid {
     crate::act_as::refuse_if_restricted("dbrag.set_tenant");
     let token = required(token, "token");
     let is_local = is_local.unwrap_or(false);
-    let Some(secret) = gucs::string_value(&gucs::JWT_SECRET) else {
+    let secret = gucs::string_value(&gucs::JWT_SECRET);
+    let keys_file = gucs::string_value(&gucs::JWT_PUBLIC_KEYS_FILE);
+    if secret.is_none() && keys_file.is_none() {
         audit::record_durable(
             "token_refused",
             None,
-            json!({"reason": "dbrag.jwt_secret is not set"}),
+            json!({"reason": "neither dbrag.jwt_secret nor dbrag.jwt_public_keys_file is set"}),
         );
         DbragError::new(
             Kind::NotConfigured,
             "token login is not configured: dbrag.jwt_secret is not set",
         )
-        .hint("a superuser sets dbrag.jwt_secret in postgresql.conf or with ALTER SYSTEM")
+        .hint(
+            "a superuser sets dbrag.jwt_secret (HS256) or dbrag.jwt_public_keys_file \
+             (RS256, ES256, EdDSA) in postgresql.conf or with ALTER SYSTEM",
+        )
         .raise()
     };
-    match jwt::verify_hs256(token, secret.as_bytes(), now_unix()) {
+    // The header is read unverified, only to pick the key and to describe
+    // the token in audit rows; verify() re-reads it and decides.
+    let header = jwt::token_header(token).ok();
+    let described = match &header {
+        Some(h) => json!({"alg": h.alg.name(), "kid": h.kid}),
+        None => json!({}),
+    };
+    let jwks = match (&header, &keys_file) {
+        (Some(h), Some(path)) if h.alg != Alg::Hs256 => match public_keys(path) {
+            Ok(k) => Some(k),
+            Err(e) => {
+                audit::record_durable(
+                    "token_refused",
+                    None,
+                    with_detail(json!({"reason": e.message.clone()}), &described),
+                );
+                e.raise()
+            }
+        },
+        _ => None,
+    };
+    let issuer = gucs::string_value(&gucs::JWT_ISSUER);
+    let audience = gucs::string_value(&gucs::JWT_AUDIENCE);
+    let verifier = jwt::Verifier {
+        hs256_secret: secret.as_deref().map(str::as_bytes),
+        public_keys: jwks.as_deref(),
+        issuer: issuer.as_deref(),
+        audience: audience.as_deref(),
+    };
+    match verify_cached(token, &secret, &jwks, &verifier) {
         Ok(claims) => {
             let tenant = match uuid::Uuid::try_parse(&claims.tenant_id) {
                 Ok(t) => t,
                 Err(_) => raise(Kind::BadToken, "token claim tenant_id is not a uuid"),
             };
-            switch_to(tenant, is_local, "token", Some(claims.exp))
+            switch_to(tenant, is_local, "token", described, Some(claims.exp))
         }
         Err(e) => {
-            audit::record_durable("token_refused", None, json!({"reason": e.to_string()}));
+            audit::record_durable(
+                "token_refused",
+                None,
+                with_detail(json!({"reason": e.to_string()}), &described),
+            );
             let mut err = DbragError::new(Kind::BadToken, format!("tenant token refused: {e}"));
             if uuid::Uuid::try_parse(token.trim()).is_ok() {
                 err = err.hint("to set a tenant by id, pass a uuid: dbrag.set_tenant('…'::uuid)");
@@ -258,6 +430,70 @@ fn set_tenant_token(token: Option<&str>, is_local: default!(Option<bool>, false)
             err.raise()
         }
     }
+}
+
+/// Most verified tokens one backend remembers (each at most 8 KB).
+const VERIFIED_CACHE_MAX: usize = 256;
+
+/// A verified token: its claims and the key material that verified it.
+struct Verified {
+    claims: jwt::Claims,
+    /// The public keys in force then (None: the HS256 secret verified it).
+    keys: Option<Rc<Jwks>>,
+}
+
+thread_local! {
+    /// Tokens this backend verified, by their exact text, valid while the
+    /// HS256 secret (first member) and the public key document are the same.
+    /// A pooled application sends the same user's token in every
+    /// transaction; the signature is checked once, the claims every time.
+    static VERIFIED: RefCell<(Option<String>, HashMap<String, Verified>)> =
+        RefCell::new((None, HashMap::new()));
+}
+
+/// `jwt::verify`, remembering successes for the same key material.
+fn verify_cached(
+    token: &str,
+    secret: &Option<String>,
+    jwks: &Option<Rc<Jwks>>,
+    verifier: &jwt::Verifier<'_>,
+) -> Result<jwt::Claims, jwt::TokenError> {
+    let now = now_unix();
+    let hit = VERIFIED.with(|c| {
+        let mut c = c.borrow_mut();
+        if &c.0 != secret {
+            c.0 = secret.clone();
+            c.1.clear();
+        }
+        let v = c.1.get(token)?;
+        let same_keys = match (&v.keys, jwks) {
+            (None, _) => true,
+            (Some(a), Some(b)) => Rc::ptr_eq(a, b),
+            (Some(_), None) => false,
+        };
+        same_keys.then(|| v.claims.clone())
+    });
+    if let Some(claims) = hit {
+        // Time, issuer and audience are checked at every use.
+        jwt::check_claims(&claims, verifier, now)?;
+        return Ok(claims);
+    }
+    let claims = jwt::verify(token, verifier, now)?;
+    let by_public_key = jwt::token_header(token).is_ok_and(|h| h.alg != Alg::Hs256);
+    VERIFIED.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.1.len() >= VERIFIED_CACHE_MAX {
+            c.1.clear();
+        }
+        c.1.insert(
+            token.to_string(),
+            Verified {
+                claims: claims.clone(),
+                keys: if by_public_key { jwks.clone() } else { None },
+            },
+        );
+    });
+    Ok(claims)
 }
 
 /// `dbrag.set_tenant(uuid)`: for the trusted application server and operators.
@@ -292,7 +528,7 @@ fn set_tenant_uuid(
         .hint("a tenant member is bound to its tenant; CREATEROLE lets it grant itself dbrag_app. ALTER ROLE ... NOCREATEROLE (see dbrag.isolation_report())")
         .raise()
     }
-    switch_to(tenant, is_local, "uuid", None)
+    switch_to(tenant, is_local, "uuid", json!({}), None)
 }
 
 /// Whether the login role has CREATEROLE and is listed in tenant_members:

@@ -21,5 +21,5 @@ pub use answer::{
     AnswerError, ModelReply,
 };
 pub use envelope::{key_id_of, open, seal, EnvelopeError, Key, Keyring};
-pub use jwt::{sign_hs256, verify_hs256, Claims, TokenError};
+pub use jwt::{sign_hs256, verify, verify_hs256, Alg, Claims, Jwks, TokenError, Verifier};
 pub use words::{identifier_words, split_identifier};
