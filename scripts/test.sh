@@ -56,7 +56,7 @@ status=$fuzz_status
 python3 -m pytest tests -q -p no:cacheprovider "$@" || status=$?
 
 # A crash or a Rust panic that escaped would show in the server log.
-if grep -nE "terminated by signal|PANIC|panicked at" "$WORK/primary/server.log"; then
+if grep -nE "terminated by signal|was terminated by signal|memory allocation of|PANIC|panicked at" "$WORK/primary/server.log"; then
     echo "server log shows a crash or panic"
     status=1
 fi

@@ -18,7 +18,16 @@ const PROMPT_HITS: i32 = 12;
 pub const MAX_QUESTION_CHARS: usize = 8000;
 
 pub fn check_question(question: Option<&str>) -> String {
-    let q = required(question, "question").trim().to_string();
+    let q = required(question, "question");
+    // Bytes first: nothing is copied from a longer argument.
+    if q.len() > MAX_QUESTION_CHARS * 4 + 4096 {
+        DbragError::new(
+            Kind::BadArgument,
+            format!("question is longer than {MAX_QUESTION_CHARS} characters"),
+        )
+        .raise();
+    }
+    let q = q.trim().to_string();
     if q.is_empty() {
         DbragError::new(Kind::BadArgument, "question must not be empty").raise();
     }
@@ -483,6 +492,7 @@ fn execute(conn: &Connection, sql: &str, max_rows: i64) -> Result<(Vec<String>, 
         })
     });
     let fired = deadline.fired();
+    let out_of_memory = deadline.memory_exceeded().then(crate::timer::memory_error);
     drop(deadline);
     match outcome {
         Ok(Ok(None)) => Err(ExecError::Fatal(
@@ -499,6 +509,9 @@ fn execute(conn: &Connection, sql: &str, max_rows: i64) -> Result<(Vec<String>, 
         }
         Ok(Err(e)) => Err(ExecError::Retryable(e.to_string())),
         Err(caught) => {
+            if let Some(e) = out_of_memory {
+                return Err(ExecError::Fatal(e));
+            }
             if fired {
                 return Err(ExecError::Fatal(
                     DbragError::new(
