@@ -11,7 +11,7 @@
 # the same targets (on stable: RUSTC_BOOTSTRAP=1 cargo +stable fuzz run jwt,
 # with AddressSanitizer; too slow to build for CI's budget).
 #
-#   DBRAG_FUZZ_SECONDS=N   seconds per target (default 8; 7 targets)
+#   DBRAG_FUZZ_SECONDS=N   seconds per target (default 8; 8 targets)
 #   DBRAG_FUZZ_TARGETS="jwt answer"   a subset
 #
 # The corpus kept in the repo (crates/dbrag-core/fuzz/corpus/<target>) is
@@ -24,7 +24,7 @@ export PATH="$HOME/.cargo/bin:$PATH"
 
 FUZZ=crates/dbrag-core/fuzz
 SECONDS_PER_TARGET=${DBRAG_FUZZ_SECONDS:-8}
-TARGETS=${DBRAG_FUZZ_TARGETS:-"jwt envelope answer conninfo prompt sqlguard dialect"}
+TARGETS=${DBRAG_FUZZ_TARGETS:-"jwt envelope answer conninfo prompt sqlguard dialect frame"}
 TRIPLE=$(rustc -vV | sed -n 's/^host: //p')
 
 # The flags of cargo-fuzz's default build, less -Zsanitizer. An explicit

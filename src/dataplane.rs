@@ -131,7 +131,9 @@ pub fn execute_read_only(
                     "SELECT pg_catalog.to_jsonb(q)::pg_catalog.text FROM (\n{body}\n) q LIMIT {}",
                     max as u64 + 1
                 );
+                // Rows counted as they come (54000 past max_bytes).
                 let mut session = connections::open_session(conn)?;
+                session.max_result_bytes = max_bytes;
                 let r = session.query_read_only(&wrapped, &[], timeout_ms)?;
                 // jsonb text as the remote printed it, never parsed here:
                 // jsonb_in checks it on the way out (crate::jsonb::JsonbText).

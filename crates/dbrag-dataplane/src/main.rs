@@ -236,6 +236,25 @@ fn serve(req: Request) -> Result<Value> {
     }
 }
 
+/// `--bench N`: serve the request N times in this process and print the
+/// median and p99 per call in microseconds (bench/dataplane.sh: the client
+/// libraries' own cost, to set the per-call cost of the process against).
+fn bench(request: &Request, n: usize) -> ! {
+    let mut times = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = std::time::Instant::now();
+        let ok = serve(request.clone()).is_ok();
+        times.push(t.elapsed().as_micros() as u64);
+        if !ok {
+            eprintln!("the request failed");
+            std::process::exit(1);
+        }
+    }
+    times.sort_unstable();
+    println!("{} {}", times[n / 2], times[(n * 99 / 100).min(n - 1)]);
+    std::process::exit(0);
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     contain(
@@ -250,6 +269,14 @@ fn main() {
         std::process::exit(EXIT_BAD_REQUEST);
     };
     drop(stdin);
+    if let Some(n) = args
+        .iter()
+        .position(|a| a == "--bench")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        bench(&request, n.clamp(1, 100_000));
+    }
     let budget = budget_ms(&request);
     // The backend cancels by closing our stdin (or by exiting).
     let _ = std::thread::Builder::new().name("watch".into()).spawn(|| {
