@@ -354,6 +354,10 @@ pub fn call(engine: &str, request: &Request, budget_ms: u64) -> Result<Value> {
             }
         }
         if !out_open {
+            // An interrupt that arrived meanwhile is the caller's answer.
+            if interrupt_pending() {
+                pgrx::check_for_interrupts!();
+            }
             let status = run.wait();
             // Whatever stderr still holds.
             let _ = run.stderr.read_to_end(&mut err_tail);

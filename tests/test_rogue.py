@@ -13,12 +13,14 @@ import time
 import psycopg
 import pytest
 
-from conftest import DBNAME, connect
+from conftest import connect
+from llm_fixture import llm_server  # noqa: F401  (fixture)
 from rogue import sqlite_files
 from rogue.mysql import MODES as MYSQL_MODES
 from rogue.mysql import RogueMysql
 from rogue.postgres import MODES as PG_MODES
 from rogue.postgres import RoguePostgres
+from test_ask import nl  # noqa: F401  (fixture)
 
 # The caller's own statement_timeout bounds the calls that would otherwise
 # wait for the connection's full deadline.
@@ -44,9 +46,11 @@ PG_EXPECTED = {
     "length_past_end": {"58000"},
     "endless_rows": {"54000"},
     "never_handshake": {"57014"},
-    "garbage_after_auth": {"58000"},
+    # Random bytes may happen to announce a long message: the memory bound.
+    "garbage_after_auth": {"58000", "53200"},
     "kerberos_auth": {"58000"},
-    "huge_error": {"53200"},
+    # libpq refuses a buffer past 2^31 bytes itself, or the bound stops it.
+    "huge_error": {"58000", "53200"},
 }
 
 
@@ -61,7 +65,7 @@ def bystander(su, tenants):
     """Tenant A's open session with state only its backend holds; after the
     test it must still be there, and the postmaster must not have restarted."""
     started = su.execute("SELECT pg_postmaster_start_time()").fetchone()[0]
-    a = tenants.conn(tenants.a_role, autocommit=True)
+    a = tenants.conn(tenants.a_role)
     a.execute("CREATE TEMP TABLE still_here AS SELECT 42 AS x")
     pid = a.execute("SELECT pg_backend_pid()").fetchone()[0]
     yield
@@ -84,7 +88,7 @@ def timed_error(conn, sql, args):
 
 @pytest.mark.parametrize("mode", MYSQL_MODES)
 def test_rogue_mysql_server(tenants, bystander, mode):
-    with RogueMysql(mode) as server, tenants.conn(tenants.b_role, autocommit=True) as b:
+    with RogueMysql(mode) as server, tenants.conn(tenants.b_role) as b:
         uri = f"mysql://u:pw@127.0.0.1:{server.port}/db"
         e, elapsed = timed_error(b, "SELECT * FROM dbrag.test_connection('mysql', %s)", (uri,))
         assert e.sqlstate in MYSQL_EXPECTED[mode], (mode, e.sqlstate, str(e))
@@ -94,7 +98,7 @@ def test_rogue_mysql_server(tenants, bystander, mode):
 
 @pytest.mark.parametrize("mode", PG_MODES)
 def test_rogue_postgres_server(tenants, bystander, mode):
-    with RoguePostgres(mode) as server, tenants.conn(tenants.b_role, autocommit=True) as b:
+    with RoguePostgres(mode) as server, tenants.conn(tenants.b_role) as b:
         conninfo = f"host=127.0.0.1 port={server.port} dbname=db user=u password=pw connect_timeout=10"
         e, elapsed = timed_error(b, "SELECT * FROM dbrag.test_connection('postgres', %s)", (conninfo,))
         assert e.sqlstate in PG_EXPECTED[mode], (mode, e.sqlstate, str(e))
@@ -114,7 +118,7 @@ def test_rogue_mysql_crash_message_is_clear(tenants, bystander):
 
 def test_rogue_mysql_repeated_calls_leave_no_processes(tenants, bystander):
     """Ten calls in one session: every helper process is gone afterwards."""
-    with RogueMysql("huge_column_count") as server, tenants.conn(tenants.b_role, autocommit=True) as b:
+    with RogueMysql("huge_column_count") as server, tenants.conn(tenants.b_role) as b:
         pid = b.execute("SELECT pg_backend_pid()").fetchone()[0]
         for _ in range(10):
             err(b, "SELECT * FROM dbrag.test_connection('mysql', %s)",
@@ -165,7 +169,7 @@ def test_rogue_sqlite_file(tenants, bystander, sqlite_home, kind):
     path = os.path.join(sqlite_home, f"{kind}.db")
     sqlite_files.FILES[kind](path)
     shutil.chown(path, "postgres", "postgres")
-    with tenants.conn(tenants.b_role, autocommit=True) as b:
+    with tenants.conn(tenants.b_role) as b:
         b.execute(f"SET statement_timeout = {TIMEOUT_MS}")
         t0 = time.monotonic()
         state = None
@@ -196,7 +200,7 @@ def test_memory_limit_stops_catalog_sampling(su, tenants, bystander):
     session goes on."""
     schema = f"wide_{tenants.tag}"
     su.execute(f"CREATE SCHEMA {schema} AUTHORIZATION {tenants.b_role}")
-    with tenants.conn(tenants.b_role, autocommit=True) as b:
+    with tenants.conn(tenants.b_role) as b:
         b.execute(f"CREATE TABLE {schema}.wide AS SELECT g AS id, repeat('x', 20000000) AS v "
                   "FROM generate_series(1, 50) g")
         cid = b.execute("SELECT dbrag.create_connection('wide', 'local', NULL, %s)", (schema,)).fetchone()[0]
@@ -230,3 +234,22 @@ def test_question_bounded_before_copy(tenants):
     with tenants.conn(tenants.b_role) as b:
         e = err(b, "SELECT dbrag.generate_sql(repeat('q', 200000000))")
         assert e.sqlstate == "22023"
+
+
+def test_memory_limit_stops_generated_sql(nl, bystander):
+    """Model SQL that grows without bound: 200 strings of 10 MB in one
+    array. The bound ends the statement with 53200 long before the OOM
+    killer would; the session and the backend go on."""
+    from test_ask import sql_answer
+    tenants, _, _, model = nl
+    model.script(sql_answer("SELECT array_agg(repeat('x', 10000000)) FROM generate_series(1, 200)"))
+    with tenants.conn(tenants.a_role) as a:
+        pid = a.execute("SELECT pg_backend_pid()").fetchone()[0]
+        t0 = time.monotonic()
+        e = err(a, "SELECT * FROM dbrag.ask('make it big')")
+        assert e.sqlstate == "53200", str(e)
+        assert "dbrag.query_memory_limit" in str(e)
+        assert time.monotonic() - t0 < 10
+        assert a.execute("SELECT pg_backend_pid()").fetchone()[0] == pid
+        model.script(sql_answer("SELECT count(*) FROM singer"))
+        assert a.execute("SELECT * FROM dbrag.ask('how many singers')").fetchone()[0] == {"count": 2}

@@ -285,8 +285,14 @@ impl Session {
     }
 
     /// Connect within `timeout_ms`, honouring interrupts. Applies the
-    /// password rule of SPEC §5 for non-superusers.
+    /// password rule of SPEC §5 for non-superusers. Under
+    /// dbrag.query_memory_limit: a server can announce a long message
+    /// during start-up too.
     pub fn connect(parsed: &Parsed, timeout_ms: i32) -> Result<Session> {
+        crate::timer::within_memory_limit(|| Self::connect_unwatched(parsed, timeout_ms))
+    }
+
+    fn connect_unwatched(parsed: &Parsed, timeout_ms: i32) -> Result<Session> {
         check_before_connect(parsed)?;
         let mut keys: Vec<CString> = Vec::new();
         let mut vals: Vec<CString> = Vec::new();

@@ -10,7 +10,8 @@
 //! or is killed the backend reports an ERROR and goes on.
 //!
 //! No PostgreSQL code runs here. At start the process puts every signal
-//! back to its default, unblocks them all, closes every descriptor it
+//! back to its default, unblocks them all, leaves the backend's process
+//! group (PostgreSQL signals it as a whole), closes every descriptor it
 //! inherited beyond stdin/stdout/stderr and asks the kernel to kill it when
 //! its parent (the backend) exits. The backend cancels a call by closing
 //! the process's stdin; a watchdog thread ends the process a bounded time
@@ -102,6 +103,10 @@ fn contain(memory_mb: u64, cpu_seconds: u64) {
                 libc::close(fd);
             }
         }
+        // Out of the backend's process group: PostgreSQL signals the
+        // whole group on statement_timeout and pg_cancel_backend (SIGINT),
+        // and the backend, not this process, serves those.
+        libc::setsid();
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
         if libc::getppid() == 1 {
             libc::_exit(EXIT_BAD_REQUEST);
