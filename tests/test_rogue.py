@@ -160,7 +160,7 @@ SQLITE_EXPECTED = {
     "corrupt_schema": {"58000"},
     # Valid files: the call works or fails cleanly; never a crash or a hang.
     "enormous_sparse": {None, "58000"},
-    "deep_view": {None, "58000"},
+    "oversized_values": {None, "58000"},
 }
 
 

@@ -56,11 +56,12 @@ def enormous_sparse(path, size=1 << 40):
         f.truncate(size)
 
 
-def deep_view(path, depth=900):
-    """A view nested 900 levels deep (near SQLite's expression depth limit)."""
+def oversized_values(path):
+    """Values of 20 MB, past the 16 MB SQLite lets a connection handle."""
     good(path)
     db = sqlite3.connect(path)
-    db.execute("CREATE VIEW deep AS SELECT " + "(" * depth + "1" + ")" * depth + " AS v")
+    db.execute("CREATE TABLE big (id INTEGER PRIMARY KEY, v TEXT)")
+    db.executemany("INSERT INTO big VALUES (?, ?)", [(i, "x" * 20_000_000) for i in range(2)])
     db.commit()
     db.close()
 
@@ -71,5 +72,5 @@ FILES = {
     "corrupt_pages": corrupt_pages,
     "corrupt_schema": corrupt_schema,
     "enormous_sparse": enormous_sparse,
-    "deep_view": deep_view,
+    "oversized_values": oversized_values,
 }
