@@ -142,8 +142,6 @@ pub mod limits {
     pub const CONNINFO: usize = 64 << 10;
     /// A connection name, an engine kind, a role.
     pub const NAME: usize = 1024;
-    /// A tenant token.
-    pub const TOKEN: usize = 64 << 10;
     /// A model API key.
     pub const API_KEY: usize = 64 << 10;
     /// dbrag.encrypt's plaintext and dbrag.decrypt's ciphertext.

@@ -218,10 +218,6 @@ fn switch_to(tenant: uuid::Uuid, is_local: bool, via: &str) -> pgrx::Uuid {
 #[pg_extern(volatile, parallel_unsafe, name = "set_tenant")]
 fn set_tenant_token(token: Option<&str>, is_local: default!(Option<bool>, false)) -> pgrx::Uuid {
     let token = required(token, "token");
-    if token.len() > crate::error::limits::TOKEN {
-        audit::record_durable("token_refused", None, json!({"reason": "token too long"}));
-        crate::error::bounded_len(token.len(), "token", crate::error::limits::TOKEN);
-    }
     let is_local = is_local.unwrap_or(false);
     let Some(secret) = gucs::string_value(&gucs::JWT_SECRET) else {
         audit::record_durable(

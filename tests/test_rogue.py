@@ -220,7 +220,6 @@ def test_memory_limit_stops_catalog_sampling(su, tenants, bystander):
     "SELECT dbrag.encrypt(repeat('a', 20000000), 'ctx')",
     "SELECT dbrag.encrypt('a', repeat('c', 100000))",
     "SELECT dbrag.test_connection('mysql', 'mysql://u:p@h/' || repeat('d', 100000))",
-    "SELECT dbrag.set_tenant(repeat('t', 100000))",
     "SELECT dbrag.set_llm_api_key(repeat('k', 100000))",
 ])
 def test_argument_limits(tenants, sql):
