@@ -47,7 +47,7 @@ db.commit()
 PY
 chown -R postgres:postgres "$WORK/sqlite"
 MY_URI="mysql://bench:$PW@127.0.0.1:$MY_PORT/shop"
-read -r MY_CID SQ_CID < <($PSQL -d bench -F ' ' <<SQL
+read -r MY_CID SQ_CID < <($PSQL -d bench -F ' ' <<SQL | tail -1
 SELECT dbrag.set_tenant('$TENANT'::uuid);
 SELECT dbrag.create_connection('my', 'mysql', '$MY_URI'), dbrag.create_connection('sq', 'sqlite', 'shop.db');
 SQL
@@ -57,19 +57,20 @@ $PSQL -d bench -c "SELECT dbrag.set_tenant('$TENANT'::uuid)" \
 
 STMT="SELECT id, name FROM t WHERE id = 1"
 pct() {  # pgbench per-transaction log -> p50 p99 in ms
-    cat "$1"* | awk '{print $3/1000}' | sort -n | awk '{a[NR]=$1} END {printf "%.3f %.3f", a[int(NR*0.5)+1], a[int(NR*0.99)+1]}'
+    cat "$1"* | awk '{print $3/1000}' | sort -n | awk '{a[NR]=$1} END {printf "%.3f %.3f\n", a[int(NR*0.5)+1], a[int(NR*0.99)+1]}'
 }
 through_backend() {  # name sql -> "p50 p99"
     echo "$2" >"$WORK/$1.sql"
     rm -f "$WORK/log_$1"*
-    (cd "$WORK" && pgbench -n -h 127.0.0.1 -p "$PORT" -U postgres -c 1 -T "$SECONDS_PER_RUN" \
+    # The tenant in force for the superuser's session (superuser-only setting).
+    (cd "$WORK" && PGOPTIONS="-c dbrag.tenant_id=$TENANT" pgbench -n -h 127.0.0.1 -p "$PORT" -U postgres -c 1 -T "$SECONDS_PER_RUN" \
         -f "$1.sql" -l --log-prefix="log_$1" bench >/dev/null)
     pct "$WORK/log_$1"
 }
 in_process() {  # request-json -> "p50 p99" in ms
     python3 -c 'import sys, struct; b = sys.argv[1].encode(); sys.stdout.buffer.write(struct.pack(">I", len(b)) + b)' "$1" \
         | "$($PG_CONFIG --pkglibdir)/pg_dbrag_dataplane" --bench "$N" \
-        | awk '{printf "%.3f %.3f", $1/1000, $2/1000}'
+        | awk '{printf "%.3f %.3f\n", $1/1000, $2/1000}'
 }
 read -r base50 base99 < <(through_backend base "SELECT 1")
 read -r sq50 sq99 < <(through_backend sqlite "SELECT * FROM dbrag._dataplane_query('$SQ_CID', '$STMT')")
