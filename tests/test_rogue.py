@@ -252,3 +252,17 @@ def test_memory_limit_stops_generated_sql(nl, bystander):
         assert a.execute("SELECT pg_backend_pid()").fetchone()[0] == pid
         model.script(sql_answer("SELECT count(*) FROM singer"))
         assert a.execute("SELECT * FROM dbrag.ask('how many singers')").fetchone()[0] == {"count": 2}
+
+
+def test_missing_helper_is_a_clear_error(su, tenants):
+    """An installation without pg_dbrag_dataplane: 55000 naming the file."""
+    libdir = su.execute("SELECT setting FROM pg_config WHERE name = 'PKGLIBDIR'").fetchone()[0]
+    path = os.path.join(libdir, "pg_dbrag_dataplane")
+    os.rename(path, path + ".away")
+    try:
+        with RogueMysql("never_handshake") as server, tenants.conn(tenants.b_role) as b:
+            e = err(b, "SELECT * FROM dbrag.test_connection('mysql', %s)",
+                    (f"mysql://u:pw@127.0.0.1:{server.port}/db",))
+            assert e.sqlstate == "55000" and "pg_dbrag_dataplane" in str(e)
+    finally:
+        os.rename(path + ".away", path)
