@@ -266,3 +266,47 @@ def test_missing_helper_is_a_clear_error(su, tenants):
             assert e.sqlstate == "55000" and "pg_dbrag_dataplane" in str(e)
     finally:
         os.rename(path + ".away", path)
+
+
+def _children(pid):
+    return [int(p) for p in os.listdir("/proc") if p.isdigit() and _ppid(p) == pid]
+
+
+def _alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_helper_ends_with_its_backend(su, tenants):
+    """A backend terminated while its helper process waits on a silent
+    server: the helper does not outlive it (it watches its stdin and dies
+    with its parent)."""
+    import threading
+    with RogueMysql("never_handshake") as server:
+        b = tenants.conn(tenants.b_role)
+        pid = b.execute("SELECT pg_backend_pid()").fetchone()[0]
+
+        def call():
+            try:
+                b.execute("SELECT * FROM dbrag.test_connection('mysql', %s)",
+                          (f"mysql://u:pw@127.0.0.1:{server.port}/db",))
+            except psycopg.Error:
+                pass
+
+        t = threading.Thread(target=call, daemon=True)
+        t.start()
+        end = time.monotonic() + 10
+        helpers = []
+        while not helpers and time.monotonic() < end:
+            helpers = _children(pid)
+            time.sleep(0.05)
+        assert helpers, "no helper process was started"
+        su.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        end = time.monotonic() + 8
+        while any(_alive(h) for h in helpers) and time.monotonic() < end:
+            time.sleep(0.1)
+        assert not any(_alive(h) for h in helpers)
+        t.join(timeout=5)
