@@ -1,14 +1,14 @@
 //! MySQL and MariaDB data planes over the `mysql` crate's synchronous client
 //! (no TLS, no OpenSSL; see docs/engines.md).
 //!
-//! A blocking socket read must not pin the backend: every conversation with
-//! the server runs on a worker thread that touches nothing of PostgreSQL's
-//! (all signals blocked, so they keep going to the backend's own thread).
-//! The backend waits on the worker's channel in 20 ms slices and serves
-//! interrupts in between, so `statement_timeout`, the extension's own
-//! deadline and `pg_cancel_backend` act at once; on the way out it sends
-//! `KILL QUERY <thread id>` over a second short connection, so the server
-//! stops too. Each statement also carries a server-side limit
+//! This runs in the helper process, never in a backend. Every conversation
+//! with the server runs on a worker thread; the main thread waits on the
+//! worker's channel in 20 ms slices and stops at the call's deadline or
+//! when the backend cancels (closes our stdin: `statement_timeout`, the
+//! extension's deadline, `pg_cancel_backend` served by the backend). On the
+//! way out, after the reply, it sends `KILL QUERY <thread id>` over a second
+//! short connection, so the server stops too. Each statement also carries a
+//! server-side limit
 //! (`max_execution_time` on MySQL, `max_statement_time` on MariaDB) and runs
 //! in `START TRANSACTION READ ONLY`; the socket has read/write timeouts.
 //!

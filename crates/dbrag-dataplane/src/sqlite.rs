@@ -1,16 +1,15 @@
 //! SQLite data planes over `rusqlite` with its bundled SQLite (no system
 //! library, the same SQLite everywhere; see docs/engines.md).
 //!
-//! A connection names a file under `dbrag.sqlite_dir` (superuser-only);
-//! [`dbrag_core::dataplane_target::resolve_sqlite_path`] refuses `..`,
-//! absolute paths elsewhere and symlinks that lead out. The file is opened
+//! This runs in the helper process, never in a backend. The backend has
+//! resolved the path under `dbrag.sqlite_dir/<tenant_id>/`
+//! ([`dbrag_core::dataplane_target::resolve_sqlite_path`] refuses `..`,
+//! absolute paths elsewhere and symlinks that lead out). The file is opened
 //! read-only without URI parsing and without following a final symlink,
 //! with `PRAGMA query_only`, `trusted_schema` off, defensive mode, no
 //! attached databases, and limits on string length and SQL size. Queries
-//! run on the backend's thread with a progress handler that stops the VM
-//! when an interrupt is pending (statement_timeout, pg_cancel_backend) or
-//! the call's own deadline has passed; the caller then serves the
-//! interrupt. An authorizer refuses, at prepare time, everything but reads
+//! run with a progress handler that stops the VM when the backend cancels
+//! or the call's own deadline has passed. An authorizer refuses, at prepare time, everything but reads
 //! and allowed functions — a second wall behind the guard.
 
 use std::path::PathBuf;
