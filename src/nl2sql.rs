@@ -172,7 +172,11 @@ fn prompt_examples(tenant_id: uuid::Uuid, question: &str) -> (Vec<PromptExample>
             let mut examples = Vec::new();
             let mut docs = Vec::new();
             for row in client.select(
-                "SELECT e.kind, e.question, e.sql, e.content \
+                // Cut to the limits of add_example/add_documentation: a
+                // tenant may also write the table directly, so a row can
+                // be up to 1 GB, and Rust would copy it whole.
+                "SELECT e.kind, pg_catalog.left(e.question, 8000), pg_catalog.left(e.sql, 100000), \
+                        pg_catalog.left(e.content, 100000) \
                  FROM control_plane.training_examples e, dbrag._question_query($2) q \
                  WHERE e.tenant_id = $1 AND q.query IS NOT NULL AND e.search_vector @@ q.query \
                  ORDER BY pg_catalog.ts_rank(e.search_vector, q.query) DESC LIMIT 20",

@@ -310,3 +310,17 @@ def test_helper_ends_with_its_backend(su, tenants):
             time.sleep(0.1)
         assert not any(_alive(h) for h in helpers)
         t.join(timeout=5)
+
+
+def test_oversized_training_rows_are_cut(nl):
+    """A tenant writes training_examples directly (it may): a 10 MB
+    documentation row reaches the prompt cut to 100,000 characters."""
+    from test_ask import sql_answer
+    tenants, _, _, model = nl
+    model.script(sql_answer("SELECT count(*) FROM singer"))
+    with tenants.conn(tenants.a_role) as a:
+        a.execute("INSERT INTO control_plane.training_examples (tenant_id, kind, content) "
+                  "VALUES (%s, 'documentation', 'singer ' || repeat('singer ', 1500000))", (tenants.a,))
+        assert a.execute("SELECT * FROM dbrag.ask('how many singer')").fetchone()[0] == {"count": 2}
+    body = model.requests()[-1]["body"]
+    assert sum(len(m["content"]) for m in body["messages"]) < 1_000_000
