@@ -24,7 +24,7 @@ export PATH="$HOME/.cargo/bin:$PATH"
 
 FUZZ=crates/dbrag-core/fuzz
 SECONDS_PER_TARGET=${DBRAG_FUZZ_SECONDS:-8}
-TARGETS=${DBRAG_FUZZ_TARGETS:-"jwt jwks envelope answer conninfo prompt sqlguard dialect"}
+TARGETS=${DBRAG_FUZZ_TARGETS:-"jwt jwks envelope answer conninfo prompt sqlguard dialect frame"}
 TRIPLE=$(rustc -vV | sed -n 's/^host: //p')
 
 # The flags of cargo-fuzz's default build, less -Zsanitizer. An explicit

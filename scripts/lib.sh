@@ -30,7 +30,20 @@ install_extension() {
         return 1
     }
     rm -f "$log"
+    install_dataplane_helper "$($PG_CONFIG --pkglibdir)" || return 1
     echo "installed pg_dbrag into $($PG_CONFIG --pkglibdir)"
+}
+
+# install_dataplane_helper DIR: build pg_dbrag_dataplane (the MySQL/SQLite
+# client process, crates/dbrag-dataplane) and install it into DIR, which
+# must be the server's pkglibdir: the extension looks for it there.
+install_dataplane_helper() {
+    local dir=$1
+    (cd "$REPO_ROOT" && cargo build --release -p dbrag-dataplane >/tmp/pg_dbrag_dataplane_build.log 2>&1) || {
+        tail -50 /tmp/pg_dbrag_dataplane_build.log
+        return 1
+    }
+    install -m 0755 "$REPO_ROOT/target/release/pg_dbrag_dataplane" "$dir/pg_dbrag_dataplane"
 }
 
 # start_cluster DIR PORT SUPERUSER_PASSWORD [extra postgresql.conf lines...]

@@ -101,7 +101,7 @@ logs=("$WORK/primary/server.log")
 for node in 0 1 2; do
     [ -f "$WORK/citus$node/server.log" ] && logs+=("$WORK/citus$node/server.log")
 done
-if grep -nE "terminated by signal|PANIC|panicked at" "${logs[@]}"; then
+if grep -nE "terminated by signal|was terminated by signal|memory allocation of|PANIC|panicked at" "${logs[@]}"; then
     echo "server log shows a crash or panic"
     status=1
 fi

@@ -129,38 +129,7 @@ impl TableEntry {
     }
 }
 
-/// Columns whose values are never sampled: their names look like secrets.
-pub fn looks_secret(column: &str) -> bool {
-    const WORDS: &[&str] = &[
-        "password",
-        "passwd",
-        "pwd",
-        "secret",
-        "token",
-        "ssn",
-        "key",
-        "apikey",
-        "salt",
-        "hash",
-        "cvv",
-        "pin",
-        "iban",
-        "credential",
-        "credentials",
-        "otp",
-        "private",
-    ];
-    let lower = column.to_lowercase();
-    if ["social_security", "credit_card", "card_number", "api_key"]
-        .iter()
-        .any(|p| lower.contains(p))
-    {
-        return true;
-    }
-    dbrag_core::split_identifier(column)
-        .iter()
-        .any(|w| WORDS.contains(&w.as_str()))
-}
+pub use dbrag_core::words::looks_secret;
 
 /// Parse the introspection rows into entries (samples filled separately).
 pub fn entries_from_introspection(schema: &str, rows: &[String]) -> Vec<TableEntry> {
@@ -306,12 +275,15 @@ fn introspect_local(schema: &str) -> Vec<TableEntry> {
         )
     });
     let mut entries = entries_from_introspection(schema, &rows);
-    for (i, entry) in entries.iter_mut().enumerate() {
-        entry.sample_values = sample_local(entry);
-        if (i + 1) % PROGRESS_EVERY == 0 {
-            notice!("sync_catalog: sampled {} tables of {}", i + 1, rows.len());
+    // Sample rows can be wide: under dbrag.query_memory_limit (53200).
+    crate::timer::within_memory_limit(|| {
+        for (i, entry) in entries.iter_mut().enumerate() {
+            entry.sample_values = sample_local(entry);
+            if (i + 1) % PROGRESS_EVERY == 0 {
+                notice!("sync_catalog: sampled {} tables of {}", i + 1, rows.len());
+            }
         }
-    }
+    });
     entries
 }
 
@@ -645,6 +617,7 @@ fn sync_catalog(
 /// `dbrag.identifier_words(ident)`: `OrderItems` → `order items`, for search vectors.
 #[pg_extern(immutable, strict, parallel_safe)]
 fn identifier_words(ident: &str) -> String {
+    let ident = crate::error::bounded(ident, "identifier", crate::error::limits::IDENTIFIER);
     dbrag_core::identifier_words(ident)
 }
 

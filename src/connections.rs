@@ -338,6 +338,7 @@ fn remote_tables(session: &mut Session, schema: &str) -> Result<Vec<(String, Str
 }
 
 fn parse_kind(kind: &str) -> EngineKind {
+    let kind = crate::error::bounded(kind, "kind", crate::error::limits::NAME);
     match EngineKind::parse(kind.trim()) {
         Some(k) => k,
         None => DbragError::new(
@@ -387,6 +388,7 @@ enum Target {
 
 /// Parse and check a conninfo of `kind`; a refusal (42501) is audited durably.
 fn prepare_target(kind: EngineKind, conninfo: &str, tenant: Option<uuid::Uuid>) -> Target {
+    let conninfo = crate::error::bounded(conninfo, "conninfo", crate::error::limits::CONNINFO);
     let outcome = match kind {
         EngineKind::Postgres => return Target::Postgres(parse_postgres_conninfo(conninfo, tenant)),
         EngineKind::Mysql => crate::mysql::parse_target(conninfo).map(Target::Mysql),

@@ -184,6 +184,9 @@ pub fn open_internal(blob: &[u8], purpose: Purpose) -> Result<String> {
 /// like pgcrypto: a NULL in gives NULL out.
 #[pg_extern(volatile, strict, parallel_safe)]
 fn encrypt(plaintext: &str, context: &str) -> Vec<u8> {
+    use crate::error::{bounded, limits};
+    bounded(plaintext, "plaintext", limits::SECRET);
+    bounded(context, "context", limits::CONTEXT);
     seal_aad(plaintext.as_bytes(), &sql_aad(context)).or_raise()
 }
 
@@ -192,6 +195,9 @@ fn encrypt(plaintext: &str, context: &str) -> Vec<u8> {
 #[pg_extern(stable, strict, parallel_safe)]
 fn decrypt(ciphertext: &[u8], context: &str) -> String {
     crate::act_as::refuse_if_restricted("dbrag.decrypt");
+    use crate::error::{bounded, bounded_len, limits};
+    bounded_len(ciphertext.len(), "ciphertext", limits::SECRET + 1024);
+    bounded(context, "context", limits::CONTEXT);
     open_aad(ciphertext, &sql_aad(context))
         .and_then(utf8)
         .or_raise()
@@ -220,6 +226,7 @@ fn set_llm_api_key(key: Option<&str>, global: default!(Option<bool>, false)) {
     crate::act_as::refuse_if_restricted("dbrag.set_llm_api_key");
     let global = global.unwrap_or(false);
     if let Some(k) = key {
+        crate::error::bounded(k, "key", crate::error::limits::API_KEY);
         if k.trim().is_empty() {
             raise(
                 Kind::BadArgument,

@@ -38,35 +38,6 @@ pub fn interrupt_pending() -> bool {
     unsafe { std::ptr::read_volatile(&raw const pg_sys::InterruptPending) != 0 }
 }
 
-/// Start a detached thread with every signal blocked, so PostgreSQL's
-/// signals keep going to the backend's own thread. The closure must never
-/// touch PostgreSQL.
-pub fn spawn_signal_free<F>(name: &str, f: F) -> Result<()>
-where
-    F: FnOnce() + Send + 'static,
-{
-    // SAFETY: plain signal-mask calls; the new thread inherits the mask in
-    // force when it is created, and the old one is restored right after.
-    let spawned = unsafe {
-        let mut all: libc::sigset_t = std::mem::zeroed();
-        let mut old: libc::sigset_t = std::mem::zeroed();
-        libc::sigfillset(&mut all);
-        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
-        let r = std::thread::Builder::new()
-            .name(name.to_string())
-            .stack_size(2 * 1024 * 1024)
-            .spawn(f);
-        libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
-        r
-    };
-    spawned.map(|_| ()).map_err(|e| {
-        DbragError::new(
-            Kind::Remote,
-            format!("could not start a client thread: {e}"),
-        )
-    })
-}
-
 fn dialect_of(conn: &Connection) -> Result<(Dialect, String)> {
     match conn.kind {
         EngineKind::Mysql => Ok((Dialect::MySql, conn.schema_name.clone())),
@@ -159,7 +130,9 @@ pub fn execute_read_only(
                     "SELECT pg_catalog.to_jsonb(q)::pg_catalog.text FROM (\n{body}\n) q LIMIT {}",
                     max as u64 + 1
                 );
+                // Rows counted as they come (54000 past max_bytes).
                 let mut session = connections::open_session(conn)?;
+                session.max_result_bytes = max_bytes;
                 let r = session.query_read_only(&wrapped, &[], timeout_ms)?;
                 // jsonb text as the remote printed it, never parsed here:
                 // jsonb_in checks it on the way out (crate::jsonb::JsonbText).
@@ -181,6 +154,7 @@ pub fn execute_read_only(
                     &conn.schema_name,
                     limited,
                     max,
+                    max_bytes,
                     gucs::REMOTE_CONNECT_TIMEOUT_MS.get(),
                     timeout_ms,
                 )?
@@ -189,7 +163,7 @@ pub fn execute_read_only(
                 let path = sqlite_path(conn)?;
                 let limited = dialect_guard::with_row_limit(Dialect::Sqlite, sql, max as u64 + 1)
                     .unwrap_or_else(|| sql.to_string());
-                sqlite::query(&path, &limited, max, timeout_ms)?
+                sqlite::query(&path, &limited, max, max_bytes, timeout_ms)?
             }
         };
     let text = rows

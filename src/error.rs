@@ -36,6 +36,8 @@ pub enum Kind {
     DependentObjects,
     /// 54000: a result larger than the extension passes on.
     TooLarge,
+    /// 53200: a statement grew the backend past dbrag.query_memory_limit.
+    OutOfMemory,
 }
 
 impl Kind {
@@ -55,6 +57,7 @@ impl Kind {
             Kind::Duplicate => ERRCODE_DUPLICATE_OBJECT,
             Kind::DependentObjects => ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST,
             Kind::TooLarge => ERRCODE_PROGRAM_LIMIT_EXCEEDED,
+            Kind::OutOfMemory => ERRCODE_OUT_OF_MEMORY,
         }
     }
 }
@@ -127,6 +130,45 @@ impl From<pgrx::spi::Error> for DbragError {
             Kind::NotConfigured,
             format!("pg_dbrag internal query failed: {e}"),
         )
+    }
+}
+
+/// Longest arguments, checked before anything is built from them (the
+/// table of limits is in README.md, "Limits").
+pub mod limits {
+    /// dbrag.identifier_words: a name or a catalog key.
+    pub const IDENTIFIER: usize = 64 << 10;
+    /// A conninfo or URI.
+    pub const CONNINFO: usize = 64 << 10;
+    /// A connection name, an engine kind, a role.
+    pub const NAME: usize = 1024;
+    /// A model API key.
+    pub const API_KEY: usize = 64 << 10;
+    /// dbrag.encrypt's plaintext and dbrag.decrypt's ciphertext.
+    pub const SECRET: usize = 16 << 20;
+    /// An encryption context.
+    pub const CONTEXT: usize = 64 << 10;
+    /// SQL given to the superuser-only diagnostics (_guard_check…).
+    pub const SQL: usize = 1 << 20;
+    /// A prompt given to the superuser-only _llm_complete.
+    pub const PROMPT: usize = 4 << 20;
+}
+
+/// Refuse an argument longer than `max` bytes (54000), before anything is
+/// allocated from it.
+pub fn bounded<'a>(value: &'a str, name: &str, max: usize) -> &'a str {
+    bounded_len(value.len(), name, max);
+    value
+}
+
+/// As [`bounded`], for a length.
+pub fn bounded_len(len: usize, name: &str, max: usize) {
+    if len > max {
+        DbragError::new(
+            Kind::TooLarge,
+            format!("{name} is longer than the limit of {max} bytes ({len} bytes)"),
+        )
+        .raise();
     }
 }
 

@@ -879,7 +879,7 @@ fn guard_check_sql(
     allowed: Option<Vec<Option<pg_sys::Oid>>>,
     raise_error: default!(Option<bool>, true),
 ) -> String {
-    let sql = required(sql, "sql");
+    let sql = crate::error::bounded(required(sql, "sql"), "sql", crate::error::limits::SQL);
     let allowed: HashSet<pg_sys::Oid> = allowed.unwrap_or_default().into_iter().flatten().collect();
     match check_local(sql, &allowed) {
         Ok(_) => "ok".into(),
@@ -897,7 +897,7 @@ fn guard_check_remote_sql(
     allowed: Option<Vec<Option<String>>>,
     default_schema: default!(Option<&str>, "'public'"),
 ) -> &'static str {
-    let sql = required(sql, "sql");
+    let sql = crate::error::bounded(required(sql, "sql"), "sql", crate::error::limits::SQL);
     let default_schema = default_schema.unwrap_or("public");
     let mut set = HashSet::new();
     for name in allowed.unwrap_or_default().into_iter().flatten() {

@@ -33,6 +33,7 @@ pub static LLM_TEMPERATURE: GucSetting<f64> = GucSetting::<f64>::new(0.0);
 pub static PROMPT_TOKEN_BUDGET: GucSetting<i32> = GucSetting::<i32>::new(6000);
 pub static QUERY_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(10_000);
 pub static REMOTE_CONNECT_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(5_000);
+pub static QUERY_MEMORY_LIMIT_MB: GucSetting<i32> = GucSetting::<i32>::new(256);
 pub static SEARCH_CONFIG: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"english"));
 pub static AUTO_ISOLATE: GucSetting<AutoIsolate> = GucSetting::<AutoIsolate>::new(AutoIsolate::Off);
@@ -257,6 +258,16 @@ pub fn register() {
         3_600_000,
         GucContext::Suset,
         GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_int_guc(
+        c"dbrag.query_memory_limit",
+        c"Memory a generated statement or a catalog sync may grow the backend by; also the data-plane helper process's memory.",
+        c"Past it the statement ends with SQLSTATE 53200 and the session goes on.",
+        &QUERY_MEMORY_LIMIT_MB,
+        16,
+        1_048_576,
+        GucContext::Suset,
+        GucFlags::UNIT_MB,
     );
     GucRegistry::define_int_guc(
         c"dbrag.remote_connect_timeout_ms",

@@ -13,6 +13,7 @@ mod dataplane;
 mod error;
 mod guard;
 mod gucs;
+mod helper;
 mod isolation;
 mod jsonb;
 mod llm;

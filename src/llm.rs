@@ -437,8 +437,13 @@ fn llm_complete_sql(
     prompt: Option<&str>,
     api_key: default!(Option<&str>, "NULL"),
 ) -> pgrx::JsonB {
-    let system = system.unwrap_or("");
-    let prompt = required(prompt, "prompt");
+    let system =
+        crate::error::bounded(system.unwrap_or(""), "system", crate::error::limits::PROMPT);
+    let prompt = crate::error::bounded(
+        required(prompt, "prompt"),
+        "prompt",
+        crate::error::limits::PROMPT,
+    );
     let cfg = global_config(api_key.map(str::to_string)).or_raise();
     let started = Instant::now();
     let reply = complete(&cfg, system, prompt).or_raise();

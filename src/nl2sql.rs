@@ -18,7 +18,16 @@ const PROMPT_HITS: i32 = 12;
 pub const MAX_QUESTION_CHARS: usize = 8000;
 
 pub fn check_question(question: Option<&str>) -> String {
-    let q = required(question, "question").trim().to_string();
+    let q = required(question, "question");
+    // Bytes first: nothing is copied from a longer argument.
+    if q.len() > MAX_QUESTION_CHARS * 4 + 4096 {
+        DbragError::new(
+            Kind::BadArgument,
+            format!("question is longer than {MAX_QUESTION_CHARS} characters"),
+        )
+        .raise();
+    }
+    let q = q.trim().to_string();
     if q.is_empty() {
         DbragError::new(Kind::BadArgument, "question must not be empty").raise();
     }
@@ -180,7 +189,11 @@ fn prompt_examples(tenant_id: uuid::Uuid, question: &str) -> (Vec<PromptExample>
             let mut examples = Vec::new();
             let mut docs = Vec::new();
             for row in client.select(
-                "SELECT e.kind, e.question, e.sql, e.content \
+                // Cut to the limits of add_example/add_documentation: a
+                // tenant may also write the table directly, so a row can
+                // be up to 1 GB, and Rust would copy it whole.
+                "SELECT e.kind, pg_catalog.left(e.question, 8000), pg_catalog.left(e.sql, 100000), \
+                        pg_catalog.left(e.content, 100000) \
                  FROM control_plane.training_examples e, dbrag._question_query($2) q \
                  WHERE e.tenant_id = $1 AND q.query IS NOT NULL AND e.search_vector @@ q.query \
                  ORDER BY pg_catalog.ts_rank(e.search_vector, q.query) DESC LIMIT 20",
@@ -521,6 +534,7 @@ fn execute_as_tenant(
         })
     });
     let fired = deadline.fired();
+    let out_of_memory = deadline.memory_exceeded().then(crate::timer::memory_error);
     drop(deadline);
     match outcome {
         Ok(Ok(None)) => Err(ExecError::Fatal(
@@ -537,6 +551,9 @@ fn execute_as_tenant(
         }
         Ok(Err(e)) => Err(ExecError::Retryable(e.to_string())),
         Err(caught) => {
+            if let Some(e) = out_of_memory {
+                return Err(ExecError::Fatal(e));
+            }
             if fired {
                 return Err(ExecError::Fatal(
                     DbragError::new(

@@ -605,6 +605,7 @@ fn issue_token(
     let now = now_unix();
     let mut claims = json!({"tenant_id": tenant.to_string(), "iat": now, "exp": now + ttl as i64});
     if let Some(r) = role {
+        let r = crate::error::bounded(r, "role", crate::error::limits::NAME);
         claims["role"] = json!(r);
     }
     audit::record(

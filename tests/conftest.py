@@ -111,7 +111,7 @@ def tenants(su):
 
 SERVER_LOG = os.path.join(os.environ.get("DBRAG_TEST_WORK", "/tmp/pg_dbrag_test"), "primary", "server.log")
 # What a crashed backend or an escaped Rust panic leaves in the server log.
-CRASH = re.compile(r"terminated by signal|was terminated by|PANIC:|panicked at|"
+CRASH = re.compile(r"terminated by signal|was terminated by|PANIC:|panicked at|memory allocation of|"
                    r"all server processes terminated|database system was interrupted")
 
 

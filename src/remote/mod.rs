@@ -124,7 +124,14 @@ pub struct Session {
     conn: *mut pq::PGconn,
     password: Option<String>,
     busy: bool,
+    /// Most bytes of values one statement's result may hold here (54000
+    /// past it): rows arrive one at a time (single-row mode), so a hostile
+    /// or endless result is refused as it comes, never buffered whole.
+    pub max_result_bytes: usize,
 }
+
+/// The default [`Session::max_result_bytes`].
+pub const MAX_RESULT_BYTES: usize = 64 << 20;
 
 impl Drop for Session {
     fn drop(&mut self) {
@@ -282,8 +289,14 @@ impl Session {
     }
 
     /// Connect within `timeout_ms`, honouring interrupts. Applies the
-    /// password rule of SPEC §5 for non-superusers.
+    /// password rule of SPEC §5 for non-superusers. Under
+    /// dbrag.query_memory_limit: a server can announce a long message
+    /// during start-up too.
     pub fn connect(parsed: &Parsed, timeout_ms: i32) -> Result<Session> {
+        crate::timer::within_memory_limit(|| Self::connect_unwatched(parsed, timeout_ms))
+    }
+
+    fn connect_unwatched(parsed: &Parsed, timeout_ms: i32) -> Result<Session> {
         check_before_connect(parsed)?;
         let mut keys: Vec<CString> = Vec::new();
         let mut vals: Vec<CString> = Vec::new();
@@ -328,6 +341,7 @@ impl Session {
             conn,
             password: parsed.password(),
             busy: false,
+            max_result_bytes: MAX_RESULT_BYTES,
         };
         // SAFETY: conn is live for the whole loop (owned by session).
         if unsafe { pq::PQstatus(conn) } == pq::ConnStatusType::CONNECTION_BAD {
@@ -445,10 +459,19 @@ impl Session {
             ));
         }
         self.busy = true;
+        // One row per result for the statement of the extended protocol:
+        // the byte cap below acts while rows arrive.
+        let single = owned.is_some();
+        if single {
+            // SAFETY: conn is live, a query was just sent and nothing read.
+            unsafe { pq::PQsetSingleRowMode(self.conn) };
+        }
         let timeout_msg = || format!("the remote query took longer than {timeout_ms} ms");
         self.flush(deadline, &timeout_msg)?;
         let mut last: Option<RemoteRows> = None;
         let mut failure: Option<DbragError> = None;
+        let mut acc: Option<RemoteRows> = None;
+        let mut bytes = 0usize;
         loop {
             // SAFETY: conn is live.
             while unsafe { pq::PQisBusy(self.conn) } != 0 {
@@ -471,11 +494,39 @@ impl Session {
             if res.is_null() {
                 break;
             }
+            // SAFETY: res is live until cleared below.
+            let one_row =
+                unsafe { pq::PQresultStatus(res) } == pq::ExecStatusType::PGRES_SINGLE_TUPLE;
             let outcome = self.take_result(res);
             // SAFETY: res came from PQgetResult and is cleared once.
             unsafe { pq::PQclear(res) };
-            if let Err(e) = outcome.map(|rows| last = Some(rows)) {
-                failure.get_or_insert(e);
+            match outcome {
+                Ok(rows) if one_row => {
+                    bytes = rows.rows.iter().flatten().fold(bytes, |n, v| {
+                        n.saturating_add(v.as_ref().map_or(0, String::len) + 8)
+                    });
+                    if bytes > self.max_result_bytes {
+                        // Still busy: the session is dropped, which cancels
+                        // the remote query and closes the connection.
+                        return Err(DbragError::new(
+                            Kind::TooLarge,
+                            format!(
+                                "the remote result is larger than {} MB",
+                                self.max_result_bytes >> 20
+                            ),
+                        )
+                        .hint("ask for fewer rows or columns (max_rows), or narrower values"));
+                    }
+                    match acc.as_mut() {
+                        Some(a) => a.rows.extend(rows.rows),
+                        None => acc = Some(rows),
+                    }
+                }
+                // The zero-row result that ends a single-row sequence.
+                Ok(rows) => last = Some(acc.take().unwrap_or(rows)),
+                Err(e) => {
+                    failure.get_or_insert(e);
+                }
             }
         }
         self.busy = false;
@@ -489,7 +540,7 @@ impl Session {
         // SAFETY: res is a live result for the duration of this call.
         unsafe {
             match pq::PQresultStatus(res) {
-                pq::ExecStatusType::PGRES_TUPLES_OK => {
+                pq::ExecStatusType::PGRES_TUPLES_OK | pq::ExecStatusType::PGRES_SINGLE_TUPLE => {
                     let nf = pq::PQnfields(res);
                     let nt = pq::PQntuples(res);
                     let mut out = RemoteRows::default();
@@ -541,7 +592,22 @@ impl Session {
     /// single statement), all within `timeout_ms` as seen from here too.
     /// The session stays usable after a statement that failed on the remote
     /// (its transaction is rolled back); after a local timeout it does not.
+    ///
+    /// It runs under dbrag.query_memory_limit (53200): libpq enlarges its
+    /// buffer to the length a server announces for a row or an error
+    /// message (up to 2 GB) before the bytes arrive.
     pub fn query_read_only(
+        &mut self,
+        sql: &str,
+        params: &[Option<&str>],
+        timeout_ms: i32,
+    ) -> Result<RemoteRows> {
+        crate::timer::within_memory_limit(|| {
+            self.query_read_only_unwatched(sql, params, timeout_ms)
+        })
+    }
+
+    fn query_read_only_unwatched(
         &mut self,
         sql: &str,
         params: &[Option<&str>],

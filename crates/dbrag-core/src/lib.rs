@@ -9,6 +9,7 @@ pub mod conninfo;
 pub mod dataplane_target;
 pub mod dialect_guard;
 pub mod envelope;
+pub mod frame;
 pub mod jwt;
 pub mod llmhttp;
 pub mod node_assertion;

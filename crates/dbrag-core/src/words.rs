@@ -56,6 +56,39 @@ fn plural_s(chars: &[char], i: usize) -> bool {
     chars.get(i) == Some(&'s') && chars.get(i + 1).is_none_or(|c| !c.is_lowercase())
 }
 
+/// Columns whose values are never sampled: their names look like secrets.
+pub fn looks_secret(column: &str) -> bool {
+    const WORDS: &[&str] = &[
+        "password",
+        "passwd",
+        "pwd",
+        "secret",
+        "token",
+        "ssn",
+        "key",
+        "apikey",
+        "salt",
+        "hash",
+        "cvv",
+        "pin",
+        "iban",
+        "credential",
+        "credentials",
+        "otp",
+        "private",
+    ];
+    let lower = column.to_lowercase();
+    if ["social_security", "credit_card", "card_number", "api_key"]
+        .iter()
+        .any(|p| lower.contains(p))
+    {
+        return true;
+    }
+    split_identifier(column)
+        .iter()
+        .any(|w| WORDS.contains(&w.as_str()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
