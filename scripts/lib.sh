@@ -215,6 +215,8 @@ install_release_files() {
     rm -f "$lib"/pg_dbrag*.so "$ext"/pg_dbrag.control
     cp "$dir"/lib/pg_dbrag*.so "$lib/"
     cp "$dir"/extension/pg_dbrag* "$ext/"
+}
+
 # PgBouncer from Debian's package, in front of a test cluster.
 PGBOUNCER=$(command -v pgbouncer || echo /usr/sbin/pgbouncer)
 
