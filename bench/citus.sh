@@ -1,0 +1,137 @@
+#!/usr/bin/env bash
+# pg_dbrag on Citus (issue 16): a coordinator and two workers against one
+# plain node, all on this machine, in one run. 200 tenants x 1,000 rows in
+# an isolated table (dbrag.enable_tenant_isolation) and in the same table
+# without row security (the hand-written filter), distributed by tenant_id.
+# pgbench as a tenant's member login role (the tenant reaches the workers
+# from the login role itself):
+#   key     one row by the tenant's key (a router query on Citus)
+#   insert  one row into the tenant's table
+# Per cluster, hand-written and isolated run in the SAME pgbench run (two
+# scripts of weight 1), compared by mean latency from pgbench's transaction
+# log, as bench/rls_overhead.sh does; single node and Citus alternate, RUNS
+# times each. Needs Citus installed (scripts/citus_build.sh). About 4 minutes.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/lib.sh
+unset RUST_BACKTRACE
+WORK=${DBRAG_BENCH_WORK:-/tmp/pg_dbrag_bench_citus}
+PORT=${DBRAG_BENCH_PORT:-55560}     # single node; Citus on PORT+1..PORT+3
+DUR=${DUR:-10}
+RUNS=${RUNS:-3}
+CLIENTS=${CLIENTS:-4}
+THREADS=${THREADS:-2}
+PW=bench-pw
+SECRET=bench-secret-0123456789abcdef
+mkdir -p "$WORK"; chmod 755 "$WORK"
+PG_CONFIG=$PG_CONFIG bash scripts/citus_build.sh
+[ "${SKIP_INSTALL:-0}" = 1 ] || install_extension
+COMMON=("dbrag.jwt_secret = '$SECRET'" "max_parallel_workers_per_gather = 0" "log_min_messages = warning")
+start_cluster "$WORK/single" "$PORT" "$PW" "shared_preload_libraries = 'pg_dbrag'" "${COMMON[@]}"
+for n in 0 1 2; do
+    start_cluster "$WORK/citus$n" $((PORT + 1 + n)) "$PW" "shared_preload_libraries = 'citus,pg_dbrag'" \
+        "citus.node_conninfo = 'sslmode=disable'" "${COMMON[@]}"
+done
+trap 'stop_cluster "$WORK/single"; for n in 0 1 2; do stop_cluster "$WORK/citus$n"; done' EXIT
+export PGPASSWORD=$PW PGHOST=127.0.0.1
+PSQL="$PG_BIN/psql -X -q -v ON_ERROR_STOP=1 -U postgres"
+T_FIXED=00000000-0000-4000-8000-000000000064   # tenant 100
+
+for n in 0 1 2; do
+    $PSQL -p $((PORT + 1 + n)) -d postgres -c "CREATE DATABASE bench"
+    $PSQL -p $((PORT + 1 + n)) -d bench -c "CREATE EXTENSION citus" \
+        -c "INSERT INTO pg_dist_authinfo VALUES (0, 'postgres', 'password=$PW'), (-1, 'postgres', 'password=$PW'), (0, 'bench_member', 'password=$PW'), (-1, 'bench_member', 'password=$PW')"
+done
+$PSQL -p $((PORT + 1)) -d bench -c "SELECT citus_set_coordinator_host('127.0.0.1', $((PORT + 1)))" \
+    -c "SELECT citus_add_node('127.0.0.1', $((PORT + 2)))" -c "SELECT citus_add_node('127.0.0.1', $((PORT + 3)))"
+$PSQL -p "$PORT" -d postgres -c "CREATE DATABASE bench"
+
+load() {  # port, distribute (0/1)
+    local port=$1 dist=$2
+    $PSQL -p "$port" -d bench <<SQL
+CREATE EXTENSION IF NOT EXISTS pg_dbrag CASCADE;
+$( [ "$dist" = 1 ] && echo "SELECT count(*) FROM dbrag.distribute_control_plane();" )
+INSERT INTO control_plane.tenants (tenant_id, name)
+SELECT ('00000000-0000-4000-8000-' || lpad(to_hex(g), 12, '0'))::uuid, 'bench_' || g
+FROM generate_series(1, 200) g;
+CREATE SCHEMA bench;
+CREATE TABLE bench.hand (tenant_id uuid NOT NULL, id bigint NOT NULL, amount int NOT NULL, note text NOT NULL,
+                         PRIMARY KEY (tenant_id, id));
+CREATE TABLE bench.isolated (LIKE bench.hand INCLUDING ALL);
+SELECT dbrag.enable_tenant_isolation('bench.isolated');
+$( [ "$dist" = 1 ] && echo "SELECT create_distributed_table('bench.hand', 'tenant_id', colocate_with => 'control_plane.tenant_databases');
+SELECT create_distributed_table('bench.isolated', 'tenant_id', colocate_with => 'control_plane.tenant_databases');" )
+INSERT INTO bench.hand
+SELECT ('00000000-0000-4000-8000-' || lpad(to_hex(t), 12, '0'))::uuid, i, (t * 7 + i * 13) % 1000, 'row ' || i
+FROM generate_series(1, 200) t, generate_series(1, 1000) i;
+INSERT INTO bench.isolated SELECT * FROM bench.hand;
+VACUUM ANALYZE bench.hand;
+VACUUM ANALYZE bench.isolated;
+CREATE ROLE bench_member LOGIN PASSWORD '$PW';
+GRANT USAGE ON SCHEMA bench TO bench_member;
+GRANT SELECT, INSERT ON bench.hand, bench.isolated TO bench_member;
+SELECT dbrag.add_tenant_member('$T_FIXED', 'bench_member');
+SQL
+}
+echo "== loading 200 tenants x 1,000 rows (single node, then Citus)"
+load "$PORT" 0
+load $((PORT + 1)) 1
+
+check() { $PG_BIN/psql -X -At -U bench_member -p "$1" -d bench -c "$2"; }
+for p in "$PORT" $((PORT + 1)); do
+    h=$(check "$p" "SELECT count(*), sum(amount) FROM bench.hand WHERE tenant_id = '$T_FIXED'")
+    i=$(check "$p" "SELECT count(*), sum(amount) FROM bench.isolated")
+    echo "port $p: tenant 100 hand=$h isolated=$i"
+    [ "$h" = "$i" ] || { echo "hand-written and isolated disagree"; exit 1; }
+done
+
+mkdir -p "$WORK/scripts" "$WORK/log"; rm -f "$WORK"/log/*
+S=$WORK/scripts
+printf '%s\n' '\set k random(1, 1000)' "SELECT * FROM bench.hand WHERE tenant_id = '$T_FIXED' AND id = :k;" >"$S/key_hand.sql"
+printf '%s\n' '\set k random(1, 1000)' "SELECT * FROM bench.isolated WHERE tenant_id = '$T_FIXED' AND id = :k;" >"$S/key_isolated.sql"
+printf '%s\n' '\set k random(1000000, 1000000000)' \
+    "INSERT INTO bench.hand VALUES ('$T_FIXED', :k, 1, 'new') ON CONFLICT DO NOTHING;" >"$S/insert_hand.sql"
+printf '%s\n' '\set k random(1000000, 1000000000)' \
+    "INSERT INTO bench.isolated VALUES ('$T_FIXED', :k, 1, 'new') ON CONFLICT DO NOTHING;" >"$S/insert_isolated.sql"
+
+run() {  # label, port, scripts...
+    local label=$1 port=$2
+    shift 2
+    local files=()
+    for f in "$@"; do files+=(-f "$S/$f.sql@1"); done
+    $PG_BIN/pgbench -n -U bench_member -p "$port" -M prepared -c "$CLIENTS" -j "$THREADS" -T "$DUR" \
+        -l --log-prefix="$WORK/log/$label" "${files[@]}" bench >/dev/null 2>"$WORK/pgbench.err" \
+        || { cat "$WORK/pgbench.err"; exit 1; }
+}
+echo "== pgbench: $CLIENTS clients, ${DUR}s per run, $RUNS runs; load before: $(cut -d' ' -f1-3 /proc/loadavg)"
+for r in $(seq "$RUNS"); do
+    for shape in key insert; do
+        run "$shape.single.$r" "$PORT" "${shape}_hand" "${shape}_isolated"
+        run "$shape.citus.$r" $((PORT + 1)) "${shape}_hand" "${shape}_isolated"
+    done
+done
+echo "   load after: $(cut -d' ' -f1-3 /proc/loadavg)"
+python3 - "$WORK/log" "$CLIENTS" <<'PY'
+import glob, os, statistics, sys
+logdir, clients = sys.argv[1], int(sys.argv[2])
+lat = {}
+for path in glob.glob(os.path.join(logdir, "*")):
+    shape, where, run = os.path.basename(path).split(".")[:3]
+    d = lat.setdefault((shape, where, run), {})
+    for line in open(path):
+        f = line.split()
+        d.setdefault(int(f[3]), []).append(int(f[2]))
+print(f"\n{'':28} {'hand us':>9} {'isolated us':>12} {'iso/hand tps':>13}")
+med = {}
+for shape in ("key", "insert"):
+    for where in ("single", "citus"):
+        runs = [k for k in lat if k[0] == shape and k[1] == where]
+        h = [statistics.mean(lat[k][0]) for k in runs]
+        i = [statistics.mean(lat[k][1]) for k in runs]
+        ratio = statistics.median(a / b for a, b in zip(h, i))
+        med[(shape, where)] = statistics.median(i)
+        print(f"{shape + ' on ' + where:28} {statistics.median(h):9.0f} {statistics.median(i):12.0f} {ratio:13.3f}")
+for shape in ("key", "insert"):
+    r = med[(shape, "citus")] / med[(shape, "single")]
+    print(f"{shape}: isolated latency on Citus / single node = {r:.2f}x")
+PY
