@@ -846,7 +846,6 @@ BEGIN
 END
 $$;
 
-=======
 -- ---------------------------------------------------------------------------
 -- Act as the tenant (issue 12, sections 1–4): a NOLOGIN role per tenant,
 -- all work for a tenant runs as it; cache and history keyed by acting role
