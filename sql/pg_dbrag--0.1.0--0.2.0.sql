@@ -38,6 +38,10 @@ CREATE TABLE control_plane.catalog_term_stats (
     connection_id uuid NOT NULL,
     lexeme        text NOT NULL,
     doc_freq      bigint NOT NULL,
+    -- The fewest words of a table name holding the lexeme (NULL: in no
+    -- name). Never raised when tables leave, so it stays a lower bound:
+    -- what the search's stopping rule needs.
+    min_name_words integer,
     PRIMARY KEY (tenant_id, connection_id, lexeme),
     FOREIGN KEY (tenant_id, connection_id)
         REFERENCES control_plane.tenant_databases (tenant_id, connection_id) ON DELETE CASCADE
@@ -74,22 +78,25 @@ BEGIN
         SET doc_count = s.doc_count + EXCLUDED.doc_count,
             total_length = s.total_length + EXCLUDED.total_length;
     WITH up AS (
-        INSERT INTO control_plane.catalog_term_stats AS s (tenant_id, connection_id, lexeme, doc_freq)
-        SELECT d.tenant_id, d.connection_id, d.lexeme, pg_catalog.sum(d.sign)
-        FROM (SELECT a.t AS tenant_id, a.c AS connection_id, l AS lexeme, 1 AS sign
+        INSERT INTO control_plane.catalog_term_stats AS s (tenant_id, connection_id, lexeme, doc_freq, min_name_words)
+        SELECT d.tenant_id, d.connection_id, d.lexeme, pg_catalog.sum(d.sign), pg_catalog.min(d.name_words)
+        FROM (SELECT a.t AS tenant_id, a.c AS connection_id, l.lexeme, 1 AS sign,
+                     CASE WHEN 'A' = ANY (l.weights)
+                          THEN pg_catalog.length(pg_catalog.ts_filter(a.v, '{a}')) END AS name_words
               FROM ROWS FROM (pg_catalog.unnest(added), pg_catalog.unnest(a_tenant), pg_catalog.unnest(a_conn)) a(v, t, c),
-                   pg_catalog.unnest(pg_catalog.tsvector_to_array(COALESCE(a.v, ''::tsvector))) l
+                   pg_catalog.unnest(COALESCE(a.v, ''::tsvector)) l
               UNION ALL
-              SELECT r.t, r.c, l, -1
+              SELECT r.t, r.c, l, -1, NULL
               FROM ROWS FROM (pg_catalog.unnest(removed), pg_catalog.unnest(r_tenant), pg_catalog.unnest(r_conn)) r(v, t, c),
                    pg_catalog.unnest(pg_catalog.tsvector_to_array(COALESCE(r.v, ''::tsvector))) l) d
         WHERE EXISTS (SELECT 1 FROM control_plane.tenant_databases x
                       WHERE x.tenant_id = d.tenant_id AND x.connection_id = d.connection_id)
         GROUP BY 1, 2, 3
-        HAVING pg_catalog.sum(d.sign) <> 0
+        HAVING pg_catalog.sum(d.sign) <> 0 OR pg_catalog.min(d.name_words) IS NOT NULL
         ORDER BY 1, 2, 3
         ON CONFLICT (tenant_id, connection_id, lexeme) DO UPDATE
-            SET doc_freq = s.doc_freq + EXCLUDED.doc_freq
+            SET doc_freq = s.doc_freq + EXCLUDED.doc_freq,
+                min_name_words = LEAST(s.min_name_words, EXCLUDED.min_name_words)
         RETURNING s.tenant_id, s.connection_id, s.lexeme, s.doc_freq
     )
     SELECT pg_catalog.array_agg(up.tenant_id), pg_catalog.array_agg(up.connection_id), pg_catalog.array_agg(up.lexeme)
@@ -152,10 +159,12 @@ INSERT INTO control_plane.catalog_doc_stats (tenant_id, connection_id, doc_count
 SELECT c.tenant_id, c.connection_id, pg_catalog.count(*), pg_catalog.sum(pg_catalog.length(COALESCE(c.search_vector, ''::tsvector)))
 FROM control_plane.table_metadata_catalog c
 GROUP BY 1, 2;
-INSERT INTO control_plane.catalog_term_stats (tenant_id, connection_id, lexeme, doc_freq)
-SELECT c.tenant_id, c.connection_id, l, pg_catalog.count(*)
+INSERT INTO control_plane.catalog_term_stats (tenant_id, connection_id, lexeme, doc_freq, min_name_words)
+SELECT c.tenant_id, c.connection_id, l.lexeme, pg_catalog.count(*),
+       pg_catalog.min(CASE WHEN 'A' = ANY (l.weights)
+                           THEN pg_catalog.length(pg_catalog.ts_filter(c.search_vector, '3345')) END)
 FROM control_plane.table_metadata_catalog c,
-     pg_catalog.unnest(pg_catalog.tsvector_to_array(COALESCE(c.search_vector, ''::tsvector))) l
+     pg_catalog.unnest(COALESCE(c.search_vector, ''::tsvector)) l
 GROUP BY 1, 2, 3;
 
 GRANT SELECT ON control_plane.catalog_doc_stats, control_plane.catalog_term_stats TO PUBLIC;
@@ -203,6 +212,8 @@ DECLARE
     n_docs float8;
     lex text[];
     df bigint[];
+    mnw integer[];
+    ub float8[];
     idf float8[];
     q_any tsquery[];
     q_a tsquery[];
@@ -246,10 +257,14 @@ BEGIN
     -- The question's lexemes the catalog holds, rarest first; at most 64
     -- (a longer question keeps its 64 rarest words).
     SELECT pg_catalog.array_agg(x.lexeme ORDER BY x.doc_freq, x.lexeme),
-           pg_catalog.array_agg(x.doc_freq ORDER BY x.doc_freq, x.lexeme)
-      INTO lex, df
-      FROM (SELECT s.lexeme, s.doc_freq FROM control_plane.catalog_term_stats s
-            WHERE s.tenant_id = t AND s.connection_id = conn AND s.lexeme = ANY (terms) AND s.doc_freq > 0
+           pg_catalog.array_agg(x.doc_freq ORDER BY x.doc_freq, x.lexeme),
+           pg_catalog.array_agg(x.min_name_words ORDER BY x.doc_freq, x.lexeme)
+      INTO lex, df, mnw
+      FROM (SELECT s.lexeme, s.doc_freq, s.min_name_words
+            FROM (SELECT DISTINCT u.l FROM pg_catalog.unnest(terms) u(l)) q
+            JOIN control_plane.catalog_term_stats s
+              ON s.tenant_id = t AND s.connection_id = conn AND s.lexeme = q.l
+            WHERE s.doc_freq > 0
             ORDER BY s.doc_freq, s.lexeme LIMIT 64) x;
     IF lex IS NULL THEN
         RETURN;
@@ -257,6 +272,10 @@ BEGIN
     n_terms := pg_catalog.cardinality(lex);
     idf := ARRAY(SELECT pg_catalog.ln(1 + (n_docs - LEAST(d, n_docs) + 0.5) / (d + 0.5))
                  FROM pg_catalog.unnest(df) WITH ORDINALITY u(d, o) ORDER BY o);
+    -- The most a term can add to any table's score.
+    ub := ARRAY(SELECT idf[o] * CASE WHEN mnw[o] IS NULL THEN GREATEST(w_b, w_c, w_d)
+                                     ELSE 1 + name_bonus / GREATEST(mnw[o], 1) END
+                FROM pg_catalog.generate_subscripts(lex, 1) o ORDER BY o);
     q_any := ARRAY(SELECT pg_catalog.quote_literal(l)::tsquery FROM pg_catalog.unnest(lex) WITH ORDINALITY u(l, o) ORDER BY o);
     q_a := ARRAY(SELECT (pg_catalog.quote_literal(l) || ':A')::tsquery FROM pg_catalog.unnest(lex) WITH ORDINALITY u(l, o) ORDER BY o);
     q_b := ARRAY(SELECT (pg_catalog.quote_literal(l) || ':B')::tsquery FROM pg_catalog.unnest(lex) WITH ORDINALITY u(l, o) ORDER BY o);
@@ -305,7 +324,7 @@ BEGIN
             EXIT;
         END IF;
         theta := CASE WHEN COALESCE(pg_catalog.cardinality(top_sc), 0) >= m THEN top_sc[m] END;
-        bound := (1 + name_bonus) * (SELECT pg_catalog.sum(idf[o]) FROM pg_catalog.generate_subscripts(done, 1) o WHERE NOT done[o]);
+        bound := (SELECT pg_catalog.sum(ub[o]) FROM pg_catalog.generate_subscripts(done, 1) o WHERE NOT done[o]);
         EXIT WHEN theta IS NOT NULL AND theta >= bound;
         -- The next rarest terms, as many as fit in one batch (at least one);
         -- every table holding them is scored.

@@ -218,6 +218,13 @@ def test_term_statistics_follow_the_catalog(su, catalogs):
         assert su.execute("SELECT doc_freq FROM control_plane.catalog_term_stats "
                           "WHERE tenant_id = %s AND lexeme = 'singer'", (tenants.a,)).fetchone()[0] == 2
         assert stats_drift(su, tenants.a) == 0
+        # The shortest name holding a word: "singer" (one word), not singer_in_concert.
+        assert su.execute("SELECT min_name_words FROM control_plane.catalog_term_stats "
+                          "WHERE tenant_id = %s AND lexeme = 'singer'", (tenants.a,)).fetchone()[0] == 1
+        assert su.execute("SELECT min_name_words FROM control_plane.catalog_term_stats "
+                          "WHERE tenant_id = %s AND lexeme = 'concert'", (tenants.a,)).fetchone()[0] == 1
+        assert su.execute("SELECT min_name_words FROM control_plane.catalog_term_stats "
+                          "WHERE tenant_id = %s AND lexeme = 'age'", (tenants.a,)).fetchone()[0] is None
         su.execute(f"ALTER TABLE {sa}.stadium ADD COLUMN opened date")
         su.execute(f"DROP TABLE {sa}.singer_in_concert")
         su.execute(f"COMMENT ON TABLE {sa}.concert IS 'gigs and shows'")
