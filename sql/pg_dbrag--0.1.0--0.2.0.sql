@@ -191,7 +191,10 @@ LANGUAGE plpgsql STABLE SECURITY DEFINER
 -- With one tenant's rows all sharing the GIN index's leading key, the planner
 -- overprices the index against a scan of the whole table; the index is what
 -- keeps a 100k-table tenant's search in milliseconds, so it is pinned here.
-SET search_path = pg_catalog, pg_temp SET enable_seqscan = off AS $$
+-- Custom plans only: after five calls PL/pgSQL would try a generic plan,
+-- which cannot know that one tenant owns 100k rows and the next 100 (a
+-- generic plan made calls 20x slower from the sixth on in bench/catalog.sh).
+SET search_path = pg_catalog, pg_temp SET enable_seqscan = off SET plan_cache_mode = force_custom_plan AS $$
 DECLARE
     -- Field weights (columns, comments, samples; a name word weighs
     -- 1 + name_bonus / words in the name), tuned on the catalog-quality
