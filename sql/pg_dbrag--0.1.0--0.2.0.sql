@@ -162,7 +162,7 @@ GROUP BY 1, 2;
 INSERT INTO control_plane.catalog_term_stats (tenant_id, connection_id, lexeme, doc_freq, min_name_words)
 SELECT c.tenant_id, c.connection_id, l.lexeme, pg_catalog.count(*),
        pg_catalog.min(CASE WHEN 'A' = ANY (l.weights)
-                           THEN pg_catalog.length(pg_catalog.ts_filter(c.search_vector, '3345')) END)
+                           THEN pg_catalog.length(pg_catalog.ts_filter(c.search_vector, '{a}')) END)
 FROM control_plane.table_metadata_catalog c,
      pg_catalog.unnest(COALESCE(c.search_vector, ''::tsvector)) l
 GROUP BY 1, 2, 3;
