@@ -5,7 +5,7 @@ GRANT USAGE ON SCHEMA dbrag TO PUBLIC;
 
 GRANT SELECT ON control_plane.tenants, control_plane.tenant_members,
     control_plane.table_metadata_catalog, control_plane.query_history,
-    control_plane.audit_log TO PUBLIC;
+    control_plane.audit_log, control_plane.catalog_doc_stats, control_plane.catalog_term_stats TO PUBLIC;
 GRANT SELECT, INSERT, UPDATE, DELETE ON control_plane.training_examples TO PUBLIC;
 
 GRANT ALL ON ALL TABLES IN SCHEMA control_plane TO dbrag_admin;

@@ -67,7 +67,7 @@ pgrx::extension_sql_file!(
 pgrx::extension_sql_file!(
     "../sql/catalog.sql",
     name = "catalog",
-    requires = ["control_plane", catalog::identifier_words]
+    requires = ["isolation", catalog::identifier_words]
 );
 pgrx::extension_sql_file!("../sql/nl2sql.sql", name = "nl2sql", requires = ["catalog"]);
 pgrx::extension_sql_file!(
