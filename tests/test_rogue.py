@@ -203,6 +203,9 @@ def test_memory_limit_stops_catalog_sampling(su, tenants, bystander):
     with tenants.conn(tenants.b_role) as b:
         b.execute(f"CREATE TABLE {schema}.wide AS SELECT g AS id, repeat('x', 20000000) AS v "
                   "FROM generate_series(1, 50) g")
+        # pg_dbrag reads the data plane as the tenant's role.
+        b.execute(f"GRANT USAGE ON SCHEMA {schema} TO {tenants.b_trole}")
+        b.execute(f"GRANT SELECT ON {schema}.wide TO {tenants.b_trole}")
         cid = b.execute("SELECT dbrag.create_connection('wide', 'local', NULL, %s)", (schema,)).fetchone()[0]
         t0 = time.monotonic()
         e = err(b, "SELECT * FROM dbrag.sync_catalog(%s)", (cid,))
