@@ -47,6 +47,7 @@ GRANT EXECUTE ON FUNCTION dbrag.create_tenant_schema(uuid), dbrag.drop_tenant_sc
 -- triggers on tenants and tenant_members, which only operators write.
 REVOKE EXECUTE ON FUNCTION control_plane.touch_updated_at(), control_plane.invalidate_tenant_cache(),
     control_plane.catalog_search_vector(), control_plane.example_search_vector(),
+    control_plane.catalog_stats_trigger(), control_plane.catalog_stats_truncate(),
     dbrag._auto_isolate() FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION dbrag._enable_tenant_isolation(regclass, name, boolean),
     dbrag._disable_tenant_isolation(regclass) FROM PUBLIC;

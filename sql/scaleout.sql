@@ -28,6 +28,7 @@ DECLARE
     anchor  regclass := NULL;
     fk      record;
     fks     jsonb := '[]';
+    local_only oid[];
 BEGIN
     IF NOT (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = current_user) THEN
         RAISE EXCEPTION 'permission denied to distribute the control plane'
@@ -44,6 +45,11 @@ BEGIN
     -- Keys to reference tables need one connection per node in this transaction.
     PERFORM pg_catalog.set_config('citus.multi_shard_modify_mode', 'sequential', true);
 
+    SELECT pg_catalog.array_agg(c.oid) INTO local_only
+    FROM pg_catalog.pg_class c
+    WHERE c.relnamespace = 'control_plane'::regnamespace
+      AND c.relname IN ('audit_log', 'table_metadata_catalog', 'catalog_term_stats', 'catalog_doc_stats');
+
     SELECT pg_catalog.array_agg(c.oid ORDER BY c.relname) INTO pending
     FROM pg_catalog.pg_class c
     JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
@@ -52,10 +58,12 @@ BEGIN
     SELECT pg_catalog.array_agg(p.logicalrelid::oid) INTO done
     FROM pg_dist_partition p WHERE p.logicalrelid::oid = ANY (pending);
     done := COALESCE(done, '{}');
-    -- A previous run left the audit trail local, without its key.
-    IF done <> '{}' AND NOT EXISTS (SELECT FROM pg_catalog.pg_constraint k
-            WHERE k.conrelid = 'control_plane.audit_log'::regclass AND k.contype = 'f') THEN
-        done := done || 'control_plane.audit_log'::regclass::oid;
+    -- A previous run left the coordinator-only tables without their keys.
+    IF done <> '{}' THEN
+        done := done || ARRAY(
+            SELECT l FROM pg_catalog.unnest(local_only) l
+            WHERE NOT EXISTS (SELECT FROM pg_catalog.pg_constraint k
+                              WHERE k.conrelid = l AND k.contype = 'f'));
     END IF;
 
     -- The anchor of the co-location group, if a previous run made one.
@@ -89,15 +97,16 @@ BEGIN
             CONTINUE WHEN anchor IS NULL AND dbrag._tenant_leads_key(rel)
                 AND rel NOT IN ('control_plane.tenants'::regclass, 'control_plane.tenant_members'::regclass)
                 AND rel <> 'control_plane.tenant_databases'::regclass;
-            IF rel = 'control_plane.audit_log'::regclass THEN
-                -- The audit trail stays an ordinary table on each node: the
-                -- extension appends to it as itself inside callers'
-                -- transactions, and Citus refuses a later read of placements
-                -- another role wrote in the same transaction (set_tenant,
-                -- then the tenant's query). Its key to tenants is not added
-                -- back (Citus would convert the table), so on a cluster audit
-                -- rows outlive a dropped tenant.
-                table_name := rel; placement := 'local to each node';
+            IF rel = ANY (local_only) THEN
+                -- Ordinary tables on the coordinator (docs/scale-out.md): the
+                -- audit trail, which the extension appends to as itself
+                -- inside callers' transactions (Citus refuses a later read of
+                -- placements another role wrote in the same transaction), and
+                -- the catalog with its search statistics, which statement
+                -- triggers keep and correlated queries rank (neither of which
+                -- Citus runs on distributed tables). Their keys to other
+                -- control_plane tables are not added back.
+                table_name := rel; placement := 'local to the coordinator';
             ELSIF rel IN ('control_plane.tenants'::regclass, 'control_plane.tenant_members'::regclass)
                OR NOT dbrag._tenant_leads_key(rel) THEN
                 PERFORM create_reference_table(rel::regclass);
@@ -122,7 +131,7 @@ BEGIN
     END IF;
     -- Keys back, referenced tables first (all are placed by now).
     FOR fk IN SELECT * FROM pg_catalog.jsonb_to_recordset(fks) AS x(tbl text, name text, def text)
-              WHERE x.tbl <> 'control_plane.audit_log' LOOP
+              WHERE NOT x.tbl::regclass::oid = ANY (local_only) LOOP
         EXECUTE pg_catalog.format('ALTER TABLE %s ADD CONSTRAINT %I %s', fk.tbl, fk.name, fk.def);
     END LOOP;
 END

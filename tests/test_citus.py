@@ -116,8 +116,9 @@ def test_control_plane_placement(cluster):
     assert placed["control_plane.tenants"] == "reference"
     assert placed["control_plane.tenant_members"] == "reference"
     assert placed["control_plane.tenant_databases"].startswith("distributed")
-    assert placed["control_plane.audit_log"] == "local to each node"
-    for t in ("table_metadata_catalog", "training_examples", "query_history"):
+    for t in ("audit_log", "table_metadata_catalog", "catalog_term_stats", "catalog_doc_stats"):
+        assert placed[f"control_plane.{t}"] == "local to the coordinator", t
+    for t in ("training_examples", "query_history"):
         assert "co-located" in placed[f"control_plane.{t}"], t
     rows = cluster.su.execute(
         "SELECT logicalrelid::text, colocationid FROM pg_dist_partition "
