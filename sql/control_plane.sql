@@ -19,9 +19,10 @@ CREATE TABLE control_plane.tenants (
     environment  control_plane.tenant_environment NOT NULL DEFAULT 'production',
     status       control_plane.tenant_status NOT NULL DEFAULT 'active',
     settings     jsonb NOT NULL DEFAULT '{}' CHECK (pg_catalog.jsonb_typeof(settings) = 'object'),
-    tenant_role  name UNIQUE,  -- the tenant's NOLOGIN role (sql/tenant_roles.sql)
     created_at   timestamptz NOT NULL DEFAULT pg_catalog.now(),
-    updated_at   timestamptz NOT NULL DEFAULT pg_catalog.now()
+    updated_at   timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    -- Last, where ALTER TABLE ADD COLUMN puts it on an update from 0.1.0.
+    tenant_role  name UNIQUE   -- the tenant's NOLOGIN role (sql/tenant_roles.sql)
 );
 CREATE INDEX tenants_status_idx ON control_plane.tenants (status);
 
@@ -119,9 +120,10 @@ CREATE TABLE control_plane.query_history (
     completion_tokens integer,
     result_hash       text,
     catalog_version   text,
+    created_at        timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    -- Last, where ALTER TABLE ADD COLUMN puts them on an update from 0.1.0.
     acting_role       text,  -- the role the statement ran as (the tenant's role)
     model             text,  -- the model that wrote the SQL
-    created_at        timestamptz NOT NULL DEFAULT pg_catalog.now(),
     PRIMARY KEY (tenant_id, query_id)
 );
 CREATE INDEX query_history_recent_idx ON control_plane.query_history (tenant_id, created_at DESC);

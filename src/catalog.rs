@@ -559,15 +559,31 @@ pub fn store(conn: &Connection, entries: &[TableEntry]) -> SyncSummary {
                 ],
             )?;
             let removed = gone.len() as i64;
+            // Two statements: on Citus the catalog stays on the coordinator
+            // while connections are distributed, and Citus cannot run an
+            // UPDATE of one with a subquery over the other.
+            let version: String = client
+                .select(
+                    "SELECT pg_catalog.md5(coalesce(pg_catalog.string_agg(source_hash, ',' ORDER BY schema_name, table_name), '')) \
+                     FROM control_plane.table_metadata_catalog WHERE tenant_id = $1 AND connection_id = $2",
+                    Some(1),
+                    &[DatumWithOid::from(tenant_pg), DatumWithOid::from(conn_pg)],
+                )?
+                .first()
+                .get_one::<String>()?
+                .unwrap_or_default();
             client.update(
                 "UPDATE control_plane.tenant_databases SET status = 'connected', \
                    connection_metadata = connection_metadata || pg_catalog.jsonb_build_object( \
-                     'last_synced', pg_catalog.now(), 'tables', $3::int, \
-                     'catalog_version', (SELECT pg_catalog.md5(coalesce(pg_catalog.string_agg(source_hash, ',' ORDER BY schema_name, table_name), '')) \
-                                         FROM control_plane.table_metadata_catalog WHERE tenant_id = $1 AND connection_id = $2)) \
+                     'last_synced', pg_catalog.now(), 'tables', $3::int, 'catalog_version', $4::text) \
                  WHERE tenant_id = $1 AND connection_id = $2",
                 None,
-                &[DatumWithOid::from(tenant_pg), DatumWithOid::from(conn_pg), DatumWithOid::from(entries.len() as i32)],
+                &[
+                    DatumWithOid::from(tenant_pg),
+                    DatumWithOid::from(conn_pg),
+                    DatumWithOid::from(entries.len() as i32),
+                    DatumWithOid::from(version),
+                ],
             )?;
             Ok::<_, pgrx::spi::Error>(removed)
         })
