@@ -109,7 +109,15 @@ DECLARE
     gone_t uuid[];
     gone_c uuid[];
     gone_l text[];
+    live_c uuid[];
 BEGIN
+    -- Connections that still exist (deleting one cascades to its catalog
+    -- rows, whose statistics go with it). A statement of its own: on Citus
+    -- the connections are distributed and the statistics are not.
+    SELECT pg_catalog.array_agg(x.connection_id) INTO live_c
+    FROM control_plane.tenant_databases x
+    WHERE x.connection_id = ANY (a_conn || r_conn);
+    live_c := COALESCE(live_c, '{}');
     -- Totals first (lock order: the connection's row, then lexemes in order).
     INSERT INTO control_plane.catalog_doc_stats AS s (tenant_id, connection_id, doc_count, total_length)
     SELECT d.tenant_id, d.connection_id, pg_catalog.sum(d.sign), pg_catalog.sum(d.sign * d.len)
@@ -119,8 +127,7 @@ BEGIN
           UNION ALL
           SELECT r.t, r.c, -1, pg_catalog.length(COALESCE(r.v, ''::tsvector))
           FROM ROWS FROM (pg_catalog.unnest(removed), pg_catalog.unnest(r_tenant), pg_catalog.unnest(r_conn)) r(v, t, c)) d
-    WHERE EXISTS (SELECT 1 FROM control_plane.tenant_databases x
-                  WHERE x.tenant_id = d.tenant_id AND x.connection_id = d.connection_id)
+    WHERE d.connection_id = ANY (live_c)
     GROUP BY 1, 2
     ORDER BY 1, 2
     ON CONFLICT (tenant_id, connection_id) DO UPDATE
@@ -138,8 +145,7 @@ BEGIN
               SELECT r.t, r.c, l, -1, NULL
               FROM ROWS FROM (pg_catalog.unnest(removed), pg_catalog.unnest(r_tenant), pg_catalog.unnest(r_conn)) r(v, t, c),
                    pg_catalog.unnest(pg_catalog.tsvector_to_array(COALESCE(r.v, ''::tsvector))) l) d
-        WHERE EXISTS (SELECT 1 FROM control_plane.tenant_databases x
-                      WHERE x.tenant_id = d.tenant_id AND x.connection_id = d.connection_id)
+        WHERE d.connection_id = ANY (live_c)
         GROUP BY 1, 2, 3
         HAVING pg_catalog.sum(d.sign) <> 0 OR pg_catalog.min(d.name_words) IS NOT NULL
         ORDER BY 1, 2, 3

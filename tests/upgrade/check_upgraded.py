@@ -171,13 +171,18 @@ def test_credentials_refuse_without_the_master_key():
 
 def test_tenant_schema_role_is_named_for_this_database():
     """0.1.0's dbrag_t_<hex> was renamed by the update (and kept by a restore
-    under the same database name); the tenant's members still hold it."""
+    under the same database name); nobody holds it, and the tenant's members
+    reach the schema through the tenant's role."""
     with su() as s:
         recorded, want = s.execute(
             "SELECT settings->>'tenant_schema_role', dbrag._tenant_role_name(tenant_id)::text "
             "FROM control_plane.tenants WHERE tenant_id = %s", (A,)).fetchone()
         assert recorded == want and want.startswith("dbrag_t_") and len(want) == 49
-        assert s.execute("SELECT pg_has_role(%s, %s, 'USAGE')", (ALICE, want)).fetchone()[0]
+        assert not s.execute("SELECT pg_has_role(%s, %s, 'MEMBER')", (ALICE, want)).fetchone()[0]
         assert not s.execute("SELECT pg_has_role(%s, %s, 'MEMBER')", (BOB, want)).fetchone()[0]
+        assert s.execute("SELECT has_schema_privilege(%s, %s, 'USAGE')",
+                         (ALICE, STATE_DATA["schema_a"])).fetchone()[0]
+        assert not s.execute("SELECT has_schema_privilege(%s, %s, 'USAGE')",
+                             (BOB, STATE_DATA["schema_a"])).fetchone()[0]
         assert s.execute("SELECT nspowner::regrole::text FROM pg_namespace WHERE nspname = %s",
                          (STATE_DATA["schema_a"],)).fetchone()[0] == want
