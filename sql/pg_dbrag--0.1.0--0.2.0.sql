@@ -935,6 +935,22 @@ SELECT dbrag._sync_tenant_role(tenant_id) FROM control_plane.tenants ORDER BY te
 -- role (docs/isolation.md).
 SELECT dbrag._sync_tenant_schema(tenant_id) FROM control_plane.tenants
 WHERE settings ? 'tenant_schema' ORDER BY tenant_id;
+-- Privileges granted while an extension script runs are recorded as the
+-- extension's initial privileges, which pg_dump leaves out: the grants just
+-- made on the tenant schemas (not members of the extension) would be lost
+-- by a dump and restore. They are the tenants', not the extension's.
+DO $$
+BEGIN
+    DELETE FROM pg_catalog.pg_init_privs i
+    USING control_plane.tenants t
+    WHERE t.settings ? 'tenant_schema'
+      AND i.classoid = 'pg_catalog.pg_namespace'::pg_catalog.regclass
+      AND i.objoid = (SELECT n.oid FROM pg_catalog.pg_namespace n WHERE n.nspname = t.settings->>'tenant_schema')
+      AND NOT EXISTS (SELECT FROM pg_catalog.pg_depend d
+                      WHERE d.classid = 'pg_catalog.pg_namespace'::pg_catalog.regclass
+                        AND d.objid = i.objoid AND d.deptype = 'e');
+END
+$$;
 
 -- ===========================================================================
 -- Catalog search: per-connection term statistics and IDF ranking with
