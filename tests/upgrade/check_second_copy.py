@@ -79,6 +79,11 @@ def test_the_copy_does_not_act_on_the_originals_roles(newcomer):
     assert reads_plans(ALICE, ORIGINAL)
 
 
+def members_of(conn, role):
+    return {r[0] for r in conn.execute(
+        "SELECT pg_get_userbyid(member) FROM pg_auth_members WHERE roleid = %s::regrole", (role,))}
+
+
 def test_adopt_gives_the_copy_roles_of_its_own(newcomer):
     original_role = recorded_role(ORIGINAL)
     for role in (ALICE, BOB):  # operators only
@@ -111,14 +116,18 @@ def test_adopt_gives_the_copy_roles_of_its_own(newcomer):
                   "has_schema_privilege(%(r)s, 'shop_a', 'USAGE')")
         assert s.execute(checks, {"r": role}).fetchone() == (True, True, False, True)
         assert s.execute(checks, {"r": original_role}).fetchone() == (False, False, False, False)
-        members = {r[0] for r in s.execute(
-            "SELECT pg_get_userbyid(member) FROM pg_auth_members WHERE roleid = %s::regrole", (role,))}
+        # The schema's owner is granted to nobody; members come through the
+        # tenant's role, this database's own.
+        assert not members_of(s, role)
+        trole = s.execute("SELECT dbrag.tenant_role_name(%s)::text", (A,)).fetchone()[0]
+        members = members_of(s, trole)
         assert newcomer in members and ALICE not in members  # alice was removed in the copy
     with su(ORIGINAL) as s:
         assert s.execute("SELECT nspowner::regrole::text FROM pg_namespace WHERE nspname = %s",
                          (SCHEMA_A,)).fetchone()[0] == original_role
-        members = {r[0] for r in s.execute(
-            "SELECT pg_get_userbyid(member) FROM pg_auth_members WHERE roleid = %s::regrole", (original_role,))}
+        assert not members_of(s, original_role)
+        trole = s.execute("SELECT dbrag.tenant_role_name(%s)::text", (A,)).fetchone()[0]
+        members = members_of(s, trole)
         assert ALICE in members and newcomer not in members
         assert s.execute(checks, {"r": original_role}).fetchone() == (True, True, False, True)
     assert reads_plans(ALICE, ORIGINAL) and not reads_plans(newcomer, ORIGINAL)
