@@ -17,6 +17,38 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
 $$;
 REVOKE ALL ON FUNCTION dbrag._tenant_leads_key(oid) FROM PUBLIC;
 
+-- On a Citus coordinator: let Citus reach the workers as a tenant's role.
+-- Work for a tenant runs as its role (docs/isolation.md), and Citus opens
+-- its worker connections as the current role, so the role gets LOGIN with
+-- a random password that only pg_dist_authinfo (superuser-only, on every
+-- node) holds: no client can log in as it. ALTER ROLE reaches the workers
+-- through Citus. Safe to run again.
+CREATE FUNCTION dbrag._citus_tenant_login(tenant uuid) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    r name;
+    pw text;
+BEGIN
+    IF pg_catalog.to_regclass('pg_catalog.pg_dist_authinfo') IS NULL THEN
+        RETURN;
+    END IF;
+    SELECT t.tenant_role INTO r FROM control_plane.tenants t WHERE t.tenant_id = tenant;
+    IF r IS NULL OR r <> dbrag.tenant_role_name(tenant)
+       OR EXISTS (SELECT FROM pg_catalog.pg_dist_authinfo a WHERE a.rolename = r) THEN
+        RETURN;
+    END IF;
+    -- 244 bits from the server's strong random source.
+    pw := pg_catalog.replace(pg_catalog.gen_random_uuid()::text || pg_catalog.gen_random_uuid()::text, '-', '');
+    EXECUTE pg_catalog.format('ALTER ROLE %I LOGIN PASSWORD %L', r, pw);
+    INSERT INTO pg_catalog.pg_dist_authinfo (nodeid, rolename, authinfo)
+    VALUES (0, r, 'password=' || pw), (-1, r, 'password=' || pw);
+    PERFORM pg_catalog.run_command_on_workers(pg_catalog.format(
+        'INSERT INTO pg_catalog.pg_dist_authinfo (nodeid, rolename, authinfo) VALUES (0, %L, %L), (-1, %L, %L)',
+        r, 'password=' || pw, r, 'password=' || pw));
+END
+$$;
+REVOKE ALL ON FUNCTION dbrag._citus_tenant_login(uuid) FROM PUBLIC;
+
 CREATE FUNCTION dbrag.distribute_control_plane()
 RETURNS TABLE (table_name regclass, placement text)
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
@@ -129,6 +161,8 @@ BEGIN
         RAISE EXCEPTION 'some control_plane tables could not be placed'
             USING ERRCODE = '55000';
     END IF;
+    -- Tenants' roles must reach the workers (docs/scale-out.md).
+    PERFORM dbrag._citus_tenant_login(t.tenant_id) FROM control_plane.tenants t ORDER BY t.tenant_id;
     -- Keys back, referenced tables first (all are placed by now).
     FOR fk IN SELECT * FROM pg_catalog.jsonb_to_recordset(fks) AS x(tbl text, name text, def text)
               WHERE NOT x.tbl::regclass::oid = ANY (local_only) LOOP

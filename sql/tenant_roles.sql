@@ -35,6 +35,10 @@ BEGIN
         PERFORM dbrag._sync_tenant_role(OLD.tenant_id);
     ELSE
         PERFORM dbrag._sync_tenant_role(NEW.tenant_id);
+        IF TG_OP = 'INSERT' AND TG_TABLE_NAME <> 'tenant_members'
+           AND pg_catalog.to_regclass('pg_catalog.pg_dist_authinfo') IS NOT NULL THEN
+            PERFORM dbrag._citus_tenant_login(NEW.tenant_id);
+        END IF;
         IF TG_OP = 'UPDATE' AND OLD.tenant_id IS DISTINCT FROM NEW.tenant_id THEN
             PERFORM dbrag._sync_tenant_role(OLD.tenant_id);
         END IF;

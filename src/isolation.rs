@@ -753,8 +753,11 @@ fn _sync_tenant_role(tenant: Option<pgrx::Uuid>) -> Option<String> {
                 .raise()
             }
             let unsafe_role = exists(
+                // LOGIN only where Citus must reach the workers as the role
+                // (its password only in pg_dist_authinfo: docs/scale-out.md).
                 "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = $1 AND \
-                 (rolsuper OR rolbypassrls OR rolcreaterole OR rolcreatedb OR rolcanlogin OR rolreplication))",
+                 (rolsuper OR rolbypassrls OR rolcreaterole OR rolcreatedb OR rolreplication \
+                  OR (rolcanlogin AND pg_catalog.to_regclass('pg_catalog.pg_dist_authinfo') IS NULL)))",
                 &role,
             );
             if unsafe_role {

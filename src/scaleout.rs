@@ -49,7 +49,7 @@ pub fn assertion_setting() -> Option<String> {
 }
 
 /// True when the Citus library is loaded in this backend.
-fn citus_loaded() -> bool {
+pub fn citus_loaded() -> bool {
     // SAFETY: GetConfigOption with missing_ok returns NULL for an unknown name.
     unsafe {
         !pg_sys::GetConfigOption(c"citus.propagate_set_commands".as_ptr(), true, false).is_null()
@@ -255,4 +255,26 @@ pub fn asserted_tenant(assertion: &str) -> uuid::Uuid {
                 .raise()
         }
     }
+}
+
+/// On Citus, the tenant whose own role this session logged in as: the
+/// coordinator reaches the workers as the tenant's role while it works for
+/// the tenant (crate::act_as). None elsewhere, and for any other role.
+pub fn role_tenant(session_user: pg_sys::Oid) -> Option<uuid::Uuid> {
+    if !citus_loaded() {
+        return None;
+    }
+    let name = name_of(session_user)?;
+    if !name.starts_with("dbrag_tenant_") {
+        return None;
+    }
+    crate::privileged::as_extension(|| {
+        Spi::get_one_with_args::<pgrx::Uuid>(
+            "SELECT tenant_id FROM control_plane.tenants WHERE tenant_role = $1::pg_catalog.name",
+            &[pgrx::datum::DatumWithOid::from(name.as_str())],
+        )
+    })
+    .ok()
+    .flatten()
+    .map(|t| uuid::Uuid::from_bytes(*t.as_bytes()))
 }

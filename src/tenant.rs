@@ -169,6 +169,10 @@ fn resolve(key: &CacheKey) -> Option<uuid::Uuid> {
     if !key.setting.is_empty() {
         return uuid::Uuid::try_parse(&key.setting).ok().and_then(active);
     }
+    // On Citus, work for a tenant reaches the workers as the tenant's role.
+    if let Some(t) = scaleout::role_tenant(key.session_user) {
+        return active(t);
+    }
     if let Some(assertion) = &key.assertion {
         return active(scaleout::asserted_tenant(assertion));
     }

@@ -406,9 +406,6 @@ def test_sync_catalog_over_distributed_tables(cluster, llm_server):
     check_catalog(cluster, cluster.b)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "not built yet (docs/scale-out.md): the model's statement runs as the tenant's NOLOGIN role, and "
-    "Citus opens its worker connections as the current role, which cannot log in there"))
 @pytest.mark.parametrize("caller", ["member", "app"])
 def test_ask_over_distributed_tables(cluster, llm_server, caller):
     prepare_nl(cluster, llm_server)
