@@ -1,4 +1,4 @@
--- Tenant isolation for application tables (SPEC §3): the same forced RLS and
+-- Tenant isolation for application tables (docs/isolation.md): the same forced RLS and
 -- index-friendly policies as the control plane, a report of every way a
 -- database can leak across tenants, and the dbrag.auto_isolate guard.
 --
@@ -176,7 +176,7 @@ BEGIN
 END
 $$;
 
--- The body of dbrag.enable_tenant_isolation (SPEC §3); call the public one.
+-- The body of dbrag.enable_tenant_isolation (docs/isolation.md); call the public one.
 CREATE FUNCTION dbrag._enable_tenant_isolation(tbl regclass, tenant_column name, rebuild_unique boolean)
 RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE

@@ -1,4 +1,4 @@
--- Credentials and connections (SPEC §4, §5).
+-- Credentials and connections (docs/connections-and-keys.md).
 
 -- Tenants' model API keys: AES-256-GCM envelopes bound to the tenant
 -- (never plaintext). Written and read only by the extension's functions;

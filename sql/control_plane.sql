@@ -1,4 +1,4 @@
--- The control plane (SPEC §1). Every tenant-scoped table leads its primary
+-- The control plane (docs/isolation.md). Every tenant-scoped table leads its primary
 -- key, unique constraints and indexes with tenant_id, so the tenant-first
 -- index serves the RLS predicate and the table can be distributed by
 -- tenant_id on Citus.
@@ -81,7 +81,7 @@ CREATE TABLE control_plane.table_metadata_catalog (
     FOREIGN KEY (tenant_id, connection_id)
         REFERENCES control_plane.tenant_databases (tenant_id, connection_id) ON DELETE CASCADE
 );
--- btree_gin lets one GIN index lead with tenant_id (SPEC §9, full-text under RLS).
+-- btree_gin lets one GIN index lead with tenant_id (SECURITY.md, full-text under RLS).
 CREATE INDEX table_metadata_catalog_search_idx
     ON control_plane.table_metadata_catalog USING gin (tenant_id, search_vector);
 

@@ -24,7 +24,7 @@ GRANT EXECUTE ON FUNCTION dbrag.create_tenant(text, text, text),
     dbrag.set_tenant_status(uuid, text), dbrag.issue_token(uuid, integer, text),
     dbrag._audit(text, uuid, jsonb) TO dbrag_admin;
 
--- Credentials and connections (SPEC §4, §5). encrypt/decrypt are open to
+-- Credentials and connections (docs/connections-and-keys.md). encrypt/decrypt are open to
 -- everyone: their context is domain-separated from the extension's own
 -- secrets, which no SQL-level context can open.
 REVOKE EXECUTE ON FUNCTION dbrag.rotate_key() FROM PUBLIC;

@@ -1,4 +1,4 @@
--- Row-level security (SPEC §3). Policies compare the tenant column with
+-- Row-level security (docs/isolation.md). Policies compare the tenant column with
 -- dbrag.current_tenant_id(), a STABLE C function: the planner evaluates it
 -- once per scan and uses the tenant-first index, unlike a per-row plpgsql check.
 

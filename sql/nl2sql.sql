@@ -1,4 +1,4 @@
--- Teaching material for the model, per tenant (SPEC §6). SECURITY INVOKER:
+-- Teaching material for the model, per tenant (docs/llm-and-guard.md). SECURITY INVOKER:
 -- the rows go through the training_examples policies like any insert.
 
 CREATE FUNCTION dbrag.add_example(question text, sql text) RETURNS uuid

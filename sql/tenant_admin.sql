@@ -1,4 +1,4 @@
--- Tenant administration (SPEC §2), for platform operators (dbrag_admin).
+-- Tenant administration (docs/isolation.md), for platform operators (dbrag_admin).
 -- SECURITY INVOKER: the operator's own grants and the admin policies apply.
 
 CREATE FUNCTION dbrag._require_admin() RETURNS void

@@ -1,4 +1,4 @@
-//! The metadata catalog (SPEC §5): introspect a connection's schema, keep one
+//! The metadata catalog (docs/connections-and-keys.md): introspect a connection's schema, keep one
 //! row per table in `control_plane.table_metadata_catalog`, search it.
 //!
 //! Introspection and sampling run as the tenant's role (crate::act_as),

@@ -1,4 +1,4 @@
-//! Data-plane connections (SPEC §5): the tenant's rows of
+//! Data-plane connections (docs/connections-and-keys.md): the tenant's rows of
 //! `control_plane.tenant_databases`, read and written as the extension and
 //! always filtered by the tenant in force; the SQL workflow (test, create,
 //! update, delete, activate); and the Rust API the catalog and NL-to-SQL code
@@ -200,7 +200,7 @@ pub fn credentials(conn: &Connection) -> Result<String> {
 }
 
 /// Open a session to a `postgres` connection (connect timeout from
-/// `dbrag.remote_connect_timeout_ms`), applying SPEC §5's password rule.
+/// `dbrag.remote_connect_timeout_ms`), applying docs/connections-and-keys.md's password rule.
 pub fn open_session(conn: &Connection) -> Result<Session> {
     let info = conninfo_checked(conn)?;
     let parsed = remote::parse(&info)?;

@@ -1,10 +1,10 @@
-//! Secrets at rest (SPEC §4): AES-256-GCM envelopes (`dbrag_core::envelope`)
+//! Secrets at rest (docs/connections-and-keys.md): AES-256-GCM envelopes (`dbrag_core::envelope`)
 //! under a keyring read from superuser-only settings, never from a table.
 //!
 //! The keyring is `dbrag.master_key` (one key, id `m` + fingerprint) followed
 //! by the lines of `dbrag.master_key_file` (`key_id:hex`, the last encrypts).
 //! It is parsed once per backend and parsed again only when either setting's
-//! text or the key file's size, mtime or inode changes (SPEC §9: derive once,
+//! text or the key file's size, mtime or inode changes (SECURITY.md: derive once,
 //! not per call).
 //!
 //! Associated data is domain-separated: what `dbrag.encrypt(text, context)`

@@ -1,4 +1,4 @@
-//! The SQL guard (SPEC §6): decides, on PostgreSQL's own parse tree, whether
+//! The SQL guard (docs/llm-and-guard.md): decides, on PostgreSQL's own parse tree, whether
 //! a statement a model wrote may run. Never regular expressions over text.
 //!
 //! Local connections ([`check_local`]): the text is parsed (`raw_parser`),

@@ -1,6 +1,6 @@
 //! Settings. Secrets are superuser-only and hidden from `SHOW ALL`/`pg_settings`;
 //! the tenant in force is a superuser-only setting that only the extension's
-//! own code writes (SPEC §2, §9): parallel workers inherit it, clients cannot
+//! own code writes (docs/isolation.md, SECURITY.md): parallel workers inherit it, clients cannot
 //! forge it with `SET`, `set_config`, a function's `SET` clause or PGOPTIONS.
 
 use std::ffi::{CStr, CString};

@@ -1,4 +1,4 @@
-//! Tenant isolation for application tables (SPEC §3): the guard that keeps
+//! Tenant isolation for application tables (docs/isolation.md): the guard that keeps
 //! the `dbrag.auto_isolate` event trigger quiet while pg_dbrag itself changes
 //! a table's isolation, and schema-per-tenant.
 //!

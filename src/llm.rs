@@ -1,4 +1,4 @@
-//! The model client (SPEC §6, §8, §9 "Blocking calls").
+//! The model client (docs/llm-and-guard.md, README.md "Errors", SECURITY.md "Blocking calls").
 //!
 //! One call is one HTTP POST: OpenAI-compatible chat completions
 //! (`{url}/chat/completions`) or Anthropic messages (`{url}/messages`), where

@@ -14,7 +14,7 @@ use crate::remote::caller_is_superuser;
 
 const ENGINE: &str = "MySQL";
 
-/// Parse a `mysql://` conninfo and apply SPEC §5's rules for the caller.
+/// Parse a `mysql://` conninfo and apply docs/connections-and-keys.md's rules for the caller.
 pub fn parse_target(conninfo: &str) -> Result<MysqlTarget> {
     let target = dataplane_target::parse_mysql_uri(conninfo).map_err(uri_error)?;
     if !caller_is_superuser() {

@@ -1,4 +1,4 @@
-//! Natural language to SQL (SPEC §6): the prompt from the tenant's catalog,
+//! Natural language to SQL (docs/llm-and-guard.md): the prompt from the tenant's catalog,
 //! examples and documentation; the model call; the guard; execution.
 
 use dbrag_core::prompt::{PromptColumn, PromptExample, PromptForeignKey, PromptInput, PromptTable};
@@ -265,7 +265,7 @@ fn build_prompt(question: Option<&str>) -> pgrx::JsonB {
 /// Largest answer `ask` returns, in bytes of jsonb text (all rows together).
 const MAX_ANSWER_BYTES: usize = 64 << 20;
 
-/// Retries after a failed attempt (SPEC §6: one).
+/// Retries after a failed attempt (docs/llm-and-guard.md: one).
 const RETRIES: usize = 1;
 
 /// What one call did, for the history row.

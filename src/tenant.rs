@@ -1,4 +1,4 @@
-//! Tenant context: who is asking (SPEC §2).
+//! Tenant context: who is asking (docs/isolation.md).
 //!
 //! The tenant in force lives in the superuser-only setting `dbrag.tenant_id`,
 //! written only here after the caller proved a right to it. Parallel workers

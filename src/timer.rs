@@ -2,7 +2,7 @@
 //! one statement.
 //!
 //! `statement_timeout` is armed when the top-level statement starts, so a
-//! function cannot bound the statement it runs by setting it (SPEC §9). This
+//! function cannot bound the statement it runs by setting it (SECURITY.md). This
 //! arms a user timeout that cancels the query the way statement_timeout
 //! does; [`Deadline::fired`] tells the caller that the cancel was ours, so it
 //! can say "took longer than N ms". Dropping the guard disarms it, on every

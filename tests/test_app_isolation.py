@@ -1,4 +1,4 @@
-"""Tenant isolation of application tables (SPEC §3, issue 6):
+"""Tenant isolation of application tables (docs/isolation.md, issue 6):
 enable_tenant_isolation, isolation_report, the auto_isolate guard and
 schema-per-tenant — over real TCP connections as the tenants' own
 non-superuser login roles, so every policy is in force.

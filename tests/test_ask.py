@@ -1,4 +1,4 @@
-"""Natural language to SQL end to end (SPEC §6): the model fixture on
+"""Natural language to SQL end to end (docs/llm-and-guard.md): the model fixture on
 127.0.0.1 answers from a script; the extension checks and runs what it
 wrote as the calling tenant's login role."""
 

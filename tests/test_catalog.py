@@ -1,4 +1,4 @@
-"""Metadata catalog (SPEC §5): sync a local schema, search it in plain
+"""Metadata catalog (docs/connections-and-keys.md): sync a local schema, search it in plain
 English, and keep tenants' catalogs apart."""
 
 import threading

@@ -1,4 +1,4 @@
-"""Data-plane connections (SPEC §5): the workflow for local schemas and a
+"""Data-plane connections (docs/connections-and-keys.md): the workflow for local schemas and a
 remote PostgreSQL server (the second test cluster, password auth), the
 password rule that keeps tenants from borrowing the server's identity,
 timeouts and cancellation, and isolation between tenants. All as

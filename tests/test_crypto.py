@@ -1,4 +1,4 @@
-"""Secrets at rest (SPEC §4): AES-256-GCM envelopes with a key id and the
+"""Secrets at rest (docs/connections-and-keys.md): AES-256-GCM envelopes with a key id and the
 context as associated data; clear errors for every way a value can fail to
 open; keys from superuser-only settings or a key file; rotation; LLM API
 keys stored encrypted; nothing secret in pg_dump."""

@@ -1,4 +1,4 @@
-"""The SQL guard (SPEC §6): PostgreSQL's own parser and analyzer decide what
+"""The SQL guard (docs/llm-and-guard.md): PostgreSQL's own parser and analyzer decide what
 a model-written statement reads and calls. One test per refused construct,
 accepted statements that analysts write, the remote (raw parse tree)
 variant, and garbage that must never crash the backend.

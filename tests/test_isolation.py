@@ -1,4 +1,4 @@
-"""Row-level security on the control plane (SPEC §3), tested as tenants'
+"""Row-level security on the control plane (docs/isolation.md), tested as tenants'
 login roles over TCP, never as a superuser (who bypasses every policy)."""
 
 import json

@@ -1,4 +1,4 @@
-"""The model client (SPEC §6, §8, §9 "Blocking calls"): OpenAI and Anthropic
+"""The model client (docs/llm-and-guard.md, README.md "Errors", SECURITY.md "Blocking calls"): OpenAI and Anthropic
 wire formats against the project's fake model server on 127.0.0.1, every
 failure a clear ERROR within its limit, and the wait interruptible by
 statement_timeout and pg_cancel_backend. After each failure the same

@@ -1,4 +1,4 @@
-"""The prompt (SPEC §6): built from the caller's own catalog and examples
+"""The prompt (docs/llm-and-guard.md): built from the caller's own catalog and examples
 only, and inside the token budget whatever the schema's size."""
 
 import psycopg

@@ -1,4 +1,4 @@
-"""Tenant context (SPEC §2): how a tenant comes into force, and every way a
+"""Tenant context (docs/isolation.md): how a tenant comes into force, and every way a
 client might try to forge it. All as non-superuser login roles over TCP."""
 
 import time

@@ -107,7 +107,7 @@ pub fn caller_is_superuser() -> bool {
     unsafe { pg_sys::superuser() && pg_sys::superuser_arg(pg_sys::GetSessionUserId()) }
 }
 
-/// The checks of SPEC §5 made before connecting.
+/// The checks of docs/connections-and-keys.md made before connecting.
 pub fn check_before_connect(parsed: &Parsed) -> Result<()> {
     if caller_is_superuser() {
         return Ok(());
@@ -289,7 +289,7 @@ impl Session {
     }
 
     /// Connect within `timeout_ms`, honouring interrupts. Applies the
-    /// password rule of SPEC §5 for non-superusers. Under
+    /// password rule of docs/connections-and-keys.md for non-superusers. Under
     /// dbrag.query_memory_limit: a server can announce a long message
     /// during start-up too.
     pub fn connect(parsed: &Parsed, timeout_ms: i32) -> Result<Session> {

@@ -1,5 +1,5 @@
 """Attacks on the catalog, the training examples, the prompt and the query
-history across tenants (SPEC §5, §6): A never reads or steers B's."""
+history across tenants (docs/connections-and-keys.md, docs/llm-and-guard.md): A never reads or steers B's."""
 
 import pytest
 

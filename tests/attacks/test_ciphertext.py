@@ -1,4 +1,4 @@
-"""Ciphertext swaps (SPEC §4): secrets are bound to their row (tenant and
+"""Ciphertext swaps (docs/connections-and-keys.md): secrets are bound to their row (tenant and
 connection) and to their purpose. Someone who can write the tables (a
 superuser here, standing in for a stolen backup restored by an attacker, or
 a bug elsewhere) moves B's ciphertext into A's row: it must not open there,

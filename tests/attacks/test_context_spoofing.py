@@ -1,4 +1,4 @@
-"""Attacks on the tenant context itself (SPEC §2, §9): every way a client
+"""Attacks on the tenant context itself (docs/isolation.md, SECURITY.md): every way a client
 might put another tenant in force without the right to it. Each must end in
 an ERROR with its SQLSTATE, or leave the attacker's own tenant in force."""
 
@@ -46,7 +46,7 @@ def test_set_and_set_local_of_the_tenant_setting(planted):
 
 
 def test_set_config_inside_a_materialized_cte(planted):
-    # The spoof that works in trust_guc_tenant mode (SPEC §2), aimed at the real setting.
+    # The spoof that works in trust_guc_tenant mode (docs/isolation.md), aimed at the real setting.
     tenants = planted
     with tenants.conn(tenants.a_role) as a:
         e = refused(a, "WITH s AS MATERIALIZED (SELECT set_config('dbrag.tenant_id', %s, true)) "

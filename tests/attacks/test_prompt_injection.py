@@ -1,4 +1,4 @@
-"""Prompt injection (SPEC §6): questions that tell the model to read another
+"""Prompt injection (docs/llm-and-guard.md): questions that tell the model to read another
 tenant, drop tables, call functions or change settings, with the fake model
 answering as a compromised model would. The guard refuses the statement
 (42501 a forbidden relation or function, 42601 not one read-only SELECT)

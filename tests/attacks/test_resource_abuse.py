@@ -1,5 +1,5 @@
 """Resource abuse through the question, the model's answer and the
-statement it writes (SPEC §6, §8): each ends in a clear ERROR within its
+statement it writes (docs/llm-and-guard.md, README.md "Errors"): each ends in a clear ERROR within its
 bound (size, depth, deadline, row cap, answer size) and the session goes on;
 no backend crashes or hangs past its limit."""
 

@@ -304,7 +304,7 @@ def test_views_and_definer_functions_of_the_table_owner_are_still_bound(su, app_
 
 
 def test_view_of_a_privileged_owner_is_named_by_the_isolation_report(su, app_table):
-    # A superuser's view skips every policy (SPEC §2): the report names it,
+    # A superuser's view skips every policy (docs/isolation.md): the report names it,
     # and its security_invoker form is bound again.
     tenants, _, schema = app_table
     su.execute(f"CREATE VIEW {schema}.su_view AS SELECT * FROM {schema}.customers")

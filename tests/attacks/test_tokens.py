@@ -1,4 +1,4 @@
-"""Attacks with tenant tokens (SPEC §2): forged, expired, unsigned,
+"""Attacks with tenant tokens (docs/isolation.md): forged, expired, unsigned,
 re-targeted, header tricks, claim tricks. A token is refused with 28000
 (and an audit row), or names an inactive tenant and is refused with 42501
 or 42704; it never puts another tenant in force."""

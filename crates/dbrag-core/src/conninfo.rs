@@ -1,4 +1,4 @@
-//! Rules for a libpq connection string a tenant hands to the server (SPEC §5).
+//! Rules for a libpq connection string a tenant hands to the server (docs/connections-and-keys.md).
 //!
 //! The server connects on the tenant's behalf, so the tenant must not borrow
 //! the server's own identity: on Debian `local all postgres peer` lets every

@@ -1,5 +1,5 @@
 //! Where a `mysql` or `sqlite` connection points, and the rules that keep a
-//! tenant from reaching the server's own sockets and files (SPEC §5).
+//! tenant from reaching the server's own sockets and files (docs/connections-and-keys.md).
 //!
 //! - `mysql`: a `mysql://user:password@host[:port][/database]` URI
 //!   (`mariadb://` too). TCP only: no socket, no URI parameters, and for

@@ -1,6 +1,6 @@
 //! The SQL guard for data planes that PostgreSQL's parser cannot read
 //! (MySQL/MariaDB and SQLite), on the `sqlparser` crate's parse tree: the
-//! rules of SPEC §6 in each engine's dialect.
+//! rules of docs/llm-and-guard.md in each engine's dialect.
 //!
 //! - exactly one statement, a `SELECT` (plain, `WITH`, set operations,
 //!   `VALUES`), with no data-modifying CTE, no `FOR UPDATE` / `LOCK IN SHARE

@@ -1,5 +1,5 @@
 //! The model's prompt: catalog hits, examples and documentation inside a
-//! token budget that holds whatever the schema's size (SPEC §6). Tables come
+//! token budget that holds whatever the schema's size (docs/llm-and-guard.md). Tables come
 //! in rank order; a table that does not fit whole keeps its key columns and
 //! the columns the question mentions; what still does not fit is left out
 //! and counted.
