@@ -71,8 +71,11 @@ INSERT INTO acme_data.singer VALUES (1, 'Joe Sharp', 'Netherlands', 52), (2, 'Ti
     (3, 'Justin Brown', 'France', 29);
 INSERT INTO acme_data.concert VALUES (1, 'Auditions', 2014), (2, 'Super bootcamp', 2015);
 INSERT INTO acme_data.singer_in_concert VALUES (1, 1), (1, 2), (2, 3);
-GRANT USAGE ON SCHEMA acme_data TO acme_analyst;
-GRANT SELECT ON ALL TABLES IN SCHEMA acme_data TO acme_analyst;
+-- Data-plane grants go to the tenant's own role, which its members hold and
+-- which pg_dbrag acts as (docs/isolation.md).
+SELECT format('GRANT USAGE ON SCHEMA acme_data TO %I', dbrag.tenant_role_name(tenant_id)),
+       format('GRANT SELECT ON ALL TABLES IN SCHEMA acme_data TO %I', dbrag.tenant_role_name(tenant_id))
+FROM control_plane.tenants WHERE name = 'acme' \gexec
 
 CREATE SCHEMA globex_data;
 CREATE TABLE globex_data.customers (customer_id int PRIMARY KEY, name text, city text, password_hash text);
@@ -81,8 +84,9 @@ CREATE TABLE globex_data.orders (order_id int PRIMARY KEY, customer_id int REFER
 COMMENT ON TABLE globex_data.customers IS 'buyers who place orders';
 INSERT INTO globex_data.customers VALUES (1, 'Ann', 'Berlin', 'x1'), (2, 'Bo', 'Paris', 'x2');
 INSERT INTO globex_data.orders VALUES (1, 1, 120.5, '2026-01-03'), (2, 2, 80, '2026-02-11'), (3, 1, 42, '2026-03-01');
-GRANT USAGE ON SCHEMA globex_data TO globex_analyst;
-GRANT SELECT ON ALL TABLES IN SCHEMA globex_data TO globex_analyst;
+SELECT format('GRANT USAGE ON SCHEMA globex_data TO %I', dbrag.tenant_role_name(tenant_id)),
+       format('GRANT SELECT ON ALL TABLES IN SCHEMA globex_data TO %I', dbrag.tenant_role_name(tenant_id))
+FROM control_plane.tenants WHERE name = 'globex' \gexec
 SQL
 
 echo "== each tenant connects its data and syncs its catalog (as its own login role)"
