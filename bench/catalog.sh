@@ -161,6 +161,9 @@ BEGIN
 END $$;
 UPDATE control_plane.tenant_databases SET schema_name = 'wide'
 WHERE tenant_id = '00000000-0000-4000-8000-000000000002';
+-- sync_catalog reads the schema as the tenant's own role.
+SELECT format('GRANT USAGE ON SCHEMA wide TO %I', dbrag.tenant_role_name('00000000-0000-4000-8000-000000000002')) \gexec
+SELECT format('GRANT SELECT ON ALL TABLES IN SCHEMA wide TO %I', dbrag.tenant_role_name('00000000-0000-4000-8000-000000000002')) \gexec
 SQL
 $PSQL -At <<'SQL' 2>&1
 SELECT dbrag.set_tenant('00000000-0000-4000-8000-000000000002'::uuid);
