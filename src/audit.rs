@@ -211,7 +211,6 @@ struct Queue {
 
 static mut QUEUE: *mut Queue = std::ptr::null_mut();
 static mut PREV_SHMEM_STARTUP: pg_sys::shmem_startup_hook_type = None;
-#[cfg(not(any(feature = "pg13", feature = "pg14")))]
 static mut PREV_SHMEM_REQUEST: pg_sys::shmem_request_hook_type = None;
 
 const QUEUE_NAME: &std::ffi::CStr = c"pg_dbrag audit queue";
@@ -223,13 +222,8 @@ pub fn init() {
         if !pg_sys::process_shared_preload_libraries_in_progress {
             return;
         }
-        #[cfg(not(any(feature = "pg13", feature = "pg14")))]
-        {
-            PREV_SHMEM_REQUEST = pg_sys::shmem_request_hook;
-            pg_sys::shmem_request_hook = Some(shmem_request);
-        }
-        #[cfg(any(feature = "pg13", feature = "pg14"))]
-        request_space();
+        PREV_SHMEM_REQUEST = pg_sys::shmem_request_hook;
+        pg_sys::shmem_request_hook = Some(shmem_request);
         PREV_SHMEM_STARTUP = pg_sys::shmem_startup_hook;
         pg_sys::shmem_startup_hook = Some(shmem_startup);
     }
@@ -243,7 +237,6 @@ unsafe fn request_space() {
     }
 }
 
-#[cfg(not(any(feature = "pg13", feature = "pg14")))]
 #[pg_guard]
 unsafe extern "C-unwind" fn shmem_request() {
     // SAFETY: chained hook; runs in the postmaster.

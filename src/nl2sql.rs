@@ -41,11 +41,27 @@ pub fn check_question(question: Option<&str>) -> String {
     q
 }
 
-pub fn dialect(conn: &Connection) -> &'static str {
+/// The SQL dialect the prompt names. A local connection is this server, so
+/// its real version; a remote PostgreSQL server's version is not known here.
+pub fn dialect(conn: &Connection) -> String {
     match conn.kind {
-        EngineKind::Local | EngineKind::Postgres => "PostgreSQL 15",
-        EngineKind::Mysql => "MySQL 8 / MariaDB",
-        EngineKind::Sqlite => "SQLite 3",
+        EngineKind::Local => {
+            // SAFETY: GetConfigOption of a built-in setting returns a valid string.
+            let version = unsafe {
+                let p = pgrx::pg_sys::GetConfigOption(c"server_version".as_ptr(), true, false);
+                if p.is_null() {
+                    String::new()
+                } else {
+                    std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned()
+                }
+            };
+            // "15.20 (Debian 15.20-0+deb12u1)" → "15.20".
+            let version = version.split_whitespace().next().unwrap_or_default();
+            format!("PostgreSQL {version}").trim_end().to_string()
+        }
+        EngineKind::Postgres => "PostgreSQL".to_string(),
+        EngineKind::Mysql => "MySQL 8 / MariaDB".to_string(),
+        EngineKind::Sqlite => "SQLite 3".to_string(),
     }
 }
 
@@ -225,7 +241,7 @@ pub fn prompt_for(
     let tables = prompt_tables(conn, question);
     let (examples, documentation) = prompt_examples(conn.tenant_id, question);
     let input = PromptInput {
-        dialect: dialect(conn).to_string(),
+        dialect: dialect(conn),
         default_schema: Some(conn.schema_name.clone()),
         question: question.to_string(),
         tables,
