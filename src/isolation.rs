@@ -312,6 +312,27 @@ fn members_of(role: &str) -> Vec<String> {
     .unwrap_or_else(|e| DbragError::from(e).raise())
 }
 
+/// A tenant schema's owner role: NOLOGIN, no attributes, and a comment that
+/// names the tenant and this database (how a restored copy tells its own
+/// roles from the original's).
+fn create_schema_role(tenant: uuid::Uuid, role: &str) {
+    run(&format!(
+        "CREATE ROLE {role} NOLOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE"
+    ));
+    comment_schema_role(tenant, role);
+}
+
+fn comment_schema_role(tenant: uuid::Uuid, role: &str) {
+    // The database's name goes in as a quoted literal (it may hold quotes).
+    let comment = Spi::get_one::<String>(&format!(
+        "SELECT pg_catalog.quote_literal('pg_dbrag: schema role of tenant {tenant} in database ' \
+         || pg_catalog.current_database())"
+    ))
+    .unwrap_or_else(|e| DbragError::from(e).raise())
+    .unwrap_or_default();
+    run(&format!("COMMENT ON ROLE {role} IS {comment}"));
+}
+
 /// The schema's owner is granted to nobody (no member can `SET ROLE` to it,
 /// so nothing a member did survives its removal); members reach the schema
 /// through the tenant's role, which gets USAGE and CREATE. Runs as the
@@ -365,18 +386,10 @@ fn create_tenant_schema(tenant: Option<pgrx::Uuid>) -> String {
             }
         }
         if !role_exists(&role) {
-            run(&format!(
-                "CREATE ROLE {role} NOLOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE"
-            ));
+            create_schema_role(tenant, &role);
+        } else {
+            comment_schema_role(tenant, &role);
         }
-        // The database's name goes in as a quoted literal (it may hold quotes).
-        let comment = Spi::get_one::<String>(&format!(
-            "SELECT pg_catalog.quote_literal('pg_dbrag: schema role of tenant {tenant} in database ' \
-             || pg_catalog.current_database())"
-        ))
-        .unwrap_or_else(|e| DbragError::from(e).raise())
-        .unwrap_or_default();
-        run(&format!("COMMENT ON ROLE {role} IS {comment}"));
         if !schema_exists(&schema) {
             run(&format!("CREATE SCHEMA {schema} AUTHORIZATION {role}"));
         }
@@ -570,16 +583,7 @@ fn adopt_tenant_schema(tenant: Option<pgrx::Uuid>) -> String {
             .hint("drop or rename that role, then call dbrag.adopt_tenant_schema again")
             .raise()
         }
-        run(&format!(
-            "CREATE ROLE {role} NOLOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE"
-        ));
-        let comment = Spi::get_one::<String>(&format!(
-            "SELECT pg_catalog.quote_literal('pg_dbrag: schema role of tenant {tenant} in database ' \
-             || pg_catalog.current_database())"
-        ))
-        .unwrap_or_else(|e| DbragError::from(e).raise())
-        .unwrap_or_default();
-        run(&format!("COMMENT ON ROLE {role} IS {comment}"));
+        create_schema_role(tenant, &role);
         if role_exists(&old) {
             copy_grants(&old, &role);
             // Both act on the current database only (and on shared objects,

@@ -56,6 +56,29 @@ pub fn citus_loaded() -> bool {
     }
 }
 
+/// Set one of Citus's settings (registered whenever `citus_loaded()`) for
+/// this transaction or the caller's nest level; a refusal is an ERROR.
+fn set_citus_setting(
+    name: &CStr,
+    value: &CStr,
+    context: pg_sys::GucContext::Type,
+    action: pg_sys::GucAction::Type,
+) {
+    // SAFETY: static C strings naming a setting Citus registered.
+    unsafe {
+        pg_sys::set_config_option(
+            name.as_ptr(),
+            value.as_ptr(),
+            context,
+            pg_sys::GucSource::PGC_S_SESSION,
+            action,
+            true,
+            pg_sys::PGERROR as i32,
+            false,
+        );
+    }
+}
+
 fn name_of(role: pg_sys::Oid) -> Option<String> {
     // SAFETY: GetUserNameFromId with noerr returns NULL for a dropped role.
     unsafe {
@@ -92,19 +115,13 @@ pub fn allow_nested_reads() {
     if !citus_loaded() {
         return;
     }
-    // SAFETY: a registered setting, saved at the caller's nest level.
-    unsafe {
-        pg_sys::set_config_option(
-            c"citus.allow_nested_distributed_execution".as_ptr(),
-            c"on".as_ptr(),
-            pg_sys::GucContext::PGC_SUSET,
-            pg_sys::GucSource::PGC_S_SESSION,
-            pg_sys::GucAction::GUC_ACTION_SAVE,
-            true,
-            0,
-            false,
-        );
-    }
+    // Saved at the caller's nest level.
+    set_citus_setting(
+        c"citus.allow_nested_distributed_execution",
+        c"on",
+        pg_sys::GucContext::PGC_SUSET,
+        pg_sys::GucAction::GUC_ACTION_SAVE,
+    );
 }
 
 /// For the rest of the transaction, let Citus reach the coordinator's own
@@ -117,19 +134,12 @@ pub fn keep_execution_remote() {
     if !citus_loaded() {
         return;
     }
-    // SAFETY: a registered user-settable setting, changed for this transaction only.
-    unsafe {
-        pg_sys::set_config_option(
-            c"citus.enable_local_execution".as_ptr(),
-            c"off".as_ptr(),
-            pg_sys::GucContext::PGC_USERSET,
-            pg_sys::GucSource::PGC_S_SESSION,
-            pg_sys::GucAction::GUC_ACTION_LOCAL,
-            true,
-            0,
-            false,
-        );
-    }
+    set_citus_setting(
+        c"citus.enable_local_execution",
+        c"off",
+        pg_sys::GucContext::PGC_USERSET,
+        pg_sys::GucAction::GUC_ACTION_LOCAL,
+    );
 }
 
 /// Before `set_tenant` looks anything up: in a transaction block on Citus,
@@ -175,19 +185,12 @@ pub fn forward_tenant(tenant: uuid::Uuid, not_after: Option<i64>) {
     };
     // Citus forwards SET LOCAL statements (not set_config calls) of a
     // transaction block when propagate_set_commands is 'local'.
-    // SAFETY: a registered user-settable setting, changed for this transaction only.
-    unsafe {
-        pg_sys::set_config_option(
-            c"citus.propagate_set_commands".as_ptr(),
-            c"local".as_ptr(),
-            pg_sys::GucContext::PGC_USERSET,
-            pg_sys::GucSource::PGC_S_SESSION,
-            pg_sys::GucAction::GUC_ACTION_LOCAL,
-            true,
-            pg_sys::PGERROR as i32,
-            false,
-        );
-    }
+    set_citus_setting(
+        c"citus.propagate_set_commands",
+        c"local",
+        pg_sys::GucContext::PGC_USERSET,
+        pg_sys::GucAction::GUC_ACTION_LOCAL,
+    );
     // The value is our own text of base64url, uuid and digit characters;
     // anything else would be a bug, refused rather than quoted.
     if !assertion
