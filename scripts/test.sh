@@ -67,7 +67,11 @@ start_cluster_retry "$WORK/primary" "$DBRAG_TEST_PORT" "$DBRAG_TEST_PASSWORD" \
 
 echo "== Citus cluster (a coordinator and two workers)"
 export DBRAG_CITUS_PORT=${DBRAG_CITUS_PORT:-55440}
-if citus_status=$(PG_CONFIG=$PG_CONFIG bash scripts/citus_build.sh 2>&1); then
+if [ -n "${DBRAG_CITUS_SKIP:-}" ]; then
+    # Set by the caller (a run that does not need Citus): say so and go on.
+    echo "SKIPPED: Citus cluster ($DBRAG_CITUS_SKIP)"
+    unset DBRAG_CITUS_PORT
+elif citus_status=$(PG_CONFIG=$PG_CONFIG bash scripts/citus_build.sh 2>&1); then
     echo "$citus_status"
     for node in 0 1 2; do
         start_cluster "$WORK/citus$node" $((DBRAG_CITUS_PORT + node)) "$DBRAG_TEST_PASSWORD" \
