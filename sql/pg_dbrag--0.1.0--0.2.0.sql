@@ -1271,3 +1271,11 @@ $$;
 -- Trigger functions of the catalog statistics are not executable by PUBLIC
 -- (docs/function-privileges.md).
 REVOKE EXECUTE ON FUNCTION control_plane.catalog_stats_trigger(), control_plane.catalog_stats_truncate() FROM PUBLIC;
+
+-- ---------------------------------------------------------------------------
+-- dbrag.isolation_report runs with JIT off (docs/isolation.md): its plan's
+-- estimates crossed the JIT thresholds and each call spent seconds
+-- compiling. (Any later CREATE OR REPLACE of it must keep SET jit = off.)
+-- ---------------------------------------------------------------------------
+ALTER FUNCTION dbrag.isolation_report() SET jit = off;
+

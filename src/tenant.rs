@@ -606,6 +606,10 @@ fn issue_token(
     let Some(secret) = gucs::string_value(&gucs::JWT_SECRET) else {
         raise(Kind::NotConfigured, "dbrag.jwt_secret is not set");
     };
+    // An unknown id would fail the audit row's foreign key with a raw 23503.
+    if tenant_status(tenant).is_none() {
+        raise(Kind::NotFound, format!("tenant {tenant} does not exist"));
+    }
     let now = now_unix();
     let mut claims = json!({"tenant_id": tenant.to_string(), "iat": now, "exp": now + ttl as i64});
     if let Some(r) = role {
