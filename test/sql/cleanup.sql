@@ -4,7 +4,9 @@
 SELECT dbrag._drop_tenant_role(tenant_role) FROM control_plane.tenants
 WHERE tenant_id = '00000000-0000-0000-0000-000000000001';
 SELECT name FROM control_plane.tenants ORDER BY name;
+SET client_min_messages = warning;
 DROP SCHEMA regress_util CASCADE;
+RESET client_min_messages;
 DROP EXTENSION pg_dbrag;
 SELECT rolname FROM pg_roles
 WHERE rolname ~ '^regress_'

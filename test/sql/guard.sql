@@ -116,3 +116,6 @@ SET ROLE regress_guard_user;
 SELECT regress_util.try('SELECT dbrag._guard_check(''SELECT 1'', NULL)');
 RESET ROLE;
 DROP ROLE regress_guard_user;
+SET client_min_messages = warning;
+DROP SCHEMA regress_guard CASCADE;
+RESET client_min_messages;

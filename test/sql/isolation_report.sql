@@ -83,5 +83,7 @@ SELECT * FROM regress_iso.findings;
 -- who should read it. Drop what this file made.
 SELECT count(*) FROM control_plane.tenants WHERE name = 'regress_iso_tenant';
 DELETE FROM control_plane.tenants WHERE name = 'regress_iso_tenant';
+SET client_min_messages = warning;
 DROP SCHEMA regress_iso CASCADE;
+RESET client_min_messages;
 DROP ROLE regress_iso_bypass, regress_iso_via, regress_iso_super, regress_iso_member;

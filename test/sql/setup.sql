@@ -31,5 +31,5 @@ LANGUAGE sql IMMUTABLE AS $$
         '(?!00000000-0000-0000-0000-000000000001)[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}',
         '<uuid>', 'g'),
         'dbrag_tenant_[0-9a-f]{8}_[0-9a-f]{32}', 'dbrag_tenant_<db>_<id>', 'g'),
-        'key "m[0-9a-f]{8}"', 'key "<key id>"', 'g')
+        'key "[^"]*"', 'key "<key id>"', 'g')
 $$;

@@ -3,6 +3,8 @@
 -- member of dbrag_app), a tenant member and a stranger call them.
 \pset format unaligned
 \pset fieldsep ' | '
+-- CONTEXT lines would pin line numbers of function bodies.
+\set SHOW_CONTEXT never
 CREATE ROLE regress_adm_operator LOGIN IN ROLE dbrag_admin;
 CREATE ROLE regress_adm_app LOGIN IN ROLE dbrag_app;
 CREATE ROLE regress_adm_member LOGIN;
@@ -76,15 +78,15 @@ SELECT n, regress_util.mask(regress_util.try(s)) AS result FROM (VALUES
     (9, $q$SELECT dbrag.current_tenant_id()$q$)
 ) AS t(n, s) ORDER BY n;
 RESET ROLE;
--- A tenant member: bound to its own tenant.
+-- A tenant member (here through SET ROLE: its tenant, found from the login
+-- role, is tested over real logins by tests/): no tenant by id.
 SET ROLE regress_adm_member;
 SELECT n, regress_util.mask(regress_util.try(s)) AS result FROM (VALUES
     (1, $q$SELECT dbrag.create_tenant('regress_by_member')$q$),
     (2, $q$SELECT dbrag.add_tenant_member(regress_util.tenant('regress_acme'), 'regress_adm_stranger')$q$),
     (3, $q$SELECT dbrag.set_tenant(regress_util.tenant('regress_dormant'))$q$),
     (4, $q$SELECT dbrag.set_tenant('00000000-0000-0000-0000-000000000001'::uuid)$q$),
-    (5, $q$SELECT dbrag.set_tenant(regress_util.tenant('regress_acme')) = regress_util.tenant('regress_acme')$q$),
-    (6, $q$SELECT count(*) FROM control_plane.tenants$q$)
+    (5, $q$SELECT dbrag.set_tenant(regress_util.tenant('regress_acme')) = regress_util.tenant('regress_acme')$q$)
 ) AS t(n, s) ORDER BY n;
 RESET ROLE;
 -- A stranger: neither member, server nor operator.
@@ -93,8 +95,7 @@ SELECT n, regress_util.mask(regress_util.try(s)) AS result FROM (VALUES
     (1, $q$SELECT dbrag.create_tenant('regress_by_stranger')$q$),
     (2, $q$SELECT dbrag.set_tenant_status(regress_util.tenant('regress_acme'), 'active')$q$),
     (3, $q$SELECT dbrag.set_tenant(regress_util.tenant('regress_acme'))$q$),
-    (4, $q$SELECT dbrag.current_tenant_id()$q$),
-    (5, $q$SELECT count(*) FROM control_plane.tenants$q$)
+    (4, $q$SELECT dbrag.current_tenant_id()$q$)
 ) AS t(n, s) ORDER BY n;
 RESET ROLE;
 -- As a client reads one refusal, hint included:
