@@ -13,7 +13,12 @@ PORT=${DBRAG_TEST_PORT:-55432}
 export PGPASSWORD=${DBRAG_TEST_PASSWORD:-postgres-test-pw}
 DB=dbrag_regression
 OUT=${DBRAG_TEST_WORK:-/tmp/pg_dbrag_test}/regress
+# Debian ships it in postgresql-client-15, under PGXS.
 PG_REGRESS=$(dirname "$("$PG_CONFIG" --pgxs)")/../test/regress/pg_regress
+if [ ! -x "$PG_REGRESS" ]; then
+    echo "pg_regress not found at $PG_REGRESS"
+    exit 1
+fi
 
 psql_su() {
     "$PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PORT" -U postgres -d postgres \
