@@ -1,12 +1,11 @@
 #!/usr/bin/env bash
 # Build Citus from its source tarball and install it into PostgreSQL 15, once.
-# The source comes from DBRAG_CITUS_SRC (default: citus-13.2.2.tar.gz in
-# /var/cache/pg_dbrag, the cache scripts/upgrade_test.sh uses too), with the
-# optional pg15.20-have_createdb_privilege.patch beside it. Exit 0 when Citus
-# is installed (built now or before), 3 with a "SKIPPED:" line when the
-# source is missing.
+# The source comes from DBRAG_CITUS_SRC (default: the vendored tarball beside
+# the project). Exit 0 when Citus is installed (built now or before), 3 with
+# a "SKIPPED:" line when the source is missing.
 set -euo pipefail
-SRC=${DBRAG_CITUS_SRC:-/var/cache/pg_dbrag/citus-13.2.2.tar.gz}
+HERE=$(cd "$(dirname "$0")/.." && pwd)
+SRC=${DBRAG_CITUS_SRC:-$HERE/../shared/vendor/citus/citus-13.2.2.tar.gz}
 PG_CONFIG=${PG_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}
 VERSION=13.2.2
 STAMP="$($PG_CONFIG --pkglibdir)/citus.so.dbrag-built-$VERSION"
