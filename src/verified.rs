@@ -196,11 +196,12 @@ fn feedback(
         Option<String>,
         Option<pgrx::Uuid>,
     );
+    // Locked, so two judgements of one row at once do not both add an example.
     let row: Option<Row> = privileged::as_extension(|| {
-        Spi::connect(|client| {
-            let r = client.select(
+        Spi::connect_mut(|client| {
+            let r = client.update(
                 "SELECT pg_catalog.left(question, 8000), pg_catalog.left(generated_sql, 100000), status, connection_id \
-                 FROM control_plane.query_history WHERE tenant_id = $1 AND query_id = $2",
+                 FROM control_plane.query_history WHERE tenant_id = $1 AND query_id = $2 FOR UPDATE",
                 Some(1),
                 &[DatumWithOid::from(tp), DatumWithOid::from(history_id)],
             )?;

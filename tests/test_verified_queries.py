@@ -284,3 +284,40 @@ def test_tenant_b_never_matches_tenant_a(vq):
         ops.execute("SELECT dbrag.remove_verified_query(%s)", (vid,))
     with tenants.conn(tenants.a_role) as a:
         assert a.execute("SELECT count(*) FROM dbrag.verified_queries").fetchone()[0] == 0
+
+
+def test_verified_query_that_no_longer_passes_goes_to_the_model(su, vq):
+    tenants, sa, _, model = vq
+    with tenants.conn(tenants.a_role) as a:
+        a.execute("SELECT dbrag.add_verified_query('singer ages', 'SELECT name, age FROM singer ORDER BY 1')")
+        su.execute(f"ALTER TABLE {sa}.singer DROP COLUMN age")
+        model.script(sql_answer("SELECT name FROM singer ORDER BY 1"))
+        calls = len(model.requests())
+        assert a.execute("SELECT * FROM dbrag.ask('singer ages')").fetchone()[0] == {"name": "Joe Sharp"}
+        assert len(model.requests()) == calls + 1
+        _, status, sql, used_model = last_history(a)
+        assert (status, sql, used_model) == ("ok", "SELECT name FROM singer ORDER BY 1", "fixture-model")
+        # The model was told what failed.
+        assert 'column "age" does not exist' in prompt_of(model.requests()[-1])
+        # A verified statement the tenant's role may no longer read is refused.
+        a.execute("SELECT dbrag.add_verified_query('stadium names', 'SELECT name FROM stadium')")
+        su.execute(f"REVOKE SELECT ON {sa}.stadium FROM {tenants.a_trole}")
+        calls = len(model.requests())
+        assert sqlstate(a, "SELECT * FROM dbrag.ask('stadium names')") == "42501"
+        assert len(model.requests()) == calls
+
+
+def test_verified_queries_belong_to_their_connection(su, vq):
+    tenants, sa, _, model = vq
+    with tenants.conn(tenants.a_role) as a:
+        a.execute("SELECT dbrag.add_verified_query('how many singers', 'SELECT count(*) AS n FROM singer')")
+    su.execute("UPDATE control_plane.tenant_databases SET is_active = false WHERE tenant_id = %s", (tenants.a,))
+    make_local_connection(su, tenants.a, tenants.a_role, f"va2_{tenants.tag}")
+    with tenants.conn(tenants.a_role) as a:
+        a.execute("SELECT * FROM dbrag.sync_catalog()")
+        model.script(sql_answer("SELECT count(*) AS n FROM singer"))
+        calls = len(model.requests())
+        a.execute("SELECT * FROM dbrag.ask('how many singers')").fetchall()
+        assert len(model.requests()) == calls + 1 and last_history(a)[1] == "ok"
+        # Nor is it an example for the other connection's prompt.
+        assert "Examples of questions" not in prompt_of(model.requests()[-1])
