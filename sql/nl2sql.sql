@@ -47,7 +47,7 @@ $$;
 CREATE VIEW dbrag.usage WITH (security_invoker = true) AS
 SELECT h.tenant_id,
        pg_catalog.count(*) AS calls,
-       pg_catalog.count(*) FILTER (WHERE h.status IN ('ok', 'cached')) AS answered,
+       pg_catalog.count(*) FILTER (WHERE h.status IN ('ok', 'cached', 'verified')) AS answered,
        pg_catalog.count(*) FILTER (WHERE h.status = 'cached') AS from_cache,
        pg_catalog.count(*) FILTER (WHERE h.status = 'refused') AS refused,
        COALESCE(pg_catalog.sum(h.prompt_tokens), 0) AS prompt_tokens,

@@ -26,6 +26,7 @@ mod sqlite;
 mod subxact;
 mod tenant;
 mod timer;
+mod verified;
 
 pgrx::pg_module_magic!();
 
@@ -70,6 +71,11 @@ pgrx::extension_sql_file!(
     requires = ["isolation", catalog::identifier_words]
 );
 pgrx::extension_sql_file!("../sql/nl2sql.sql", name = "nl2sql", requires = ["catalog"]);
+pgrx::extension_sql_file!(
+    "../sql/verified.sql",
+    name = "verified",
+    requires = ["nl2sql"]
+);
 pgrx::extension_sql_file!(
     "../sql/connections.sql",
     name = "connections",

@@ -240,6 +240,8 @@ pub fn prompt_for(
 ) -> dbrag_core::prompt::Prompt {
     let tables = prompt_tables(conn, question);
     let (examples, documentation) = prompt_examples(conn.tenant_id, question);
+    // The tenant's verified queries lead the examples (crate::verified).
+    let examples = [crate::verified::prompt_examples(conn, question), examples].concat();
     let input = PromptInput {
         dialect: dialect(conn),
         default_schema: Some(conn.schema_name.clone()),
@@ -295,6 +297,8 @@ struct Attempt {
     rows: Option<i64>,
     result_hash: Option<String>,
     cached: bool,
+    /// The SQL is a verified query's (crate::verified): no model call.
+    verified: bool,
     catalog_version: Option<String>,
     /// The role the statement runs as (the tenant's, crate::act_as).
     acting_role: Option<String>,
@@ -421,13 +425,13 @@ fn allowed_relations(conn: &Connection) -> std::collections::HashSet<pgrx::pg_sy
 
 /// Check a statement for the connection: Ok(normalised SQL), or the
 /// failure (refused: no retry; invalid: the model may retry).
-enum Checked {
+pub(crate) enum Checked {
     Ok(String),
     Refused(DbragError),
     Invalid(String),
 }
 
-fn check(conn: &Connection, role: pgrx::pg_sys::Oid, sql: &str) -> Checked {
+pub(crate) fn check(conn: &Connection, role: pgrx::pg_sys::Oid, sql: &str) -> Checked {
     use crate::guard::GuardError;
     let result = match conn.kind {
         EngineKind::Local => {
@@ -615,17 +619,26 @@ fn answer(
         .ok()
         .map(|c| c.model);
     let mut retry: Option<(String, String)> = None;
+    // A verified query for the same question first, then the cache.
+    let mut from_verified = crate::verified::matching_sql(conn, question);
     let mut from_cache = match &attempt.model {
-        Some(model) => cached_sql(conn, question, &version, &acting_role, model),
-        None => None,
+        Some(model) if from_verified.is_none() => {
+            cached_sql(conn, question, &version, &acting_role, model)
+        }
+        _ => None,
     };
     for round in 0..=RETRIES {
-        let sql = match from_cache.take() {
-            Some(sql) => {
+        attempt.verified = false;
+        let sql = match (from_verified.take(), from_cache.take()) {
+            (Some(sql), _) => {
+                attempt.verified = true;
+                sql
+            }
+            (None, Some(sql)) => {
                 attempt.cached = true;
                 sql
             }
-            None => {
+            (None, None) => {
                 attempt.cached = false;
                 ask_model(conn, question, retry.take(), attempt)?
             }
@@ -717,7 +730,8 @@ fn history_row(
         "result_hash": attempt.result_hash,
         "catalog_version": attempt.catalog_version,
         "acting_role": attempt.acting_role,
-        "model": attempt.model,
+        // No model wrote a verified query's SQL.
+        "model": if attempt.verified { None } else { attempt.model.clone() },
     })
 }
 
@@ -740,7 +754,13 @@ fn answer_and_record(
     };
     match answer(&conn, &question, max_rows, run, &mut attempt) {
         Ok(rows) => {
-            let status = if attempt.cached { "cached" } else { "ok" };
+            let status = if attempt.verified {
+                "verified"
+            } else if attempt.cached {
+                "cached"
+            } else {
+                "ok"
+            };
             crate::audit::insert_row(
                 "query_history",
                 &history_row(&conn, &question, &attempt, status, None),

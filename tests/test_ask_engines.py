@@ -139,3 +139,22 @@ def test_ask_history_stays_with_its_tenant(engines):
         assert b.execute("SELECT * FROM dbrag.ask('how many orders, secretly B')").fetchone()[0] == {"n": 3}
         assert [h[0] for h in history(a)] == ["how many customers, secretly A"]
         assert [h[0] for h in history(b)] == ["how many orders, secretly B"]
+
+
+@pytest.mark.parametrize("who", ["a", "b"])
+def test_verified_queries_on_mysql_and_sqlite(engines, who):
+    # docs/llm-and-guard.md, "Verified queries and feedback": the engine's
+    # dialect guard checks the statement when saved; the same question is
+    # then answered on the engine without a model call.
+    tenants, model = engines
+    role = tenants.a_role if who == "a" else tenants.b_role
+    with tenants.conn(role) as c:
+        with pytest.raises(psycopg.Error) as e:
+            c.execute("SELECT dbrag.add_verified_query('wipe', 'DELETE FROM customers')")
+        assert e.value.sqlstate == "42601"
+        c.execute("SELECT dbrag.add_verified_query('Revenue per customer?', %s)", (REVENUE,))
+        calls = len(model.requests())
+        rows = [r[0] for r in c.execute("SELECT * FROM dbrag.ask('revenue per customer')")]
+        assert rows == [{"name": "Ada Lovelace", "revenue": 270.5}, {"name": "Bo Diddley", "revenue": 99.99}]
+        assert len(model.requests()) == calls
+        assert [h[1] for h in history(c)] == ["verified"]
