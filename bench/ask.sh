@@ -4,7 +4,11 @@
 #     p50/p99 of ask() against the same statement run directly (baseline);
 #  2. throughput of 8 concurrent sessions against a model that takes 200 ms
 #     per answer, as a multiple of one session's rate (backends must not
-#     serialize on the model). Starts and stops its own cluster and model.
+#     serialize on the model);
+#  3. the cost of a tenant budget (docs/llm-and-guard.md, Budgets): ask() with
+#     a zero-latency model with and without a budget (limits never reached),
+#     1 and 4 sessions, alternated, as a ratio within this run.
+# Starts and stops its own cluster and model.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
@@ -81,3 +85,21 @@ one=$(run one "$WORK/ask.sql" 1)
 eight=$(run eight "$WORK/ask.sql" 8)
 printf "1 session  %6.2f asks/s\n8 sessions %6.2f asks/s  = %.2fx one session (goal >= 6x)\n" "$one" "$eight" \
     "$(echo "$eight / $one" | bc -l)"
+
+echo "== 3. budget check: zero-latency model, with and without a budget (never reached), alternated"
+$PSQL -d bench -c "ALTER DATABASE bench SET dbrag.llm_url = 'http://127.0.0.1:$MODEL_PORT/v1'"
+budget() {  # calls_per_minute tokens_per_day (NULL NULL = no budget)
+    $PSQL -d bench -c "SELECT dbrag.set_tenant_budget(tenant_id, $1, $2) FROM control_plane.tenants WHERE name = 'bench'"
+}
+for clients in 1 4; do
+    for round in 1 2; do
+        budget NULL NULL
+        off_tps=$(run "off${clients}_$round" "$WORK/ask.sql" "$clients"); read -r o50 o99 <<<"$(pct "$WORK/log_off${clients}_$round")"
+        budget 1000000000 1000000000000000
+        on_tps=$(run "on${clients}_$round" "$WORK/ask.sql" "$clients"); read -r n50 n99 <<<"$(pct "$WORK/log_on${clients}_$round")"
+        printf "%s session(s), round %s: no budget p50 %6s ms %8.1f tps | budget p50 %6s ms %8.1f tps | tps ratio budget/none %.3f\n" \
+            "$clients" "$round" "$o50" "$off_tps" "$n50" "$on_tps" "$(echo "$on_tps / $off_tps" | bc -l)"
+    done
+done
+PGPASSWORD=$PW psql -X -q -h 127.0.0.1 -p "$PORT" -U bench_tenant -d bench -Atc \
+    "SELECT format('usage: %s calls left this minute of %s, %s tokens used today', calls_left_this_minute, calls_per_minute, tokens_used_today) FROM dbrag.usage"

@@ -245,3 +245,22 @@ def test_no_budget_no_limit(nl):
     with connect() as su:
         assert su.execute("SELECT count(*) FROM dbrag.budget_status() WHERE tenant_id = %s",
                           (tenants.a,)).fetchone()[0] == 0
+
+
+def test_descriptions_at_sync_are_charged(su, nl):
+    """sync_catalog(describe => true) calls the model once per new table:
+    those calls count against the same budget and stop at it."""
+    tenants, sa, _, model = nl
+    for t in ("t_x", "t_y", "t_z"):
+        su.execute(f"CREATE TABLE {sa}.{t} (a int, b text)")
+        su.execute(f"GRANT SELECT ON {sa}.{t} TO {tenants.a_trole}")
+    set_budget(tenants, tenants.a, 2, None)
+    model.reset()
+    model.rules({"contains": "", "content": '{"table": "a table", "columns": {"a": "a number"}}'})
+    away_from_minute_end()
+    with tenants.conn(tenants.a_role) as a:
+        with pytest.raises(psycopg.Error) as e:
+            a.execute("SELECT * FROM dbrag.sync_catalog(describe => true)")
+        assert e.value.sqlstate == "53400"
+        assert len(model.requests()) == 2
+        assert a.execute("SELECT calls_left_this_minute FROM dbrag.usage").fetchone()[0] == 0
