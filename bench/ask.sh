@@ -92,7 +92,7 @@ budget() {  # calls_per_minute tokens_per_day (NULL NULL = no budget)
     $PSQL -d bench -c "SELECT dbrag.set_tenant_budget(tenant_id, $1, $2) FROM control_plane.tenants WHERE name = 'bench'"
 }
 for clients in 1 4; do
-    for round in 1 2; do
+    for round in 1 2 3; do
         budget NULL NULL
         off_tps=$(run "off${clients}_$round" "$WORK/ask.sql" "$clients"); read -r o50 o99 <<<"$(pct "$WORK/log_off${clients}_$round")"
         budget 1000000000 1000000000000000

@@ -53,6 +53,9 @@ struct Slot {
 #[repr(C)]
 struct Table {
     lock: *mut pg_sys::LWLock,
+    /// Slots `0..used` are in use (a lookup scans only those); a slot is
+    /// reused in place, never freed.
+    used: u32,
     slots: [Slot; SLOTS],
 }
 
@@ -209,18 +212,25 @@ fn roll(slot: &mut Slot, now: i64) {
     }
 }
 
+fn in_use(t: &Table) -> &[Slot] {
+    &t.slots[..(t.used as usize).min(SLOTS)]
+}
+
 fn find(t: &Table, tenant: &[u8; 16]) -> Option<usize> {
-    t.slots.iter().position(|s| s.in_use && &s.tenant == tenant)
+    in_use(t)
+        .iter()
+        .position(|s| s.in_use && &s.tenant == tenant)
 }
 
 /// A free slot, or the least recently used one that is idle (nothing in
 /// flight, no call this minute).
-fn free_slot(t: &Table, now: i64) -> Option<usize> {
-    if let Some(i) = t.slots.iter().position(|s| !s.in_use) {
-        return Some(i);
+fn free_slot(t: &mut Table, now: i64) -> Option<usize> {
+    if (t.used as usize) < SLOTS {
+        t.used += 1;
+        return Some(t.used as usize - 1);
     }
     let minute = now.div_euclid(60);
-    t.slots
+    in_use(t)
         .iter()
         .enumerate()
         .filter(|(_, s)| s.in_flight == 0 && (s.minute != minute || s.calls == 0))
