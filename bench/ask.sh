@@ -7,7 +7,7 @@
 #     serialize on the model);
 #  3. the cost of a tenant budget (docs/llm-and-guard.md, Budgets): ask() with
 #     a zero-latency model with and without a budget (limits never reached),
-#     1 and 4 sessions, alternated, as a ratio within this run.
+#     1 and 4 sessions, short runs alternated, as a ratio within this run.
 # Starts and stops its own cluster and model.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -86,20 +86,28 @@ eight=$(run eight "$WORK/ask.sql" 8)
 printf "1 session  %6.2f asks/s\n8 sessions %6.2f asks/s  = %.2fx one session (goal >= 6x)\n" "$one" "$eight" \
     "$(echo "$eight / $one" | bc -l)"
 
-echo "== 3. budget check: zero-latency model, with and without a budget (never reached), alternated"
+echo "== 3. budget check: zero-latency model, with and without a budget (never reached)"
+# Short runs, alternated and in flipped order every round, so that drift
+# (history growing, other load on the machine) falls on both sides alike.
 $PSQL -d bench -c "ALTER DATABASE bench SET dbrag.llm_url = 'http://127.0.0.1:$MODEL_PORT/v1'"
-budget() {  # calls_per_minute tokens_per_day (NULL NULL = no budget)
-    $PSQL -d bench -c "SELECT dbrag.set_tenant_budget(tenant_id, $1, $2) FROM control_plane.tenants WHERE name = 'bench'"
+BUDGET_ROUNDS=${BUDGET_ROUNDS:-8}
+BUDGET_SECONDS=${BUDGET_SECONDS:-3}
+budget_run() {  # name clients calls_per_minute tokens_per_day -> tps
+    $PSQL -d bench -c "SELECT dbrag.set_tenant_budget(tenant_id, $3, $4) FROM control_plane.tenants WHERE name = 'bench'" >/dev/null
+    PGPASSWORD=$PW pgbench -n -h 127.0.0.1 -p "$PORT" -U bench_tenant -f "$WORK/ask.sql" -c "$2" -j "$2" \
+        -T "$BUDGET_SECONDS" bench 2>/dev/null | awk '/^tps/ {print $3}'
 }
 for clients in 1 4; do
-    for round in 1 2 3; do
-        budget NULL NULL
-        off_tps=$(run "off${clients}_$round" "$WORK/ask.sql" "$clients"); read -r o50 o99 <<<"$(pct "$WORK/log_off${clients}_$round")"
-        budget 1000000000 1000000000000000
-        on_tps=$(run "on${clients}_$round" "$WORK/ask.sql" "$clients"); read -r n50 n99 <<<"$(pct "$WORK/log_on${clients}_$round")"
-        printf "%s session(s), round %s: no budget p50 %6s ms %8.1f tps | budget p50 %6s ms %8.1f tps | tps ratio budget/none %.3f\n" \
-            "$clients" "$round" "$o50" "$off_tps" "$n50" "$on_tps" "$(echo "$on_tps / $off_tps" | bc -l)"
+    off=0; on=0
+    for round in $(seq "$BUDGET_ROUNDS"); do
+        if [ $((round % 2)) = 1 ]; then
+            a=$(budget_run off "$clients" NULL NULL); b=$(budget_run on "$clients" 1000000000 1000000000000000)
+        else
+            b=$(budget_run on "$clients" 1000000000 1000000000000000); a=$(budget_run off "$clients" NULL NULL)
+        fi
+        off=$(echo "$off + $a" | bc -l); on=$(echo "$on + $b" | bc -l)
     done
+    printf "%s session(s), %s rounds of %ss: no budget %8.1f tps, budget %8.1f tps, ratio budget/none %.3f\n" \
+        "$clients" "$BUDGET_ROUNDS" "$BUDGET_SECONDS" "$(echo "$off / $BUDGET_ROUNDS" | bc -l)" \
+        "$(echo "$on / $BUDGET_ROUNDS" | bc -l)" "$(echo "$on / $off" | bc -l)"
 done
-PGPASSWORD=$PW psql -X -q -h 127.0.0.1 -p "$PORT" -U bench_tenant -d bench -Atc \
-    "SELECT format('usage: %s calls left this minute of %s, %s tokens used today', calls_left_this_minute, calls_per_minute, tokens_used_today) FROM dbrag.usage"
