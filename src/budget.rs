@@ -240,18 +240,81 @@ fn free_slot(t: &mut Table, now: i64) -> Option<usize> {
 
 /// One model call's claim on its tenant's budget. Settle it with the real
 /// token count; dropped unsettled (an error, a cancel), the call stays
-/// counted and its token estimate is released.
+/// counted and its token estimate is released. A backend that exits during
+/// the call (pg_terminate_backend: FATAL does not unwind) releases it in a
+/// `before_shmem_exit` callback.
 pub struct Reservation {
+    claim: Claim,
+    settled: bool,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+struct Claim {
+    id: u64,
     slot: usize,
     tenant: [u8; 16],
     day: i64,
     estimate: u64,
-    settled: bool,
+}
+
+thread_local! {
+    /// Claims of this backend not settled yet, for the exit callback.
+    static OPEN: std::cell::RefCell<Vec<Claim>> = const { std::cell::RefCell::new(Vec::new()) };
+    static NEXT_ID: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    static EXIT_HOOKED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn release_on_exit(_code: i32, _arg: pg_sys::Datum) {
+    // No LWLock of ours is held here: the table's lock is never held across
+    // anything that can raise, and FATAL comes from an interrupt check.
+    let open = OPEN.with(|o| std::mem::take(&mut *o.borrow_mut()));
+    for claim in open {
+        release(claim, 0);
+    }
+}
+
+fn release(claim: Claim, tokens: u64) {
+    locked(|t| {
+        let s = &mut t.slots[claim.slot];
+        if !s.in_use || s.tenant != claim.tenant {
+            return;
+        }
+        s.in_flight = s.in_flight.saturating_sub(1);
+        // A call that straddles midnight is not charged to the new day.
+        if s.day == claim.day {
+            s.reserved = s.reserved.saturating_sub(claim.estimate);
+            s.tokens = s.tokens.saturating_add(tokens);
+        }
+    });
 }
 
 impl Reservation {
+    fn open(slot: usize, tenant: [u8; 16], day: i64, estimate: u64) -> Reservation {
+        if !EXIT_HOOKED.with(|h| h.replace(true)) {
+            // SAFETY: registers a callback that runs once, at backend exit.
+            unsafe { pg_sys::before_shmem_exit(Some(release_on_exit), pg_sys::Datum::from(0)) };
+        }
+        let id = NEXT_ID.with(|n| {
+            n.set(n.get() + 1);
+            n.get()
+        });
+        let claim = Claim {
+            id,
+            slot,
+            tenant,
+            day,
+            estimate,
+        };
+        OPEN.with(|o| o.borrow_mut().push(claim));
+        Reservation {
+            claim,
+            settled: false,
+        }
+    }
+
     pub fn estimate(&self) -> u64 {
-        self.estimate
+        self.claim.estimate
     }
 
     pub fn settle(mut self, tokens: u64) {
@@ -263,19 +326,16 @@ impl Reservation {
             return;
         }
         self.settled = true;
-        let (idx, tenant, day, estimate) = (self.slot, self.tenant, self.day, self.estimate);
-        locked(|t| {
-            let s = &mut t.slots[idx];
-            if !s.in_use || s.tenant != tenant {
-                return;
-            }
-            s.in_flight = s.in_flight.saturating_sub(1);
-            // A call that straddles midnight is not charged to the new day.
-            if s.day == day {
-                s.reserved = s.reserved.saturating_sub(estimate);
-                s.tokens = s.tokens.saturating_add(tokens);
-            }
+        let id = self.claim.id;
+        let was_open = OPEN.with(|o| {
+            let mut o = o.borrow_mut();
+            let before = o.len();
+            o.retain(|c| c.id != id);
+            o.len() != before
         });
+        if was_open {
+            release(self.claim, tokens);
+        }
     }
 }
 
@@ -335,7 +395,7 @@ pub fn reserve(tenant: uuid::Uuid, estimate: u64) -> Result<Option<Reservation>,
     } else {
         0
     };
-    let outcome = locked(|t| -> Result<Reservation, Refusal> {
+    let outcome = locked(|t| -> Result<(usize, i64), Refusal> {
         let idx = match find(t, &key) {
             Some(i) => i,
             None => {
@@ -378,16 +438,10 @@ pub fn reserve(tenant: uuid::Uuid, estimate: u64) -> Result<Option<Reservation>,
         s.in_flight = s.in_flight.saturating_add(1);
         s.reserved = s.reserved.saturating_add(estimate);
         s.last_used = now;
-        Ok(Reservation {
-            slot: idx,
-            tenant: key,
-            day: s.day,
-            estimate,
-            settled: false,
-        })
+        Ok((idx, s.day))
     });
     match outcome {
-        Ok(r) => Ok(Some(r)),
+        Ok((slot, day)) => Ok(Some(Reservation::open(slot, key, day, estimate))),
         Err(refusal) => Err(refuse(tenant, refusal)),
     }
 }

@@ -264,3 +264,36 @@ def test_descriptions_at_sync_are_charged(su, nl):
         assert e.value.sqlstate == "53400"
         assert len(model.requests()) == 2
         assert a.execute("SELECT calls_left_this_minute FROM dbrag.usage").fetchone()[0] == 0
+
+
+@pytest.mark.parametrize("stop", ["pg_cancel_backend", "pg_terminate_backend"])
+def test_call_ended_midway_releases_its_tokens(su, nl, stop):
+    """A call in flight holds its token estimate; a cancel (an ERROR) or a
+    terminated backend (FATAL, no unwinding) gives it back, charging nothing."""
+    from llm_fixture import wait_until
+    tenants, _, _, model = nl
+    set_budget(tenants, tenants.a, None, 1_000_000)
+    model.reset()
+    model.rules({"contains": "", "hang": True})
+    victim = tenants.conn(tenants.a_role)
+    pid = victim.info.backend_pid
+    errors = []
+
+    def run():
+        try:
+            ask_sql(victim, "how many singers, slowly")
+        except psycopg.Error as e:
+            errors.append(e)
+
+    t = threading.Thread(target=run)
+    t.start()
+    with tenants.conn(tenants.a_role) as a:
+        def left():
+            return a.execute("SELECT tokens_left_today FROM dbrag.usage").fetchone()[0]
+        assert wait_until(lambda: len(model.requests()) == 1)
+        assert left() < 1_000_000
+        su.execute(f"SELECT {stop}(%s)", (pid,))
+        t.join(timeout=30)
+        assert not t.is_alive() and errors
+        assert wait_until(lambda: left() == 1_000_000)
+    victim.close()
