@@ -568,13 +568,3 @@ fn budget_status() -> TableIterator<
         .collect::<Vec<_>>();
     TableIterator::new(result)
 }
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn utc_format() {
-        assert_eq!(super::format_utc(0), "1970-01-01 00:00:00+00");
-        assert_eq!(super::format_utc(1_796_066_580), "2026-11-30 19:23:00+00");
-        assert_eq!(super::format_utc(951_782_400), "2000-02-29 00:00:00+00");
-    }
-}
