@@ -306,6 +306,17 @@ fn spawn_io_thread(f: impl FnOnce() + Send + 'static) -> std::io::Result<()> {
 pub fn complete(cfg: &ModelConfig, system: &str, user: &str) -> Result<ModelReply, DbragError> {
     let url = llmhttp::endpoint(cfg.provider, &cfg.url)
         .map_err(|m| DbragError::new(Kind::BadArgument, m))?;
+    // A key that cannot be sent is refused before the budget is charged.
+    if cfg
+        .api_key
+        .as_deref()
+        .is_some_and(|k| k.trim().chars().any(char::is_control))
+    {
+        return Err(DbragError::new(
+            Kind::BadArgument,
+            "the API key contains control characters",
+        ));
+    }
     // The tenant's budget: one call claimed, tokens estimated until the reply
     // says how many were used (every model call for a tenant passes here).
     let reservation = match cfg.tenant {
