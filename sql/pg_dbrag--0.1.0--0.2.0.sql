@@ -1276,8 +1276,9 @@ REVOKE EXECUTE ON FUNCTION control_plane.catalog_stats_trigger(), control_plane.
 -- Model budgets per tenant (docs/llm-and-guard.md, "Budgets"): the table
 -- control_plane.tenant_budgets, dbrag.set_tenant_budget, dbrag.budget_status
 -- and new columns at the end of dbrag.usage. The counters live in shared
--- memory: budgets are enforced once the server restarts with the new library
--- preloaded (until then a tenant with a budget gets 55000 at a model call).
+-- memory, reserved by the preloaded library (restart after installing it, as
+-- for every update); without pg_dbrag in shared_preload_libraries a tenant
+-- with a budget gets 55000 at a model call rather than an unenforced limit.
 -- ===========================================================================
 
 -- Model budgets per tenant (docs/llm-and-guard.md, "Budgets"): calls per minute
