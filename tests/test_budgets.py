@@ -297,3 +297,22 @@ def test_call_ended_midway_releases_its_tokens(su, nl, stop):
         assert not t.is_alive() and errors
         assert wait_until(lambda: left() == 1_000_000)
     victim.close()
+
+
+def test_the_stated_reset_time_holds(nl):
+    """Refused until the time the error names; from then on, calls again."""
+    tenants, _, _, model = nl
+    set_budget(tenants, tenants.a, 1, None)
+    model.rules(ANSWER)
+    away_from_minute_end(margin=5)
+    with tenants.conn(tenants.a_role) as a:
+        ask_sql(a, "how many singers")
+        with pytest.raises(psycopg.Error) as e:
+            ask_sql(a, "how many singers, again")
+        assert e.value.sqlstate == "53400"
+        resets = datetime.strptime(RESET.search(e.value.diag.message_primary).group(1),
+                                   "%Y-%m-%d %H:%M:%S").replace(tzinfo=timezone.utc)
+        assert a.execute("SELECT minute_resets_at FROM dbrag.usage").fetchone()[0] == resets
+        time.sleep(max(0.0, (resets - datetime.now(timezone.utc)).total_seconds()) + 0.5)
+        assert ask_sql(a, "how many singers, next minute") == "SELECT count(*) FROM singer"
+        assert a.execute("SELECT calls_left_this_minute FROM dbrag.usage").fetchone()[0] == 0
