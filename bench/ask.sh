@@ -4,7 +4,11 @@
 #     p50/p99 of ask() against the same statement run directly (baseline);
 #  2. throughput of 8 concurrent sessions against a model that takes 200 ms
 #     per answer, as a multiple of one session's rate (backends must not
-#     serialize on the model). Starts and stops its own cluster and model.
+#     serialize on the model);
+#  3. the cost of a tenant budget (docs/llm-and-guard.md, Budgets): ask() with
+#     a zero-latency model with and without a budget (limits never reached),
+#     1 and 4 sessions, short runs alternated, as a ratio within this run.
+# Starts and stops its own cluster and model.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
@@ -81,3 +85,29 @@ one=$(run one "$WORK/ask.sql" 1)
 eight=$(run eight "$WORK/ask.sql" 8)
 printf "1 session  %6.2f asks/s\n8 sessions %6.2f asks/s  = %.2fx one session (goal >= 6x)\n" "$one" "$eight" \
     "$(echo "$eight / $one" | bc -l)"
+
+echo "== 3. budget check: zero-latency model, with and without a budget (never reached)"
+# Short runs, alternated and in flipped order every round, so that drift
+# (history growing, other load on the machine) falls on both sides alike.
+$PSQL -d bench -c "ALTER DATABASE bench SET dbrag.llm_url = 'http://127.0.0.1:$MODEL_PORT/v1'"
+BUDGET_ROUNDS=${BUDGET_ROUNDS:-8}
+BUDGET_SECONDS=${BUDGET_SECONDS:-3}
+budget_run() {  # name clients calls_per_minute tokens_per_day -> tps
+    $PSQL -d bench -c "SELECT dbrag.set_tenant_budget(tenant_id, $3, $4) FROM control_plane.tenants WHERE name = 'bench'" >/dev/null
+    PGPASSWORD=$PW pgbench -n -h 127.0.0.1 -p "$PORT" -U bench_tenant -f "$WORK/ask.sql" -c "$2" -j "$2" \
+        -T "$BUDGET_SECONDS" bench 2>/dev/null | awk '/^tps/ {print $3}'
+}
+for clients in 1 4; do
+    off=0; on=0
+    for round in $(seq "$BUDGET_ROUNDS"); do
+        if [ $((round % 2)) = 1 ]; then
+            a=$(budget_run off "$clients" NULL NULL); b=$(budget_run on "$clients" 1000000000 1000000000000000)
+        else
+            b=$(budget_run on "$clients" 1000000000 1000000000000000); a=$(budget_run off "$clients" NULL NULL)
+        fi
+        off=$(echo "$off + $a" | bc -l); on=$(echo "$on + $b" | bc -l)
+    done
+    printf "%s session(s), %s rounds of %ss: no budget %8.1f tps, budget %8.1f tps, ratio budget/none %.3f\n" \
+        "$clients" "$BUDGET_ROUNDS" "$BUDGET_SECONDS" "$(echo "$off / $BUDGET_ROUNDS" | bc -l)" \
+        "$(echo "$on / $BUDGET_ROUNDS" | bc -l)" "$(echo "$on / $off" | bc -l)"
+done

@@ -38,6 +38,8 @@ pub enum Kind {
     TooLarge,
     /// 53200: a statement grew the backend past dbrag.query_memory_limit.
     OutOfMemory,
+    /// 53400: a tenant's model budget (calls per minute, tokens per day) is spent.
+    OverBudget,
 }
 
 impl Kind {
@@ -58,6 +60,7 @@ impl Kind {
             Kind::DependentObjects => ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST,
             Kind::TooLarge => ERRCODE_PROGRAM_LIMIT_EXCEEDED,
             Kind::OutOfMemory => ERRCODE_OUT_OF_MEMORY,
+            Kind::OverBudget => ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
         }
     }
 }

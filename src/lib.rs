@@ -6,6 +6,7 @@ use pgrx::prelude::*;
 
 mod act_as;
 mod audit;
+mod budget;
 mod catalog;
 mod connections;
 mod crypto;
@@ -77,6 +78,16 @@ pgrx::extension_sql_file!(
     requires = ["nl2sql"]
 );
 pgrx::extension_sql_file!(
+    "../sql/budget.sql",
+    name = "budget",
+    requires = [
+        "nl2sql",
+        "tenant_admin",
+        tenant::_audit,
+        budget::budget_status
+    ]
+);
+pgrx::extension_sql_file!(
     "../sql/connections.sql",
     name = "connections",
     requires = ["isolation"]
@@ -99,6 +110,7 @@ pub extern "C-unwind" fn _PG_init() {
     gucs::register();
     tenant::init();
     audit::init();
+    budget::init();
 }
 
 #[cfg(any(test, feature = "pg_test"))]
