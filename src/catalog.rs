@@ -394,7 +394,9 @@ fn introspect_postgres(conn: &Connection) -> Vec<TableEntry> {
                 .filter_map(|row| row.into_iter().next().flatten())
                 .filter_map(|t| serde_json::from_str(&t).ok())
                 .collect(),
-            Err(e) if e.kind == Kind::Remote => Vec::new(),
+            // A table the account may not read (a rejected statement) or a
+            // remote that broke off: no samples for it, the sync goes on.
+            Err(e) if matches!(e.kind, Kind::Remote | Kind::Statement) => Vec::new(),
             Err(e) => e.raise(),
         };
         entry.sample_values = samples_from_rows(entry, &sample_rows);

@@ -210,7 +210,8 @@ pub fn open_session(conn: &Connection) -> Result<Session> {
 /// Run one read-only statement on a `postgres` connection and return its
 /// rows as text. `timeout_ms` bounds the statement (here and as the remote
 /// `statement_timeout`); the connect timeout is `dbrag.remote_connect_timeout_ms`.
-/// Failures: 58000 (Kind::Remote) or 57014 (Kind::Timeout), never with the password.
+/// Failures: the kinds of README.md "Errors" (08001, 28P01, a rejected
+/// statement's own SQLSTATE, 57014, 58000), never with the password.
 pub fn remote_query(
     conn: &Connection,
     sql: &str,
