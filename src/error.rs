@@ -224,6 +224,31 @@ impl From<pgrx::spi::Error> for DbragError {
     }
 }
 
+/// The answer of an internal query on which a decision rests, or XX000
+/// naming `what` it was for: never an empty answer in place of a failure.
+pub fn spi_or_raise<T>(r: std::result::Result<T, pgrx::spi::Error>, what: &str) -> T {
+    match r {
+        Ok(v) => v,
+        Err(e) => DbragError::new(
+            Kind::Internal,
+            format!("pg_dbrag internal query failed ({what}): {e}"),
+        )
+        .raise(),
+    }
+}
+
+/// As [`spi_or_raise`] for a one-row lookup: no row is `None`, any other
+/// failure XX000.
+pub fn spi_row_or_raise<T>(
+    r: std::result::Result<Option<T>, pgrx::spi::Error>,
+    what: &str,
+) -> Option<T> {
+    match r {
+        Err(pgrx::spi::Error::InvalidPosition) => None,
+        other => spi_or_raise(other, what),
+    }
+}
+
 /// Longest arguments, checked before anything is built from them (the
 /// table of limits is in README.md, "Limits").
 pub mod limits {

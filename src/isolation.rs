@@ -94,15 +94,16 @@ fn _isolation_guarded(
     }
     let _guard = IsolationGuard::enter();
     let (func, rels) = privileged::with_pinned_search_path(|| {
-        let func = Spi::get_one_with_args::<pg_sys::Oid>(
-            "SELECT $1::pg_catalog.regprocedure::pg_catalog.oid",
-            &[DatumWithOid::from(body)],
+        let func = crate::error::spi_row_or_raise(
+            Spi::get_one_with_args::<pg_sys::Oid>(
+                "SELECT $1::pg_catalog.regprocedure::pg_catalog.oid",
+                &[DatumWithOid::from(body)],
+            ),
+            "the isolation function",
         )
-        .ok()
-        .flatten()
         .unwrap_or(pg_sys::InvalidOid);
         // The table first, then its partitions and children, depth first.
-        let rels: Vec<pg_sys::Oid> = Spi::connect(|client| {
+        let rels = Spi::connect(|client| {
             let rows = client.select(
                 "WITH RECURSIVE d(rel, path) AS ( \
                      SELECT $1::pg_catalog.oid, ARRAY[$1::pg_catalog.oid] \
@@ -122,8 +123,10 @@ fn _isolation_guarded(
                 }
             }
             Ok::<_, pgrx::spi::Error>(out)
-        })
-        .unwrap_or_default();
+        });
+        // The tables that get the policies: never an empty list in place
+        // of a failure.
+        let rels: Vec<pg_sys::Oid> = crate::error::spi_or_raise(rels, "the table's partitions");
         (func, rels)
     });
     if func == pg_sys::InvalidOid {
@@ -666,12 +669,13 @@ fn tenant_role_comment(tenant: uuid::Uuid) -> String {
 }
 
 fn role_comment(name: &str) -> Option<String> {
-    Spi::get_one_with_args::<String>(
-        "SELECT pg_catalog.shobj_description(oid, 'pg_authid') FROM pg_catalog.pg_roles WHERE rolname = $1",
-        &[DatumWithOid::from(name)],
+    crate::error::spi_row_or_raise(
+        Spi::get_one_with_args::<String>(
+            "SELECT pg_catalog.shobj_description(oid, 'pg_authid') FROM pg_catalog.pg_roles WHERE rolname = $1",
+            &[DatumWithOid::from(name)],
+        ),
+        "a role's comment",
     )
-    .ok()
-    .flatten()
 }
 
 /// Grant `role` to exactly the active tenant's member login roles (never a

@@ -116,7 +116,7 @@ fn prompt_tables(conn: &Connection, question: &str) -> Vec<PromptTable> {
             Ok::<_, pgrx::spi::Error>(out)
         })
         .unwrap_or_else(|e| {
-            DbragError::new(Kind::NotConfigured, format!("catalog search failed: {e}")).raise()
+            DbragError::new(Kind::Internal, format!("catalog search failed: {e}")).raise()
         });
     rows.iter().map(table_from_catalog_row).collect()
 }
