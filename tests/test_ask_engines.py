@@ -57,27 +57,7 @@ REVENUE = ("SELECT c.name, SUM(o.total) AS revenue FROM customers c JOIN orders 
            "GROUP BY c.name ORDER BY revenue DESC")
 
 
-def test_ask_mysql_end_to_end(engines):
-    tenants, model = engines
-    model.script(sql_answer(REVENUE + " -- by customer"))
-    with tenants.conn(tenants.a_role) as a:
-        rows = [r[0] for r in a.execute("SELECT * FROM dbrag.ask('revenue per customer')")]
-        assert rows == [{"name": "Ada Lovelace", "revenue": 270.5}, {"name": "Bo Diddley", "revenue": 99.99}]
-        (question, status, sql, error, count), = history(a)
-        assert (question, status, error, count) == ("revenue per customer", "ok", None, 2)
-        assert "-- by customer" not in sql  # what ran is the normalized statement
-    prompt = prompt_of(model.requests()[-1])
-    assert "MySQL" in prompt and "customers" in prompt
-
-
-def test_ask_sqlite_end_to_end(engines):
-    tenants, model = engines
-    model.script(sql_answer(REVENUE))
-    with tenants.conn(tenants.b_role) as b:
-        rows = [r[0] for r in b.execute("SELECT * FROM dbrag.ask('revenue per customer')")]
-        assert rows == [{"name": "Ada Lovelace", "revenue": 270.5}, {"name": "Bo Diddley", "revenue": 99.99}]
-        assert [h[1] for h in history(b)] == ["ok"]
-    assert "SQLite" in prompt_of(model.requests()[-1])
+# ask() end to end on each engine: tests/test_engine_contract.py.
 
 
 @pytest.mark.parametrize("answer,state", [

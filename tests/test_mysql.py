@@ -6,7 +6,6 @@ server (shown with the server's general log), timeouts and cancellation,
 and isolation between tenants."""
 
 import json
-import threading
 import time
 import uuid
 
@@ -15,7 +14,7 @@ import pytest
 
 from conftest import connect
 from mysql_fixture import (MY_DB, MY_PASSWORD, MY_USER, MYSQL_PORT, general_log, mysql_uri, root,
-                           running_like, setup_mysql)
+                           setup_mysql)
 
 
 @pytest.fixture(scope="module")
@@ -267,110 +266,7 @@ def test_mysql_guard_normalizes(b_mysql):
     # A syntax error carries the parser's message.
     e = err(c, "SELECT dbrag._dataplane_check(%s, 'SELEC name FROM customers')", (cid,))
     assert e.sqlstate == "42601" and "MySQL syntax error" in str(e)
-    # Not superusers' only: a tenant cannot call the internal entry points.
 
 
-def test_mysql_internal_functions_are_superuser_only(tenants, b_mysql):
-    _, cid = b_mysql
-    with tenants.conn(tenants.b_role) as b:
-        assert err(b, "SELECT * FROM dbrag._dataplane_query(%s, 'SELECT 1')", (cid,)).sqlstate == "42501"
-        assert err(b, "SELECT dbrag._dataplane_check(%s, 'SELECT 1')", (cid,)).sqlstate == "42501"
-
-
-# ------------------------------------------------------------------ timeouts and cancellation
-
-SLOW = "SELECT count(*) AS n FROM nums a, nums b, nums c, nums d WHERE a.n + b.n + c.n + d.n = {k}"
-
-
-def run_in_thread(fn):
-    out = {}
-
-    def target():
-        t0 = time.monotonic()
-        try:
-            out["value"] = fn()
-        except psycopg.Error as e:
-            out["error"] = e
-        out["elapsed"] = time.monotonic() - t0
-
-    t = threading.Thread(target=target)
-    t.start()
-    return t, out
-
-
-def wait_until(pred, timeout=5.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if pred():
-            return True
-        time.sleep(0.05)
-    return pred()
-
-
-def test_mysql_slow_query_stopped_by_its_timeout(b_mysql):
-    c, cid = b_mysql
-    k = 9_000_001
-    t0 = time.monotonic()
-    e = err(c, "SELECT * FROM dbrag._dataplane_query(%s, %s, 10, 500)", (cid, SLOW.format(k=k)))
-    elapsed = time.monotonic() - t0
-    assert e.sqlstate == "57014" and elapsed < 2.0, (str(e), elapsed)
-    assert wait_until(lambda: running_like(str(k)) == 0, 5)
-    assert c.execute("SELECT 1").fetchone()[0] == 1
-
-
-def test_mysql_slow_query_stopped_by_statement_timeout(b_mysql):
-    c, cid = b_mysql
-    k = 9_000_002
-    c.execute("SET statement_timeout = 400")
-    t0 = time.monotonic()
-    e = err(c, "SELECT * FROM dbrag._dataplane_query(%s, %s, 10, 60000)", (cid, SLOW.format(k=k)))
-    assert e.sqlstate == "57014" and time.monotonic() - t0 < 1.5
-    c.execute("RESET statement_timeout")
-    # KILL QUERY stopped it on the server too.
-    assert wait_until(lambda: running_like(str(k)) == 0, 5)
-    assert c.execute("SELECT 2").fetchone()[0] == 2
-
-
-def test_mysql_slow_query_cancelled_by_pg_cancel_backend(su, b_mysql):
-    c, cid = b_mysql
-    k = 9_000_003
-    pid = c.execute("SELECT pg_backend_pid()").fetchone()[0]
-    t, out = run_in_thread(lambda: c.execute("SELECT * FROM dbrag._dataplane_query(%s, %s, 10, 60000)",
-                                             (cid, SLOW.format(k=k))).fetchall())
-    assert wait_until(lambda: running_like(str(k)) == 1, 10)
-    t_cancel = time.monotonic()
-    su.execute("SELECT pg_cancel_backend(%s)", (pid,))
-    t.join(10)
-    assert not t.is_alive()
-    assert out["error"].sqlstate == "57014", out
-    assert time.monotonic() - t_cancel < 1.0
-    assert wait_until(lambda: running_like(str(k)) == 0, 5)
-    # The backend is usable, and so is the connection.
-    assert c.execute("SELECT 41 + 1").fetchone()[0] == 42
-    rows = c.execute("SELECT * FROM dbrag._dataplane_query(%s, 'SELECT count(*) AS n FROM customers')",
-                     (cid,)).fetchall()
-    assert rows == [({"n": 3},)]
-
-
-# ------------------------------------------------------------------ isolation
-
-def test_mysql_tenant_a_cannot_reach_b(su, tenants, b_mysql):
-    _, bid = b_mysql
-    with tenants.conn(tenants.a_role) as a:
-        assert a.execute("SELECT count(*) FROM dbrag.connections WHERE connection_id = %s", (bid,)).fetchone()[0] == 0
-        assert a.execute("SELECT count(*) FROM control_plane.table_metadata_catalog WHERE connection_id = %s",
-                         (bid,)).fetchone()[0] == 0
-        for sql in ["SELECT dbrag.activate_connection(%s)", "SELECT dbrag.delete_connection(%s)",
-                    "SELECT * FROM dbrag.sync_catalog(%s)",
-                    "SELECT dbrag.update_connection(%s, schema_name => 'otherdb')"]:
-            assert err(a, sql, (bid,)).sqlstate == "42704", sql
-    with tenants.conn(tenants.b_role) as b:
-        assert b.execute("SELECT count(*) FROM control_plane.table_metadata_catalog WHERE connection_id = %s",
-                         (bid,)).fetchone()[0] == 5
-    # Even a superuser acting for A cannot run against B's connection.
-    su.execute("SELECT dbrag.set_tenant(%s::uuid)", (tenants.a,))
-    try:
-        e = err(su, "SELECT * FROM dbrag._dataplane_query(%s, 'SELECT 1')", (bid,))
-        assert e.sqlstate == "42704"
-    finally:
-        su.execute("SELECT dbrag.reset_tenant()")
+# Timeouts, cancellation, isolation between tenants and the superuser-only
+# entry points: the engines' shared suite, tests/test_engine_contract.py.
