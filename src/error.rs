@@ -214,9 +214,17 @@ impl<T> OrRaise<T> for Result<T> {
 
 /// SPI failures are bugs or concurrent DDL, not user errors: report them as
 /// internal errors (XX000) with the SPI text, never a panic, and never as
-/// missing configuration.
+/// missing configuration. The one exception is a lookup that found no row
+/// where one was expected (a tenant or connection removed meanwhile, an
+/// unknown id): 42704.
 impl From<pgrx::spi::Error> for DbragError {
     fn from(e: pgrx::spi::Error) -> Self {
+        if matches!(e, pgrx::spi::Error::InvalidPosition) {
+            return DbragError::new(
+                Kind::NotFound,
+                "pg_dbrag found no row where one was expected (an unknown or removed tenant or connection)",
+            );
+        }
         DbragError::new(
             Kind::Internal,
             format!("pg_dbrag internal query failed: {e}"),
