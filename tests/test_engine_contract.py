@@ -12,7 +12,7 @@ import time
 import psycopg
 import pytest
 
-from llm_fixture import llm_server  # noqa: F401  (fixture)
+from llm_fixture import llm_server, wait_until  # noqa: F401  (fixture)
 from mysql_fixture import running_like
 from test_ask_engines import REVENUE, engines, history, prompt_of, sql_answer  # noqa: F401  (fixture)
 from test_mysql import b_mysql, mysql  # noqa: F401  (fixture)
@@ -58,15 +58,6 @@ def err(conn, sql, args=None):
     with pytest.raises(psycopg.Error) as e:
         conn.execute(sql, args)
     return e.value
-
-
-def wait_until(pred, timeout=5.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if pred():
-            return True
-        time.sleep(0.05)
-    return pred()
 
 
 def stopped_on_the_server(eng, k):

@@ -145,31 +145,36 @@ def no_connection_details(text, user, pw):
         assert leak not in text, leak
 
 
-def test_auth_failure_makes_one_model_call(remote_ask):
-    tenants, model, user, pw = remote_ask
-    with remote_su() as r:
-        r.execute(f"ALTER ROLE {user} PASSWORD 'changed-E9'")
+def ask_fails_after_one_model_call(conn, model, user, pw, state):
+    """ask() on a data plane that cannot be used: the model is asked once,
+    the call fails with `state`, and nothing of the failure reaches the model."""
     model.script(sql_answer("SELECT name FROM customers"), sql_answer("SELECT name FROM customers"))
-    with tenants.conn(tenants.b_role) as b:
-        e = err(b, "SELECT * FROM dbrag.ask('customer names')")
-        assert e.sqlstate == "28P01" and pw not in str(e), e
+    e = err(conn, "SELECT * FROM dbrag.ask('customer names')")
+    assert e.sqlstate == state and pw not in str(e), e
     requests = model.requests()
     assert len(requests) == 1
     no_connection_details(prompt_of(requests[0]), user, pw)
 
 
-def test_connect_failure_makes_one_model_call(remote_ask):
-    tenants, model, user, pw = remote_ask
+@pytest.mark.parametrize("caller", ["tenant", "app"])
+@pytest.mark.parametrize("breakage,state", [
+    # The remote rejects the password: 28P01.
+    ("ALTER ROLE {user} PASSWORD 'changed-E9'", "28P01"),
     # The server refuses the session (no CONNECT on the database): 08001.
+    (f"REVOKE CONNECT ON DATABASE {REMOTE_DB} FROM PUBLIC", "08001"),
+])
+def test_unusable_data_plane_makes_one_model_call(remote_ask, breakage, state, caller):
+    tenants, model, user, pw = remote_ask
     with remote_su() as r:
-        r.execute(f"REVOKE CONNECT ON DATABASE {REMOTE_DB} FROM PUBLIC")
-    model.script(sql_answer("SELECT name FROM customers"), sql_answer("SELECT name FROM customers"))
-    # The app server asks for tenant B.
-    with tenants.conn(tenants.app_role) as app:
-        app.execute("SELECT dbrag.set_tenant(%s::uuid)", (tenants.b,))
-        e = err(app, "SELECT * FROM dbrag.ask('customer names')")
-        assert e.sqlstate == "08001", e
-    assert len(model.requests()) == 1
+        r.execute(breakage.format(user=user))
+    if caller == "tenant":
+        with tenants.conn(tenants.b_role) as b:
+            ask_fails_after_one_model_call(b, model, user, pw, state)
+    else:
+        # The app server asks for tenant B.
+        with tenants.conn(tenants.app_role) as app:
+            app.execute("SELECT dbrag.set_tenant(%s::uuid)", (tenants.b,))
+            ask_fails_after_one_model_call(app, model, user, pw, state)
 
 
 def test_retry_prompt_has_the_statement_error_only(remote_ask):
