@@ -8,12 +8,13 @@ engine. Engine-specific behaviour stays in test_mysql.py and test_sqlite.py."""
 
 import threading
 import time
+import uuid
 
 import psycopg
 import pytest
 
 from llm_fixture import llm_server, wait_until  # noqa: F401  (fixture)
-from mysql_fixture import running_like
+from mysql_fixture import general_log, running_like
 from test_ask_engines import REVENUE, engines, history, prompt_of, sql_answer  # noqa: F401  (fixture)
 from test_mysql import b_mysql, mysql  # noqa: F401  (fixture)
 from test_sqlite import b_sqlite, sqlite_dir  # noqa: F401  (fixture)
@@ -171,3 +172,107 @@ def test_ask_end_to_end(engines, name, role, dialect):  # noqa: F811
     assert dialect in prompt
     if name == "mysql":
         assert "customers" in prompt
+
+
+# ------------------------------------------------------------------ the guard, before the server
+
+# Each engine's dangerous constructs; {tag} marks the statement in MySQL's
+# general query log, the witness that the server never saw it.
+MYSQL_DENIED = [
+    ("SELECT load_file('/etc/passwd') AS m{tag}", "42501"),
+    ("SELECT LOAD_FILE('/etc/passwd'), '{tag}'", "42501"),
+    ("SELECT sleep(5), '{tag}'", "42501"),
+    ("SELECT benchmark(1000000000, md5('{tag}'))", "42501"),
+    ("SELECT get_lock('{tag}', 10)", "42501"),
+    ("SELECT release_lock('{tag}')", "42501"),
+    ("SELECT @@version, '{tag}'", "42501"),
+    ("SELECT @@global.secure_file_priv, '{tag}'", "42501"),
+    ("SELECT @a := 1, '{tag}'", "42501"),
+    ("SELECT user(), '{tag}'", "42501"),
+    ("SELECT current_user(), '{tag}'", "42501"),
+    ("SELECT '{tag}', authentication_string FROM mysql.user", "42501"),
+    ("SELECT '{tag}', table_name FROM information_schema.tables", "42501"),
+    ("SELECT '{tag}' FROM otherdb.secret_stuff", "42501"),
+    ("SELECT name /*!, load_file('/etc/passwd') */ FROM customers WHERE name = '{tag}'", "42501"),
+    ("SELECT /*+ SET_VAR(max_statement_time=0) */ '{tag}' FROM customers", "42501"),
+    ("SELECT * FROM customers WHERE name = '{tag}' FOR UPDATE", "42601"),
+    ("SELECT * FROM customers WHERE name = '{tag}' INTO OUTFILE '/tmp/out'", "42601"),
+    ("SELECT * FROM customers WHERE name = '{tag}' INTO DUMPFILE '/tmp/out'", "42601"),
+    ("SELECT name FROM customers WHERE name = '{tag}' INTO @v", "42601"),
+    ("INSERT INTO customers VALUES (99, '{tag}', 'x', NULL)", "42601"),
+    ("UPDATE customers SET name = '{tag}'", "42601"),
+    ("DELETE FROM customers WHERE name = '{tag}'", "42601"),
+    ("REPLACE INTO customers VALUES (1, '{tag}', 'x', NULL)", "42601"),
+    ("LOAD DATA INFILE '/etc/passwd' INTO TABLE customers /* {tag} */", "42601"),
+    ("SET @x = '{tag}'", "42601"),
+    ("CALL p('{tag}')", "42601"),
+    ("SELECT 1; SELECT '{tag}'", "42601"),
+    ("SELECT * FROM customers WHERE name = 'a\\\\' OR '{tag}'", "42501"),
+]
+
+SQLITE_DENIED = [
+    ("SELECT load_extension('/tmp/evil.so')", "42501"),
+    ("SELECT readfile('/etc/passwd')", "42501"),
+    ("SELECT writefile('/tmp/x', 'y')", "42501"),
+    ("SELECT randomblob(2000000000)", "42501"),
+    ("SELECT zeroblob(id * 1000000000) FROM customers", "42501"),
+    ("SELECT sqlite_version()", "42501"),
+    ("SELECT * FROM sqlite_master", "42501"),
+    ("SELECT * FROM pragma_table_info('customers')", "42501"),
+    ("SELECT * FROM temp.customers", "42501"),
+    ("ATTACH DATABASE '/tmp/x.db' AS x", "42601"),
+    ("PRAGMA query_only = 0", "42601"),
+    ("PRAGMA writable_schema = 1", "42601"),
+    ("INSERT INTO customers (name) VALUES ('x')", "42601"),
+    ("DELETE FROM customers", "42601"),
+    ("VACUUM INTO '/tmp/copy.db'", "42601"),
+    ("SELECT 1; SELECT 2", "42601"),
+]
+
+FIXTURE = {"mysql": "b_mysql", "sqlite": "b_sqlite"}
+
+
+@pytest.mark.parametrize("name,template,state", [("mysql", t, s) for t, s in MYSQL_DENIED]
+                         + [("sqlite", t, s) for t, s in SQLITE_DENIED])
+def test_denied_constructs_never_reach_the_server(request, name, template, state):
+    c, cid = request.getfixturevalue(FIXTURE[name])
+    tag = "mk" + uuid.uuid4().hex[:10]
+    sql = template.format(tag=tag)
+    e = err(c, "SELECT * FROM dbrag._dataplane_query(%s, %s)", (cid, sql))
+    assert e.sqlstate == state, (sql, str(e))
+    if name == "mysql":
+        # The refusal came from the guard: the server never saw the statement.
+        time.sleep(0.05)
+        assert tag not in general_log()
+
+
+ASK_REFUSED = [("mysql", t, s) for t, s in [
+    ("DELETE FROM customers WHERE name = '{tag}'", "42601"),
+    ("UPDATE customers SET name = '{tag}'", "42601"),
+    ("SELECT load_file('/etc/passwd'), '{tag}'", "42501"),
+    ("SELECT sleep(10), '{tag}'", "42501"),
+    ("SELECT '{tag}', user FROM mysql.user", "42501"),
+    ("SELECT @@datadir, '{tag}'", "42501"),
+]] + [("sqlite", t, s) for t, s in [
+    ("DELETE FROM customers", "42601"),
+    ("ATTACH DATABASE '/tmp/x.db' AS x", "42601"),
+    ("SELECT load_extension('/tmp/evil.so')", "42501"),
+    ("SELECT * FROM sqlite_master", "42501"),
+    ("PRAGMA query_only = 0", "42601"),
+]]
+
+
+@pytest.mark.parametrize("name,answer,state", ASK_REFUSED)
+def test_ask_refuses_before_the_server(engines, name, answer, state):  # noqa: F811
+    # engines: tenant A on MariaDB, tenant B on a SQLite file.
+    tenants, model = engines
+    tag = "ak" + uuid.uuid4().hex[:10]
+    model.script(sql_answer(answer.format(tag=tag)))
+    with tenants.conn(tenants.a_role if name == "mysql" else tenants.b_role) as conn:
+        with pytest.raises(psycopg.Error) as e:
+            conn.execute("SELECT * FROM dbrag.ask('do something')")
+        assert e.value.sqlstate == state, str(e.value)
+        if name == "mysql":
+            assert history(conn)[-1][1] in ("refused", "error")
+    if name == "mysql":
+        assert tag not in general_log()
