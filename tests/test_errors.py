@@ -1,17 +1,20 @@
 """Errors that say what happened (README.md, "Errors"): each kind of data-plane
 failure has its own SQLSTATE on every engine where it applies (connect
 failure 08001, authentication failure 28P01, a rejected statement with the
-remote's SQLSTATE and the remote's code in DETAIL, timeout 57014); only a
+remote's SQLSTATE and the remote's code in DETAIL, timeout 57014, a cancel
+57014 with its own message); only a
 rejected statement goes back to the model, and what the model is sent is
 that statement's error message alone. Callers: tenants' own login roles over
 TCP, the app server (dbrag_app with set_tenant), the operator paths
 (superuser-only _remote_query/_dataplane_query)."""
 
+import threading
+
 import psycopg
 import pytest
 
 from conftest import HOST, REMOTE_PORT
-from llm_fixture import llm_server  # noqa: F401  (fixture)
+from llm_fixture import llm_server, wait_until  # noqa: F401  (fixture)
 from remote_fixture import REMOTE_DB, closed_port, remote_conninfo, remote_su, setup_remote
 from test_ask import nl, sql_answer  # noqa: F401  (fixture)
 from test_mysql import b_mysql, mysql  # noqa: F401  (fixture)
@@ -209,3 +212,34 @@ def test_failed_retry_keeps_the_local_sqlstate(nl):  # noqa: F811
         assert e.sqlstate == "22012" and "division by zero" in str(e), e
     assert len(model.requests()) == 2
     assert "division by zero" in prompt_of(model.requests()[1])
+
+
+def test_postgres_cancel_on_the_remote_is_57014_with_its_own_message(su, tenants, remote):
+    # Someone cancels the statement on the remote server (not our deadline):
+    # 57014 still, but the message says it was cancelled, not that it took too long.
+    with tenants.conn(tenants.b_role) as b:
+        cid = b.execute("SELECT dbrag.create_connection('err_pg', 'postgres', %s)", (remote,)).fetchone()[0]
+    su.execute("SELECT dbrag.set_tenant(%s::uuid)", (tenants.b,))
+    out = {}
+
+    def run():
+        try:
+            su.execute("SELECT dbrag._remote_query(%s, 'SELECT pg_sleep(30) AS e_cancel_me', 60000)", (cid,))
+        except psycopg.Error as e:
+            out["error"] = e
+
+    t = threading.Thread(target=run)
+    t.start()
+    try:
+        with remote_su() as r:
+            probe = ("SELECT pid FROM pg_stat_activity WHERE query LIKE '%e_cancel_me%' AND state = 'active' "
+                     "AND pid <> pg_backend_pid()")
+            assert wait_until(lambda: r.execute(probe).fetchone() is not None, 10)
+            r.execute(f"SELECT pg_cancel_backend(({probe} LIMIT 1))")
+        t.join(10)
+        assert not t.is_alive()
+        e = out["error"]
+        assert e.sqlstate == "57014" and "cancelled" in str(e) and "longer than" not in str(e), e
+    finally:
+        t.join(10)
+        su.execute("SELECT dbrag.reset_tenant()")
