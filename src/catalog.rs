@@ -271,7 +271,7 @@ fn introspect_local(schema: &str) -> Vec<TableEntry> {
     })
     .unwrap_or_else(|e| {
         raise(
-            Kind::NotConfigured,
+            Kind::Internal,
             format!("introspection of schema {schema} failed: {e}"),
         )
     });
