@@ -640,137 +640,9 @@ END
 $$;
 
 -- dbrag._enable_tenant_isolation: no longer recurses into partitions and children itself
--- (dbrag._isolation_guarded calls it for each, through the function manager).
--- dbrag._enable_tenant_isolation: leaves a Citus distribution column's NOT NULL and default alone.
-CREATE OR REPLACE FUNCTION dbrag._enable_tenant_isolation(tbl regclass, tenant_column name, rebuild_unique boolean)
-RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    col_type regtype;
-    kind "char";
-    added boolean := false;
-    has_index boolean;
-    orphans bigint;
-    u record;
-    stmt text;
-    pred text := pg_catalog.format('%I = dbrag.current_tenant_id()', tenant_column);
-    distributed boolean;
-BEGIN
-    IF tbl IS NULL OR tenant_column IS NULL OR tenant_column = '' THEN
-        RAISE EXCEPTION 'table and tenant column must not be NULL or empty' USING ERRCODE = '22004';
-    END IF;
-    SELECT c.relkind INTO kind FROM pg_catalog.pg_class c WHERE c.oid = tbl;
-    IF kind IS NULL OR kind NOT IN ('r', 'p') THEN
-        RAISE EXCEPTION '% is not a table', tbl USING ERRCODE = '42809';
-    END IF;
-    IF dbrag._is_own_table(tbl) THEN
-        RAISE EXCEPTION '% belongs to pg_dbrag, which manages its isolation itself', tbl USING ERRCODE = '22023';
-    END IF;
-    -- Every ALTER below needs this lock; take it first rather than upgrade.
-    EXECUTE pg_catalog.format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', tbl);
-
-    SELECT a.atttypid::regtype INTO col_type FROM pg_catalog.pg_attribute a
-    WHERE a.attrelid = tbl AND a.attname = tenant_column AND NOT a.attisdropped AND a.attnum > 0;
-    IF col_type IS NULL THEN
-        -- No default while adding: existing rows must not silently join the
-        -- caller's tenant; they stay NULL and are refused below.
-        EXECUTE pg_catalog.format('ALTER TABLE %s ADD COLUMN %I uuid', tbl, tenant_column);
-        added := true;
-    ELSIF col_type <> 'uuid'::regtype THEN
-        RAISE EXCEPTION 'column %.% is %, a tenant column must be uuid', tbl, tenant_column, col_type
-            USING ERRCODE = '22023',
-                  HINT = 'convert it first: ALTER TABLE ... ALTER COLUMN ... TYPE uuid USING ...::uuid';
-    END IF;
-    -- Citus refuses any ALTER of a distribution column, even one that
-    -- changes nothing; a distributed table's key column is NOT NULL already.
-    distributed := COALESCE(dbrag._distribution_column(tbl) = tenant_column, false);
-    BEGIN
-        IF NOT distributed THEN
-            EXECUTE pg_catalog.format('ALTER TABLE %s ALTER COLUMN %I SET NOT NULL', tbl, tenant_column);
-        END IF;
-    EXCEPTION WHEN not_null_violation THEN
-        IF added THEN
-            RAISE EXCEPTION '% has rows, and a tenant column added now would leave them without a tenant', tbl
-                USING ERRCODE = '23502',
-                      HINT = pg_catalog.format('add and fill it first: ALTER TABLE %s ADD COLUMN %I uuid; '
-                          'UPDATE %s SET %I = ''<tenant uuid>''; then call dbrag.enable_tenant_isolation again',
-                          tbl, tenant_column, tbl, tenant_column);
-        END IF;
-        -- Under forced RLS the count sees only the caller's rows; say what we can.
-        EXECUTE pg_catalog.format('SELECT count(*) FROM %s WHERE %I IS NULL', tbl, tenant_column) INTO orphans;
-        RAISE EXCEPTION '% has % row(s) without a tenant in column %', tbl,
-                CASE WHEN orphans > 0 THEN orphans::text ELSE 'some' END, tenant_column
-            USING ERRCODE = '23502',
-                  HINT = pg_catalog.format('assign them first: UPDATE %s SET %I = ''<tenant uuid>'' WHERE %I IS NULL',
-                      tbl, tenant_column, tenant_column);
-    END;
-    IF distributed THEN
-        RAISE NOTICE '% is distributed by %: Citus cannot give that column a default, so inserts must name the tenant', tbl, tenant_column
-            USING HINT = 'isolate a table before create_distributed_table to get the default';
-    ELSE
-        EXECUTE pg_catalog.format('ALTER TABLE %s ALTER COLUMN %I SET DEFAULT dbrag.current_tenant_id()', tbl, tenant_column);
-    END IF;
-    -- The four policies, as dbrag._tenant_policies writes them for the
-    -- control plane (that one is operators-only; this runs as the owner).
-    EXECUTE pg_catalog.format('ALTER TABLE %s ENABLE ROW LEVEL SECURITY', tbl);
-    EXECUTE pg_catalog.format('ALTER TABLE %s FORCE ROW LEVEL SECURITY', tbl);
-    FOR stmt IN SELECT p.polname FROM pg_catalog.pg_policy p
-                WHERE p.polrelid = tbl AND p.polname ~ '^dbrag_(tenant|admin)_(select|insert|update|delete)$'
-    LOOP
-        EXECUTE pg_catalog.format('DROP POLICY %I ON %s', stmt, tbl);
-    END LOOP;
-    EXECUTE pg_catalog.format('CREATE POLICY dbrag_tenant_select ON %s FOR SELECT USING (%s)', tbl, pred);
-    EXECUTE pg_catalog.format('CREATE POLICY dbrag_tenant_insert ON %s FOR INSERT WITH CHECK (%s)', tbl, pred);
-    EXECUTE pg_catalog.format('CREATE POLICY dbrag_tenant_update ON %s FOR UPDATE USING (%s) WITH CHECK (%s)',
-                              tbl, pred, pred);
-    EXECUTE pg_catalog.format('CREATE POLICY dbrag_tenant_delete ON %s FOR DELETE USING (%s)', tbl, pred);
-
-    -- Permissive policies are OR-ed: one of the owner's own can widen access.
-    FOR u IN SELECT p.polname, pg_catalog.pg_get_expr(p.polqual, p.polrelid) AS q
-             FROM pg_catalog.pg_policy p
-             WHERE p.polrelid = tbl AND p.polpermissive AND p.polname !~ '^dbrag_(tenant|admin)_'
-    LOOP
-        RAISE WARNING 'policy % on % is permissive: it is OR-ed with the tenant policies and can let other tenants'' rows through', u.polname, tbl
-            USING DETAIL = pg_catalog.format('USING %s', COALESCE(u.q, '(none)')),
-                  HINT = pg_catalog.format('make it restrictive or drop it: DROP POLICY %I ON %s;', u.polname, tbl);
-    END LOOP;
-
-    -- A tenant-first index, unless a usable one already leads with the column.
-    SELECT EXISTS (
-        SELECT 1 FROM pg_catalog.pg_index i
-        JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
-        JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid
-        JOIN pg_catalog.pg_am am ON am.oid = ic.relam
-        WHERE i.indrelid = tbl AND a.attname = tenant_column AND i.indpred IS NULL
-          AND am.amname IN ('btree', 'hash')
-    ) INTO has_index;
-    IF NOT has_index THEN
-        -- Let PostgreSQL pick a free name (<table>_<column>_idx).
-        EXECUTE pg_catalog.format('CREATE INDEX ON %s (%I)', tbl, tenant_column);
-    END IF;
-
-    -- Unique keys that do not lead with the tenant column: a tenant can probe
-    -- another tenant's values through 23505, and Citus cannot distribute.
-    FOR u IN SELECT * FROM dbrag._non_tenant_first_unique(tbl, tenant_column) LOOP
-        IF rebuild_unique THEN
-            FOREACH stmt IN ARRAY dbrag._tenant_first_unique_sql(u.idx, tenant_column) LOOP
-                EXECUTE stmt;
-            END LOOP;
-            RAISE NOTICE 'rebuilt % of % to lead with %', u.idx_text, tbl, tenant_column;
-        ELSE
-            RAISE WARNING '% of % does not lead with %', u.idx_text, tbl, tenant_column
-                USING DETAIL = CASE WHEN u.tenant_in_key
-                        THEN 'The tenant column is in the key but not first: the tenant-first index scan cannot use it.'
-                        ELSE 'Uniqueness spans tenants: an INSERT that fails with 23505 tells a tenant that another tenant holds the value, and Citus cannot distribute the table by the tenant column.' END,
-                      HINT = pg_catalog.format('rebuild it: SELECT dbrag.enable_tenant_isolation(%L, %L, rebuild_unique => true);',
-                          tbl::text, tenant_column);
-        END IF;
-    END LOOP;
-
-    -- Partitions and inheritance children are tables of their own (queried
-    -- directly they apply their own policies, not the parent's):
-    -- dbrag._isolation_guarded calls this body for each of them too.
-END
-$$;
+-- (dbrag._isolation_guarded calls it for each, through the function manager);
+-- leaves a Citus distribution column's NOT NULL and default alone. Its one
+-- definition is in the last section ("The four tenant policies written once").
 
 -- ---------------------------------------------------------------------------
 -- Act as the tenant (issue 12, sections 1–4): a NOLOGIN role per tenant,
@@ -1513,3 +1385,126 @@ FROM (SELECT q.tenant_id,
       GROUP BY q.tenant_id) h
 FULL JOIN dbrag.budget_status() b ON b.tenant_id = h.tenant_id;
 GRANT SELECT ON dbrag.usage TO PUBLIC;
+-- ===========================================================================
+-- The four tenant policies written once: dbrag._enable_tenant_isolation no
+-- longer writes them itself; dbrag._isolation_guarded calls
+-- dbrag._tenant_policies(tbl, tenant_column, false) after it, on each table.
+-- ===========================================================================
+
+CREATE OR REPLACE FUNCTION dbrag._enable_tenant_isolation(tbl regclass, tenant_column name, rebuild_unique boolean)
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    col_type regtype;
+    kind "char";
+    added boolean := false;
+    has_index boolean;
+    orphans bigint;
+    u record;
+    stmt text;
+    distributed boolean;
+BEGIN
+    IF tbl IS NULL OR tenant_column IS NULL OR tenant_column = '' THEN
+        RAISE EXCEPTION 'table and tenant column must not be NULL or empty' USING ERRCODE = '22004';
+    END IF;
+    SELECT c.relkind INTO kind FROM pg_catalog.pg_class c WHERE c.oid = tbl;
+    IF kind IS NULL OR kind NOT IN ('r', 'p') THEN
+        RAISE EXCEPTION '% is not a table', tbl USING ERRCODE = '42809';
+    END IF;
+    IF dbrag._is_own_table(tbl) THEN
+        RAISE EXCEPTION '% belongs to pg_dbrag, which manages its isolation itself', tbl USING ERRCODE = '22023';
+    END IF;
+    -- Every ALTER below needs this lock; take it first rather than upgrade.
+    EXECUTE pg_catalog.format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', tbl);
+
+    SELECT a.atttypid::regtype INTO col_type FROM pg_catalog.pg_attribute a
+    WHERE a.attrelid = tbl AND a.attname = tenant_column AND NOT a.attisdropped AND a.attnum > 0;
+    IF col_type IS NULL THEN
+        -- No default while adding: existing rows must not silently join the
+        -- caller's tenant; they stay NULL and are refused below.
+        EXECUTE pg_catalog.format('ALTER TABLE %s ADD COLUMN %I uuid', tbl, tenant_column);
+        added := true;
+    ELSIF col_type <> 'uuid'::regtype THEN
+        RAISE EXCEPTION 'column %.% is %, a tenant column must be uuid', tbl, tenant_column, col_type
+            USING ERRCODE = '22023',
+                  HINT = 'convert it first: ALTER TABLE ... ALTER COLUMN ... TYPE uuid USING ...::uuid';
+    END IF;
+    -- Citus refuses any ALTER of a distribution column, even one that
+    -- changes nothing; a distributed table's key column is NOT NULL already.
+    distributed := COALESCE(dbrag._distribution_column(tbl) = tenant_column, false);
+    BEGIN
+        IF NOT distributed THEN
+            EXECUTE pg_catalog.format('ALTER TABLE %s ALTER COLUMN %I SET NOT NULL', tbl, tenant_column);
+        END IF;
+    EXCEPTION WHEN not_null_violation THEN
+        IF added THEN
+            RAISE EXCEPTION '% has rows, and a tenant column added now would leave them without a tenant', tbl
+                USING ERRCODE = '23502',
+                      HINT = pg_catalog.format('add and fill it first: ALTER TABLE %s ADD COLUMN %I uuid; '
+                          'UPDATE %s SET %I = ''<tenant uuid>''; then call dbrag.enable_tenant_isolation again',
+                          tbl, tenant_column, tbl, tenant_column);
+        END IF;
+        -- Under forced RLS the count sees only the caller's rows; say what we can.
+        EXECUTE pg_catalog.format('SELECT count(*) FROM %s WHERE %I IS NULL', tbl, tenant_column) INTO orphans;
+        RAISE EXCEPTION '% has % row(s) without a tenant in column %', tbl,
+                CASE WHEN orphans > 0 THEN orphans::text ELSE 'some' END, tenant_column
+            USING ERRCODE = '23502',
+                  HINT = pg_catalog.format('assign them first: UPDATE %s SET %I = ''<tenant uuid>'' WHERE %I IS NULL',
+                      tbl, tenant_column, tenant_column);
+    END;
+    IF distributed THEN
+        RAISE NOTICE '% is distributed by %: Citus cannot give that column a default, so inserts must name the tenant', tbl, tenant_column
+            USING HINT = 'isolate a table before create_distributed_table to get the default';
+    ELSE
+        EXECUTE pg_catalog.format('ALTER TABLE %s ALTER COLUMN %I SET DEFAULT dbrag.current_tenant_id()', tbl, tenant_column);
+    END IF;
+    -- The four tenant policies: dbrag._isolation_guarded calls
+    -- dbrag._tenant_policies(tbl, tenant_column, false) right after this
+    -- body, as the same caller (sql/isolation.sql writes them once).
+
+    -- Permissive policies are OR-ed: one of the owner's own can widen access.
+    FOR u IN SELECT p.polname, pg_catalog.pg_get_expr(p.polqual, p.polrelid) AS q
+             FROM pg_catalog.pg_policy p
+             WHERE p.polrelid = tbl AND p.polpermissive AND p.polname !~ '^dbrag_(tenant|admin)_'
+    LOOP
+        RAISE WARNING 'policy % on % is permissive: it is OR-ed with the tenant policies and can let other tenants'' rows through', u.polname, tbl
+            USING DETAIL = pg_catalog.format('USING %s', COALESCE(u.q, '(none)')),
+                  HINT = pg_catalog.format('make it restrictive or drop it: DROP POLICY %I ON %s;', u.polname, tbl);
+    END LOOP;
+
+    -- A tenant-first index, unless a usable one already leads with the column.
+    SELECT EXISTS (
+        SELECT 1 FROM pg_catalog.pg_index i
+        JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+        JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid
+        JOIN pg_catalog.pg_am am ON am.oid = ic.relam
+        WHERE i.indrelid = tbl AND a.attname = tenant_column AND i.indpred IS NULL
+          AND am.amname IN ('btree', 'hash')
+    ) INTO has_index;
+    IF NOT has_index THEN
+        -- Let PostgreSQL pick a free name (<table>_<column>_idx).
+        EXECUTE pg_catalog.format('CREATE INDEX ON %s (%I)', tbl, tenant_column);
+    END IF;
+
+    -- Unique keys that do not lead with the tenant column: a tenant can probe
+    -- another tenant's values through 23505, and Citus cannot distribute.
+    FOR u IN SELECT * FROM dbrag._non_tenant_first_unique(tbl, tenant_column) LOOP
+        IF rebuild_unique THEN
+            FOREACH stmt IN ARRAY dbrag._tenant_first_unique_sql(u.idx, tenant_column) LOOP
+                EXECUTE stmt;
+            END LOOP;
+            RAISE NOTICE 'rebuilt % of % to lead with %', u.idx_text, tbl, tenant_column;
+        ELSE
+            RAISE WARNING '% of % does not lead with %', u.idx_text, tbl, tenant_column
+                USING DETAIL = CASE WHEN u.tenant_in_key
+                        THEN 'The tenant column is in the key but not first: the tenant-first index scan cannot use it.'
+                        ELSE 'Uniqueness spans tenants: an INSERT that fails with 23505 tells a tenant that another tenant holds the value, and Citus cannot distribute the table by the tenant column.' END,
+                      HINT = pg_catalog.format('rebuild it: SELECT dbrag.enable_tenant_isolation(%L, %L, rebuild_unique => true);',
+                          tbl::text, tenant_column);
+        END IF;
+    END LOOP;
+
+    -- Partitions and inheritance children are tables of their own (queried
+    -- directly they apply their own policies, not the parent's):
+    -- dbrag._isolation_guarded calls this body for each of them too.
+END
+$$;

@@ -87,18 +87,22 @@ struct TenantOverrides {
 fn tenant_overrides(tenant: uuid::Uuid) -> Result<TenantOverrides, DbragError> {
     let id = pgrx::Uuid::from_bytes(*tenant.as_bytes());
     // As text: pgrx's JsonB panics on some valid jsonb (crate::jsonb).
-    let settings: Option<String> = privileged::as_extension(|| {
-        Spi::connect(|client| {
-            client
-                .select(
-                    "SELECT settings::pg_catalog.text FROM control_plane.tenants WHERE tenant_id = $1",
-                    Some(1),
-                    &[DatumWithOid::from(id)],
-                )?
-                .first()
-                .get_one::<String>()
-        })
-    })?;
+    // No such tenant: no overrides.
+    let settings: Option<String> = crate::error::spi_row_or_raise(
+        privileged::as_extension(|| {
+            Spi::connect(|client| {
+                client
+                    .select(
+                        "SELECT settings::pg_catalog.text FROM control_plane.tenants WHERE tenant_id = $1",
+                        Some(1),
+                        &[DatumWithOid::from(id)],
+                    )?
+                    .first()
+                    .get_one::<String>()
+            })
+        }),
+        "the tenant's settings",
+    );
     let Some(settings) = settings else {
         return Ok(TenantOverrides::default());
     };

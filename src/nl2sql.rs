@@ -116,7 +116,7 @@ fn prompt_tables(conn: &Connection, question: &str) -> Vec<PromptTable> {
             Ok::<_, pgrx::spi::Error>(out)
         })
         .unwrap_or_else(|e| {
-            DbragError::new(Kind::NotConfigured, format!("catalog search failed: {e}")).raise()
+            DbragError::new(Kind::Internal, format!("catalog search failed: {e}")).raise()
         });
     rows.iter().map(table_from_catalog_row).collect()
 }
@@ -497,8 +497,15 @@ fn execute_as_tenant(
     if conn.kind != EngineKind::Local {
         return crate::dataplane::execute_read_only(conn, sql, max_rows, MAX_ANSWER_BYTES, timeout)
             .map_err(|e| match e.kind {
-                Kind::Timeout => ExecError::Fatal(e),
-                Kind::Remote => ExecError::Retryable(e.message),
+                // Only the data plane's verdict on the statement is the
+                // model's to fix; a permission the role lacks is not (as
+                // for local connections below). Connect and authentication
+                // failures never reach the model (README.md, "Errors").
+                Kind::Statement
+                    if e.sqlstate() != pgrx::PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE =>
+                {
+                    ExecError::Retryable(e)
+                }
                 _ => ExecError::Fatal(e),
             });
     }
@@ -569,7 +576,7 @@ fn execute_as_tenant(
             rows.truncate(max_rows as usize);
             Ok((rows, truncated))
         }
-        Ok(Err(e)) => Err(ExecError::Retryable(e.to_string())),
+        Ok(Err(e)) => Err(ExecError::Retryable(DbragError::from(e))),
         Err(caught) => {
             if let Some(e) = out_of_memory {
                 return Err(ExecError::Fatal(e));
@@ -588,7 +595,9 @@ fn execute_as_tenant(
                     Err(ExecError::Fatal(DbragError::new(Kind::Forbidden, message)))
                 }
                 Some((code, message)) if !crate::guard::must_rethrow(code) => {
-                    Err(ExecError::Retryable(message))
+                    let mut e = DbragError::new(Kind::Statement, message);
+                    e.code = Some(code);
+                    Err(ExecError::Retryable(e))
                 }
                 _ => caught.rethrow(),
             }
@@ -597,8 +606,10 @@ fn execute_as_tenant(
 }
 
 enum ExecError {
-    /// The statement failed in a way the model may fix.
-    Retryable(String),
+    /// The statement failed in a way the model may fix: the model is sent
+    /// the error's message alone; after the last try the caller gets the
+    /// error with its own SQLSTATE.
+    Retryable(DbragError),
     Fatal(DbragError),
 }
 
@@ -687,15 +698,10 @@ fn answer(
                 };
                 return Err(Failure::new(status, e));
             }
-            Err(ExecError::Retryable(msg)) if !last => retry = Some((checked, msg)),
-            Err(ExecError::Retryable(msg)) => {
-                return Err(Failure::new(
-                    "error",
-                    DbragError::new(
-                        Kind::RefusedSql,
-                        format!("the generated statement failed: {msg}"),
-                    ),
-                ))
+            Err(ExecError::Retryable(e)) if !last => retry = Some((checked, e.message)),
+            Err(ExecError::Retryable(mut e)) => {
+                e.message = format!("the generated statement failed: {}", e.message);
+                return Err(Failure::new("error", e));
             }
         }
     }
