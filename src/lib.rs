@@ -8,6 +8,7 @@ mod act_as;
 mod audit;
 mod catalog;
 mod connections;
+mod conversation;
 mod crypto;
 mod dataplane;
 mod error;
