@@ -344,7 +344,8 @@ fn catalog_version(conn: &Connection) -> Option<String> {
 }
 
 /// SQL generated earlier for the same question, for the same tenant, acting
-/// role, connection, catalog version and model.
+/// role, connection, catalog version and model, outside any conversation
+/// (a follow-up's SQL depends on its earlier turns).
 fn cached_sql(
     conn: &Connection,
     question: &str,
@@ -360,6 +361,7 @@ fn cached_sql(
                      WHERE tenant_id = $1 AND connection_id = $2 AND question = $3 AND catalog_version = $4 \
                        AND acting_role = $5 AND model = $6 \
                        AND status IN ('ok', 'cached') AND generated_sql IS NOT NULL \
+                       AND conversation_id IS NULL \
                      ORDER BY created_at DESC LIMIT 1",
                     Some(1),
                     &[
