@@ -116,9 +116,22 @@ pub fn check_statement(sql: Option<&str>) -> String {
     s.to_string()
 }
 
-/// The user message of an explanation request.
-pub fn explain_prompt(dialect: &str, sql: &str) -> String {
-    format!("Dialect: {dialect}\n\nStatement:\n```sql\n{sql}\n```\n\nExplain what it returns.")
+/// The user message of an explanation request: the dialect, the
+/// definitions of the tables it reads (bounded by the caller) and the
+/// statement.
+pub fn explain_prompt(dialect: &str, sql: &str, tables: &[String]) -> String {
+    let mut out = format!("Dialect: {dialect}\n");
+    if !tables.is_empty() {
+        out.push_str("\nTables it reads:\n");
+        for t in tables {
+            out.push_str(t);
+            out.push('\n');
+        }
+    }
+    out.push_str(&format!(
+        "\nStatement:\n```sql\n{sql}\n```\n\nExplain what it returns."
+    ));
+    out
 }
 
 // ---------------------------------------------------------------- the last answer

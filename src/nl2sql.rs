@@ -852,11 +852,43 @@ fn ask(
 
 // ---------------------------------------------------------------- explanations
 
+/// Definitions of the catalog tables the statement names (with their
+/// descriptions and comments), so the explanation can use the tenant's
+/// words: found by the catalog search over the statement's text, kept when
+/// the statement spells the table's name; bounded in count and size.
+fn explain_tables(conn: &Connection, sql: &str) -> Vec<String> {
+    const MAX_TABLES: usize = 5;
+    const MAX_DDL_CHARS: usize = 2000;
+    let search: String = sql.chars().take(MAX_QUESTION_CHARS).collect();
+    let lower = sql.to_lowercase();
+    prompt_tables(conn, &search)
+        .iter()
+        .filter(|t| {
+            let name = t
+                .qualified_name
+                .rsplit('.')
+                .next()
+                .unwrap_or_default()
+                .trim_matches('"')
+                .to_lowercase();
+            !name.is_empty() && lower.contains(&name)
+        })
+        .take(MAX_TABLES)
+        .map(|t| {
+            let ddl = dbrag_core::prompt::table_ddl(t);
+            match ddl.char_indices().nth(MAX_DDL_CHARS) {
+                Some((at, _)) => format!("{}\n  -- …", &ddl[..at]),
+                None => ddl,
+            }
+        })
+        .collect()
+}
+
 /// The model's explanation of a statement the guard accepted.
 fn explain_checked(conn: &Connection, sql: &str, attempt: &mut Attempt) -> Result<String, Failure> {
     let mut cfg = model_config(conn.tenant_id).map_err(|e| Failure::new("model_error", e))?;
     cfg.max_tokens = cfg.max_tokens.min(crate::conversation::EXPLAIN_MAX_TOKENS);
-    let user = crate::conversation::explain_prompt(&dialect(conn), sql);
+    let user = crate::conversation::explain_prompt(&dialect(conn), sql, &explain_tables(conn, sql));
     let started = std::time::Instant::now();
     let reply = crate::llm::complete(&cfg, crate::conversation::EXPLAIN_SYSTEM, &user);
     attempt.llm_ms += started.elapsed().as_secs_f64() * 1000.0;

@@ -25,14 +25,18 @@ def history(conn):
 
 
 def test_explain_sql_as_tenant_app_server_and_operator(nl):
-    tenants, _, _, model = nl
+    tenants, sa, sb, model = nl
     model.script({"content": EXPLANATION}, {"content": EXPLANATION}, {"content": EXPLANATION})
     with tenants.conn(tenants.a_role) as a:
         assert a.execute("SELECT dbrag.explain_sql('SELECT name FROM singer ORDER BY singer_id')").fetchone()[0] \
             == EXPLANATION
         sent = model.requests()[-1]["body"]
         assert "explain" in sent["messages"][0]["content"].lower()
-        assert "SELECT name FROM singer ORDER BY singer_id" in sent["messages"][-1]["content"]
+        user = sent["messages"][-1]["content"]
+        assert "SELECT name FROM singer ORDER BY singer_id" in user
+        # The definition of the table it reads (the tenant's own), no other.
+        assert f"CREATE TABLE {sa}.singer" in user and "concert" not in user and sb not in user
+        assert "Joe Sharp" not in user.split("Statement:")[1]
         assert sent["max_tokens"] <= 800
         (hid, status, question, sql, explanation, error), = history(a)
         assert (status, question, explanation, error) == ("ok", None, EXPLANATION, None) and "singer" in sql
@@ -182,3 +186,22 @@ def test_last_answer_stays_with_its_tenant(nl):
         assert app.execute("SELECT dbrag.last_answer()").fetchone()[0] is None
         app.execute("SELECT dbrag.set_tenant(%s::uuid)", (tenants.a,))
         assert app.execute("SELECT dbrag.last_answer() ->> 'explanation'").fetchone()[0] == "It returns a secret."
+
+
+def test_explain_on_a_remote_postgres_connection(nl):
+    from remote_fixture import remote_conninfo, setup_remote
+    tenants, _, _, model = nl
+    setup_remote()
+    with tenants.conn(tenants.b_role) as b:
+        cid = b.execute("SELECT dbrag.create_connection('remote', 'postgres', %s)", (remote_conninfo(),)).fetchone()[0]
+        b.execute("SELECT dbrag.activate_connection(%s)", (cid,))
+        b.execute("SELECT * FROM dbrag.sync_catalog()")
+        calls = len(model.requests())
+        assert state_of(b, "SELECT dbrag.explain_sql('SELECT * FROM pg_catalog.pg_shadow')") == "42501"
+        model.script(sql_answer("SELECT * FROM pg_catalog.pg_shadow"))
+        assert state_of(b, "SELECT * FROM dbrag.ask('passwords')") == "42501"
+        assert len(model.requests()) == calls + 1  # ask's call only
+        model.script({"content": "The names of the customers."})
+        assert b.execute("SELECT dbrag.explain_sql('SELECT name FROM customers')").fetchone()[0] \
+            == "The names of the customers."
+        assert "CREATE TABLE" in model.requests()[-1]["body"]["messages"][-1]["content"]
