@@ -208,3 +208,19 @@ def test_view_lists_only_own_conversations(nl, b_conversation):
         got = ops.execute("SELECT tenant_id FROM dbrag.conversations WHERE conversation_id IN (%s, %s) "
                           "ORDER BY 1", (conv_a, b_conversation)).fetchall()
         assert sorted(got) == sorted([(tenants.a,), (tenants.b,)])
+
+
+def test_at_most_twenty_earlier_turns(nl):
+    tenants, _, _, model = nl
+    conv = uuid.uuid4()
+    n = 26
+    model.script(*[sql_answer(f"SELECT {i} AS t{i}") for i in range(n + 1)])
+    with tenants.conn(tenants.a_role) as a:
+        for i in range(n):
+            a.execute("SELECT dbrag.generate_sql(%s, %s)", (f"short turn {i:02d}", conv))
+        a.execute("SELECT dbrag.generate_sql('and now?', %s)", (conv,))
+        assert a.execute("SELECT turns FROM dbrag.conversations").fetchone()[0] == n + 1
+    earlier = earlier_part(prompt_of(model.requests()[-1]))
+    shown = [i for i in range(n) if f"short turn {i:02d}" in earlier]
+    # Small turns all fit the budget: the count bound keeps the newest 20.
+    assert shown == list(range(n - 20, n))
