@@ -70,24 +70,16 @@ pub fn earlier_turns(conn: &Connection, conversation: uuid::Uuid) -> Vec<PromptE
 }
 
 /// What the catalog search and example lookup see for a follow-up: the
-/// question and the newest earlier question, so "and only for 2024?" still
-/// finds the tables "revenue by region" needed.
+/// question, the newest earlier question and the SQL that answered it (which
+/// names its tables), so "and only for 2024?" after "revenue by region", and
+/// a follow-up of that follow-up, still find the tables. At most
+/// MAX_QUESTION_CHARS characters.
 pub fn search_text(question: &str, turns: &[PromptExample]) -> String {
-    match turns.first() {
-        Some(t) => {
-            let earlier: String = t
-                .question
-                .chars()
-                .take(dbrag_core::prompt::TURN_QUESTION_CHARS)
-                .collect();
-            let mut s = format!("{question} {earlier}");
-            if s.chars().count() > crate::nl2sql::MAX_QUESTION_CHARS {
-                s = s.chars().take(crate::nl2sql::MAX_QUESTION_CHARS).collect();
-            }
-            s
-        }
-        None => question.to_string(),
-    }
+    let Some(t) = turns.first() else {
+        return question.to_string();
+    };
+    let s = format!("{question} {} {}", t.question, t.sql);
+    s.chars().take(crate::nl2sql::MAX_QUESTION_CHARS).collect()
 }
 
 // ---------------------------------------------------------------- explanations

@@ -224,3 +224,20 @@ def test_at_most_twenty_earlier_turns(nl):
     shown = [i for i in range(n) if f"short turn {i:02d}" in earlier]
     # Small turns all fit the budget: the count bound keeps the newest 20.
     assert shown == list(range(n - 20, n))
+
+
+def test_a_follow_up_of_a_follow_up_still_finds_the_table(nl):
+    tenants, sa, _, model = nl
+    conv = uuid.uuid4()
+    model.script(sql_answer("SELECT capacity FROM stadium"), sql_answer("SELECT max(capacity) FROM stadium"),
+                 sql_answer("SELECT min(capacity) FROM stadium"))
+    with tenants.conn(tenants.a_role) as a:
+        a.execute("SELECT dbrag.generate_sql('stadium capacity', %s)", (conv,))
+        a.execute("SELECT dbrag.generate_sql('and the largest?', %s)", (conv,))
+        assert f"{sa}.stadium" in prompt_of(model.requests()[-1])
+        a.execute("SELECT dbrag.generate_sql('and the smallest?', %s)", (conv,))
+        assert f"{sa}.stadium" in prompt_of(model.requests()[-1])
+        # Without the conversation the same words find nothing to go on.
+        model.script(sql_answer("SELECT 1"))
+        a.execute("SELECT dbrag.generate_sql('and the smallest?')")
+        assert f"{sa}.stadium" not in prompt_of(model.requests()[-1])
