@@ -251,6 +251,7 @@ unsafe extern "C-unwind" fn executor_start(query_desc: *mut pg_sys::QueryDesc, e
     unsafe {
         if eflags & pg_sys::EXEC_FLAG_EXPLAIN_ONLY as c_int == 0
             && citus_loaded()
+            && (gucs::tenant_setting_is_set() || forwarded_in_this_transaction())
             && !(*query_desc).plannedstmt.is_null()
             && plan_is_distributed((*query_desc).plannedstmt)
         {
@@ -261,6 +262,18 @@ unsafe extern "C-unwind" fn executor_start(query_desc: *mut pg_sys::QueryDesc, e
             None => pg_sys::standard_ExecutorStart(query_desc, eflags),
         }
     }
+}
+
+/// Whether this transaction's workers were given a tenant (which a
+/// `reset_tenant` must take back).
+fn forwarded_in_this_transaction() -> bool {
+    // SAFETY: MyProc is set for every backend that runs statements.
+    let lxid = unsafe { (*pg_sys::MyProc).lxid };
+    FORWARDED.with(|c| {
+        c.borrow()
+            .as_ref()
+            .is_some_and(|(l, _, v)| *l == lxid && !v.is_empty())
+    })
 }
 
 /// Whether a plan holds one of Citus's distributed scans.
