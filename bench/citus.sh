@@ -55,9 +55,9 @@ load() {  # port, distribute (0/1)
     local port=$1 dist=$2
     $PSQL -p "$port" -d bench <<SQL
 CREATE EXTENSION IF NOT EXISTS pg_dbrag CASCADE;
--- Tenants first, then the distribution: the populated-install path (one
--- multi-row INSERT into control_plane.tenants after the distribution is
--- refused on Citus: each row's role is created and propagated mid-statement).
+-- Tenants first, then the distribution: the populated-install path (an
+-- INSERT ... SELECT into control_plane.tenants after the distribution fails
+-- on Citus: each row's role is created and propagated mid-statement).
 INSERT INTO control_plane.tenants (tenant_id, name)
 SELECT ('00000000-0000-4000-8000-' || lpad(to_hex(g), 12, '0'))::uuid, 'bench_' || g
 FROM generate_series(1, 200) g;
