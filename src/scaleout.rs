@@ -196,9 +196,24 @@ fn citus_fns() -> Option<CitusFns> {
     if let Some(known) = CITUS_FNS.with(|c| c.get()) {
         return known;
     }
+    // The signatures below are Citus 13's (read in its source, tag v13.2.2);
+    // another major version is not called into: its workers see no tenant.
+    // SAFETY: GetConfigOption with missing_ok returns NULL for an unknown name.
+    let version = unsafe {
+        let p = pg_sys::GetConfigOption(c"citus.version".as_ptr(), true, false);
+        (!p.is_null()).then(|| CStr::from_ptr(p).to_string_lossy().into_owned())
+    };
+    if !version.as_deref().is_some_and(|v| v.starts_with("13.")) {
+        warning!(
+            "Citus {} is not a version pg_dbrag forwards tenants with (13.x): a tenant set with dbrag.set_tenant does not reach the workers (they see no tenant)",
+            version.as_deref().unwrap_or("?")
+        );
+        CITUS_FNS.with(|c| c.set(Some(None)));
+        return None;
+    }
     // SAFETY: Citus is loaded in this backend (checked by the caller), so
     // load_external_function finds the loaded library; with signalNotFound
-    // false a missing symbol is NULL. The signatures are Citus 13's.
+    // false a missing symbol is NULL.
     let found = unsafe {
         let lookup = |name: &CStr| {
             pg_sys::load_external_function(
