@@ -259,10 +259,37 @@ pub fn init() {
 /// transaction or for the session (docs/scale-out.md §4). pg_dbrag is
 /// preloaded after Citus, so this runs before Citus's own hook starts the
 /// distributed execution.
-#[pg_guard]
+///
+/// Not `#[pg_guard]` on purpose: an ERROR of the executor or of the next
+/// hook (a permission check, say) longjmps straight through this frame,
+/// which holds nothing to drop, and reaches the client exactly as
+/// PostgreSQL raised it, instead of being turned into a Rust panic and back
+/// (which replaced its DETAIL). Our own part runs behind the guard below.
 unsafe extern "C-unwind" fn executor_start(query_desc: *mut pg_sys::QueryDesc, eflags: c_int) {
     // SAFETY: the executor passes a valid QueryDesc; the previous hook (or
     // the standard function) gets it unchanged.
+    unsafe {
+        forward_tenant_if_distributed(query_desc, eflags);
+        match PREV_EXECUTOR_START {
+            Some(prev) => prev(query_desc, eflags),
+            None => raw::standard_ExecutorStart(query_desc, eflags),
+        }
+    }
+}
+
+/// PostgreSQL's own function, called without pgrx's error boundary (see
+/// `executor_start`).
+mod raw {
+    use pgrx::pg_sys;
+    use std::ffi::c_int;
+    unsafe extern "C-unwind" {
+        pub fn standard_ExecutorStart(query_desc: *mut pg_sys::QueryDesc, eflags: c_int);
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn forward_tenant_if_distributed(query_desc: *mut pg_sys::QueryDesc, eflags: c_int) {
+    // SAFETY: a valid QueryDesc, read only.
     unsafe {
         if eflags & pg_sys::EXEC_FLAG_EXPLAIN_ONLY as c_int == 0
             && citus_loaded()
@@ -271,10 +298,6 @@ unsafe extern "C-unwind" fn executor_start(query_desc: *mut pg_sys::QueryDesc, e
             && plan_is_distributed((*query_desc).plannedstmt)
         {
             sync_workers();
-        }
-        match PREV_EXECUTOR_START {
-            Some(prev) => prev(query_desc, eflags),
-            None => pg_sys::standard_ExecutorStart(query_desc, eflags),
         }
     }
 }
