@@ -288,7 +288,10 @@ mod raw {
 }
 
 #[pg_guard]
-unsafe extern "C-unwind" fn forward_tenant_if_distributed(query_desc: *mut pg_sys::QueryDesc, eflags: c_int) {
+unsafe extern "C-unwind" fn forward_tenant_if_distributed(
+    query_desc: *mut pg_sys::QueryDesc,
+    eflags: c_int,
+) {
     // SAFETY: a valid QueryDesc, read only.
     unsafe {
         if eflags & pg_sys::EXEC_FLAG_EXPLAIN_ONLY as c_int == 0
