@@ -137,6 +137,24 @@ def test_control_plane_placement(cluster):
                              (cluster.a,)).fetchone()[0] == 1
 
 
+def test_deleted_tenant_leaves_no_role(cluster):
+    # A tenant's role (a LOGIN role on a cluster, with its password in
+    # pg_dist_authinfo) goes with the tenant, on every node.
+    su = cluster.su
+    t = su.execute("SELECT dbrag.create_tenant('citus_gone')").fetchone()[0]
+    role = su.execute("SELECT tenant_role FROM control_plane.tenants WHERE tenant_id = %s", (t,)).fetchone()[0]
+    su.execute("SELECT dbrag.add_tenant_member(%s, %s)", (t, cluster.alice))
+    for port in (cluster.coord, cluster.w1, cluster.w2):
+        with conn(port) as c:
+            assert c.execute("SELECT count(*) FROM pg_roles WHERE rolname = %s", (role,)).fetchone()[0] == 1
+    su.execute("DELETE FROM control_plane.tenants WHERE tenant_id = %s", (t,))
+    for port in (cluster.coord, cluster.w1, cluster.w2):
+        with conn(port) as c:
+            assert c.execute("SELECT count(*) FROM pg_roles WHERE rolname = %s", (role,)).fetchone()[0] == 0, port
+            assert c.execute("SELECT count(*) FROM pg_dist_authinfo WHERE rolename = %s",
+                             (role,)).fetchone()[0] == 0, port
+
+
 def test_distribute_refused_for_non_superusers(cluster):
     with cluster.login(cluster.app) as c:
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
