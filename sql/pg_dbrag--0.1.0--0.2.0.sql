@@ -679,6 +679,9 @@ CREATE FUNCTION control_plane.sync_tenant_role() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     on_coordinator boolean := true;
+    -- On Citus the trigger fires on a shard (tenants_102008): its table's
+    -- name is the shard's without the shard id.
+    tbl text := pg_catalog.regexp_replace(TG_TABLE_NAME, '_[0-9]+$', '');
 BEGIN
     -- On Citus the trigger fires on every node's copy of these reference
     -- tables; roles are made on the coordinator, which propagates them.
@@ -688,16 +691,24 @@ BEGIN
             RETURN NULL;
         END IF;
     END IF;
-    IF TG_TABLE_NAME = 'tenants' AND TG_OP = 'DELETE' THEN
+    IF tbl = 'tenants' AND TG_OP = 'DELETE' THEN
         -- Only this database's own role (a restored copy may record the original's).
         IF OLD.tenant_role = dbrag.tenant_role_name(OLD.tenant_id) THEN
             PERFORM dbrag._drop_tenant_role(OLD.tenant_role);
+            -- On Citus its password for the nodes' connections goes too
+            -- (pg_dist_authinfo is a superuser's to write).
+            IF pg_catalog.to_regclass('pg_catalog.pg_dist_authinfo') IS NOT NULL
+               AND (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = current_user) THEN
+                EXECUTE 'DELETE FROM pg_catalog.pg_dist_authinfo WHERE rolename = $1' USING OLD.tenant_role;
+                PERFORM pg_catalog.run_command_on_workers(pg_catalog.format(
+                    'DELETE FROM pg_catalog.pg_dist_authinfo WHERE rolename = %L', OLD.tenant_role));
+            END IF;
         END IF;
     ELSIF TG_OP = 'DELETE' THEN
         PERFORM dbrag._sync_tenant_role(OLD.tenant_id);
     ELSE
         PERFORM dbrag._sync_tenant_role(NEW.tenant_id);
-        IF TG_OP = 'INSERT' AND TG_TABLE_NAME <> 'tenant_members'
+        IF TG_OP = 'INSERT' AND tbl <> 'tenant_members'
            AND pg_catalog.to_regclass('pg_catalog.pg_dist_authinfo') IS NOT NULL THEN
             PERFORM dbrag._citus_tenant_login(NEW.tenant_id);
         END IF;
@@ -1570,54 +1581,3 @@ FROM control_plane.query_history h
 WHERE h.conversation_id IS NOT NULL
 GROUP BY h.tenant_id, h.conversation_id;
 GRANT SELECT ON dbrag.conversations TO PUBLIC;
-
--- ===========================================================================
--- Citus: a removed tenant's role goes on every node. The role trigger fires
--- on the shards of the reference tables (tenants_102008), so it compares
--- the table's name without the shard id; the role's password for the
--- nodes' connections (pg_dist_authinfo) is deleted with it.
--- ===========================================================================
-CREATE OR REPLACE FUNCTION control_plane.sync_tenant_role() RETURNS trigger
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    on_coordinator boolean := true;
-    -- On Citus the trigger fires on a shard (tenants_102008): its table's
-    -- name is the shard's without the shard id.
-    tbl text := pg_catalog.regexp_replace(TG_TABLE_NAME, '_[0-9]+$', '');
-BEGIN
-    -- On Citus the trigger fires on every node's copy of these reference
-    -- tables; roles are made on the coordinator, which propagates them.
-    IF pg_catalog.to_regproc('pg_catalog.citus_is_coordinator') IS NOT NULL THEN
-        EXECUTE 'SELECT pg_catalog.citus_is_coordinator()' INTO on_coordinator;
-        IF NOT on_coordinator THEN
-            RETURN NULL;
-        END IF;
-    END IF;
-    IF tbl = 'tenants' AND TG_OP = 'DELETE' THEN
-        -- Only this database's own role (a restored copy may record the original's).
-        IF OLD.tenant_role = dbrag.tenant_role_name(OLD.tenant_id) THEN
-            PERFORM dbrag._drop_tenant_role(OLD.tenant_role);
-            -- On Citus its password for the nodes' connections goes too
-            -- (pg_dist_authinfo is a superuser's to write).
-            IF pg_catalog.to_regclass('pg_catalog.pg_dist_authinfo') IS NOT NULL
-               AND (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = current_user) THEN
-                EXECUTE 'DELETE FROM pg_catalog.pg_dist_authinfo WHERE rolename = $1' USING OLD.tenant_role;
-                PERFORM pg_catalog.run_command_on_workers(pg_catalog.format(
-                    'DELETE FROM pg_catalog.pg_dist_authinfo WHERE rolename = %L', OLD.tenant_role));
-            END IF;
-        END IF;
-    ELSIF TG_OP = 'DELETE' THEN
-        PERFORM dbrag._sync_tenant_role(OLD.tenant_id);
-    ELSE
-        PERFORM dbrag._sync_tenant_role(NEW.tenant_id);
-        IF TG_OP = 'INSERT' AND tbl <> 'tenant_members'
-           AND pg_catalog.to_regclass('pg_catalog.pg_dist_authinfo') IS NOT NULL THEN
-            PERFORM dbrag._citus_tenant_login(NEW.tenant_id);
-        END IF;
-        IF TG_OP = 'UPDATE' AND OLD.tenant_id IS DISTINCT FROM NEW.tenant_id THEN
-            PERFORM dbrag._sync_tenant_role(OLD.tenant_id);
-        END IF;
-    END IF;
-    RETURN NULL;
-END
-$$;

@@ -812,29 +812,40 @@ fn answer_and_record(
             remember(&conn, history_id, status, &attempt);
             (rows, attempt.sql)
         }
-        Err(f) => {
-            crate::audit::write_durable(
-                "query_history",
-                history_row(
-                    &conn,
-                    history_id,
-                    Some(&question),
-                    &attempt,
-                    f.status,
-                    Some(&f.error.message),
-                ),
-            );
-            remember(&conn, history_id, f.status, &attempt);
-            if f.status == "refused" {
-                crate::audit::record_durable(
-                    "sql_refused",
-                    Some(&conn.tenant_id.to_string()),
-                    json!({"reason": f.error.message, "sql": attempt.sql}),
-                );
-            }
-            f.error.raise()
-        }
+        Err(f) => record_failure(&conn, history_id, Some(&question), &attempt, f),
     }
+}
+
+/// A failed call: its history row, committed whatever happens to the
+/// caller's transaction, the session's last answer, an audit row when the
+/// guard refused the statement; then the error.
+fn record_failure(
+    conn: &Connection,
+    history_id: uuid::Uuid,
+    question: Option<&str>,
+    attempt: &Attempt,
+    f: Failure,
+) -> ! {
+    crate::audit::write_durable(
+        "query_history",
+        history_row(
+            conn,
+            history_id,
+            question,
+            attempt,
+            f.status,
+            Some(&f.error.message),
+        ),
+    );
+    remember(conn, history_id, f.status, attempt);
+    if f.status == "refused" {
+        crate::audit::record_durable(
+            "sql_refused",
+            Some(&conn.tenant_id.to_string()),
+            json!({"reason": f.error.message, "sql": attempt.sql}),
+        );
+    }
+    f.error.raise()
 }
 
 fn remember(conn: &Connection, history_id: uuid::Uuid, status: &str, attempt: &Attempt) {
@@ -982,28 +993,7 @@ fn explain_sql(sql: Option<&str>) -> Option<String> {
             remember(&conn, history_id, "ok", &attempt);
             Some(text)
         }
-        Err(f) => {
-            crate::audit::write_durable(
-                "query_history",
-                history_row(
-                    &conn,
-                    history_id,
-                    None,
-                    &attempt,
-                    f.status,
-                    Some(&f.error.message),
-                ),
-            );
-            remember(&conn, history_id, f.status, &attempt);
-            if f.status == "refused" {
-                crate::audit::record_durable(
-                    "sql_refused",
-                    Some(&conn.tenant_id.to_string()),
-                    json!({"reason": f.error.message, "sql": attempt.sql}),
-                );
-            }
-            f.error.raise()
-        }
+        Err(f) => record_failure(&conn, history_id, None, &attempt, f),
     }
 }
 
