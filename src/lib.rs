@@ -26,6 +26,7 @@ mod sqlite;
 mod subxact;
 mod tenant;
 mod timer;
+mod value_index;
 
 pgrx::pg_module_magic!();
 
@@ -74,6 +75,11 @@ pgrx::extension_sql_file!(
     "../sql/connections.sql",
     name = "connections",
     requires = ["isolation"]
+);
+pgrx::extension_sql_file!(
+    "../sql/value_index.sql",
+    name = "value_index",
+    requires = ["connections"]
 );
 pgrx::extension_sql_file!(
     "../sql/scaleout.sql",
