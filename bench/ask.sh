@@ -4,7 +4,11 @@
 #     p50/p99 of ask() against the same statement run directly (baseline);
 #  2. throughput of 8 concurrent sessions against a model that takes 200 ms
 #     per answer, as a multiple of one session's rate (backends must not
-#     serialize on the model). Starts and stops its own cluster and model.
+#     serialize on the model);
+#  3. the value index's cost (docs/catalog-search.md, "Values"): ask() and
+#     build_prompt() for a question naming a value and a typo, with the
+#     tenant's index at its bound of 20,000 values against the same index
+#     emptied, in the same run. Starts and stops its own cluster and model.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
@@ -81,3 +85,49 @@ one=$(run one "$WORK/ask.sql" 1)
 eight=$(run eight "$WORK/ask.sql" 8)
 printf "1 session  %6.2f asks/s\n8 sessions %6.2f asks/s  = %.2fx one session (goal >= 6x)\n" "$one" "$eight" \
     "$(echo "$eight / $one" | bc -l)"
+
+echo "== 3. the value index: 20,000 values (the per-tenant bound) against none, 1 session, ${SECONDS_PER_RUN}s each"
+$PSQL -d bench -c "ALTER DATABASE bench SET dbrag.llm_url = 'http://127.0.0.1:$MODEL_PORT/v1'"
+$PSQL -d bench <<'SQL'
+-- The sync indexed wh.t_*.region (r0..r4, 500 values); fill the rest of the
+-- bound with values of made-up tables, written the way a sync writes them.
+INSERT INTO control_plane.value_index (tenant_id, connection_id, schema_name, table_name, column_name, value, value_norm)
+SELECT d.tenant_id, d.connection_id, 'wh', 'syn_' || (g / 50), 'c', v, v
+FROM control_plane.tenant_databases d,
+     LATERAL (SELECT g, 'v' || substr(md5(g::text), 1, 7) AS v FROM generate_series(1, 20000 - 500) g) x;
+ANALYZE control_plane.value_index;
+SQL
+cat >"$WORK/ask_value.sql" <<'SQL'
+\set n random(1, 1000000000)
+SELECT * FROM dbrag.ask('total amount for region r3 shipped to Lyin, case ' || :n);
+SQL
+cat >"$WORK/prompt_value.sql" <<'SQL'
+\set n random(1, 1000000000)
+SELECT dbrag.build_prompt('total amount for region r3 shipped to Lyin, case ' || :n);
+SQL
+cat >"$WORK/values_only.sql" <<'SQL'
+\set n random(1, 1000000000)
+SELECT count(*) FROM dbrag.search_values('total amount for region r3 shipped to Lyin, case ' || :n, 8);
+SQL
+values_n=$(PGPASSWORD=$PW psql -X -q -h 127.0.0.1 -p "$PORT" -U bench_tenant -d bench -Atc "SELECT count(*) FROM control_plane.value_index")
+# The lookup alone against the whole prompt, alternating in short rounds so
+# that the machine's load drifts over both alike.
+rm -f "$WORK/log_lookup"* "$WORK/log_whole"*
+for round in 1 2 3 4; do
+    PGPASSWORD=$PW pgbench -n -h 127.0.0.1 -p "$PORT" -U bench_tenant -f "$WORK/values_only.sql" -c 1 -j 1 \
+        -T "$(( (SECONDS_PER_RUN + 3) / 4 ))" -l --log-prefix="$WORK/log_lookup$round" bench >/dev/null 2>&1
+    PGPASSWORD=$PW pgbench -n -h 127.0.0.1 -p "$PORT" -U bench_tenant -f "$WORK/prompt_value.sql" -c 1 -j 1 \
+        -T "$(( (SECONDS_PER_RUN + 3) / 4 ))" -l --log-prefix="$WORK/log_whole$round" bench >/dev/null 2>&1
+done
+read -r l50 l99 <<<"$(pct "$WORK/log_lookup")"; read -r w50 w99 <<<"$(pct "$WORK/log_whole")"
+printf "search_values(q, 8), %s values  p50 %6s ms  p99 %6s ms\n" "$values_n" "$l50" "$l99"
+printf "build_prompt(q) (includes it)       p50 %6s ms  p99 %6s ms  lookup/prompt p50 %.2f\n" "$w50" "$w99" "$(echo "$l50 / $w50" | bc -l)"
+run askv "$WORK/ask_value.sql" 1 >/dev/null; read -r av50 av99 <<<"$(pct "$WORK/log_askv")"
+run promptv "$WORK/prompt_value.sql" 1 >/dev/null; read -r pv50 pv99 <<<"$(pct "$WORK/log_promptv")"
+$PSQL -d bench -c "DELETE FROM control_plane.value_index"
+run ask0 "$WORK/ask_value.sql" 1 >/dev/null; read -r a050 a099 <<<"$(pct "$WORK/log_ask0")"
+run prompt0 "$WORK/prompt_value.sql" 1 >/dev/null; read -r p050 p099 <<<"$(pct "$WORK/log_prompt0")"
+printf "build_prompt, %s values  p50 %6s ms  p99 %6s ms\n" "$values_n" "$pv50" "$pv99"
+printf "build_prompt, no values      p50 %6s ms  p99 %6s ms  ratio p50 %.2f\n" "$p050" "$p099" "$(echo "$pv50 / $p050" | bc -l)"
+printf "ask(),        %s values  p50 %6s ms  p99 %6s ms\n" "$values_n" "$av50" "$av99"
+printf "ask(),        no values      p50 %6s ms  p99 %6s ms  ratio p50 %.2f\n" "$a050" "$a099" "$(echo "$av50 / $a050" | bc -l)"
