@@ -621,8 +621,7 @@ pub fn find(
             "SELECT v.connection_id, v.schema_name, v.table_name, v.column_name, v.value, v.value_norm \
              FROM control_plane.value_index v \
              WHERE v.tenant_id = $1 AND ($2::uuid IS NULL OR v.connection_id = $2) \
-               AND (pg_catalog.left(v.value_norm, 2) = ANY ($3::text[]) \
-                    OR pg_catalog.right(v.value_norm, 2) = ANY ($4::text[])) \
+               AND (v.value_prefix = ANY ($3::text[]) OR v.value_suffix = ANY ($4::text[])) \
                AND pg_catalog.length(v.value_norm) BETWEEN $5 AND $6 \
              LIMIT $7",
             &[
