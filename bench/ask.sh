@@ -109,25 +109,30 @@ cat >"$WORK/values_only.sql" <<'SQL'
 \set n random(1, 1000000000)
 SELECT count(*) FROM dbrag.search_values('total amount for region r3 shipped to Lyin, case ' || :n, 8);
 SQL
+$PSQL -d bench -c "CREATE TABLE bench_values AS SELECT tenant_id, connection_id, schema_name, table_name, column_name, value, value_norm FROM control_plane.value_index"
 values_n=$(PGPASSWORD=$PW psql -X -q -h 127.0.0.1 -p "$PORT" -U bench_tenant -d bench -Atc "SELECT count(*) FROM control_plane.value_index")
-# The lookup alone against the whole prompt, alternating in short rounds so
-# that the machine's load drifts over both alike.
-rm -f "$WORK/log_lookup"* "$WORK/log_whole"*
+# Rounds alternate between the full index and an empty one, so that the
+# machine's load drifts over both alike.
+round_s=$(( (SECONDS_PER_RUN + 3) / 4 ))
+short() {  # name-prefix, script, round
+    PGPASSWORD=$PW pgbench -n -h 127.0.0.1 -p "$PORT" -U bench_tenant -f "$2" -c 1 -j 1 -T "$round_s" \
+        -l --log-prefix="$WORK/log_$1$3" bench >/dev/null 2>&1
+}
+rm -f "$WORK"/log_lookup* "$WORK"/log_promptv* "$WORK"/log_askv* "$WORK"/log_prompt0* "$WORK"/log_ask0*
 for round in 1 2 3 4; do
-    PGPASSWORD=$PW pgbench -n -h 127.0.0.1 -p "$PORT" -U bench_tenant -f "$WORK/values_only.sql" -c 1 -j 1 \
-        -T "$(( (SECONDS_PER_RUN + 3) / 4 ))" -l --log-prefix="$WORK/log_lookup$round" bench >/dev/null 2>&1
-    PGPASSWORD=$PW pgbench -n -h 127.0.0.1 -p "$PORT" -U bench_tenant -f "$WORK/prompt_value.sql" -c 1 -j 1 \
-        -T "$(( (SECONDS_PER_RUN + 3) / 4 ))" -l --log-prefix="$WORK/log_whole$round" bench >/dev/null 2>&1
+    short lookup "$WORK/values_only.sql" $round
+    short promptv "$WORK/prompt_value.sql" $round
+    short askv "$WORK/ask_value.sql" $round
+    $PSQL -d bench -c "DELETE FROM control_plane.value_index"
+    short prompt0 "$WORK/prompt_value.sql" $round
+    short ask0 "$WORK/ask_value.sql" $round
+    $PSQL -d bench -c "INSERT INTO control_plane.value_index (tenant_id, connection_id, schema_name, table_name, column_name, value, value_norm) SELECT * FROM bench_values"
 done
-read -r l50 l99 <<<"$(pct "$WORK/log_lookup")"; read -r w50 w99 <<<"$(pct "$WORK/log_whole")"
+read -r l50 l99 <<<"$(pct "$WORK/log_lookup")"
+read -r pv50 pv99 <<<"$(pct "$WORK/log_promptv")"; read -r p050 p099 <<<"$(pct "$WORK/log_prompt0")"
+read -r av50 av99 <<<"$(pct "$WORK/log_askv")"; read -r a050 a099 <<<"$(pct "$WORK/log_ask0")"
 printf "search_values(q, 8), %s values  p50 %6s ms  p99 %6s ms\n" "$values_n" "$l50" "$l99"
-printf "build_prompt(q) (includes it)       p50 %6s ms  p99 %6s ms  lookup/prompt p50 %.2f\n" "$w50" "$w99" "$(echo "$l50 / $w50" | bc -l)"
-run askv "$WORK/ask_value.sql" 1 >/dev/null; read -r av50 av99 <<<"$(pct "$WORK/log_askv")"
-run promptv "$WORK/prompt_value.sql" 1 >/dev/null; read -r pv50 pv99 <<<"$(pct "$WORK/log_promptv")"
-$PSQL -d bench -c "DELETE FROM control_plane.value_index"
-run ask0 "$WORK/ask_value.sql" 1 >/dev/null; read -r a050 a099 <<<"$(pct "$WORK/log_ask0")"
-run prompt0 "$WORK/prompt_value.sql" 1 >/dev/null; read -r p050 p099 <<<"$(pct "$WORK/log_prompt0")"
-printf "build_prompt, %s values  p50 %6s ms  p99 %6s ms\n" "$values_n" "$pv50" "$pv99"
-printf "build_prompt, no values      p50 %6s ms  p99 %6s ms  ratio p50 %.2f\n" "$p050" "$p099" "$(echo "$pv50 / $p050" | bc -l)"
-printf "ask(),        %s values  p50 %6s ms  p99 %6s ms\n" "$values_n" "$av50" "$av99"
-printf "ask(),        no values      p50 %6s ms  p99 %6s ms  ratio p50 %.2f\n" "$a050" "$a099" "$(echo "$av50 / $a050" | bc -l)"
+printf "build_prompt, %s values         p50 %6s ms  p99 %6s ms\n" "$values_n" "$pv50" "$pv99"
+printf "build_prompt, no values             p50 %6s ms  p99 %6s ms  ratio p50 %.2f\n" "$p050" "$p099" "$(echo "$pv50 / $p050" | bc -l)"
+printf "ask(),        %s values         p50 %6s ms  p99 %6s ms\n" "$values_n" "$av50" "$av99"
+printf "ask(),        no values             p50 %6s ms  p99 %6s ms  ratio p50 %.2f\n" "$a050" "$a099" "$(echo "$av50 / $a050" | bc -l)"

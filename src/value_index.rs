@@ -53,10 +53,13 @@ pub struct Found {
     pub value: String,
 }
 
-/// Whether a value read is worth indexing: short enough, has a letter, at
-/// least two characters, at most [`MAX_VALUE_WORDS`] words.
+/// Whether a value read is worth indexing: short enough, no control
+/// characters, has a letter, at least two characters, at most
+/// [`MAX_VALUE_WORDS`] words.
 fn indexable(value: &str) -> Option<String> {
-    if value.chars().count() > MAX_VALUE_CHARS {
+    // Control characters (a NUL from MySQL or SQLite cannot even be stored
+    // in PostgreSQL text) mark data, not a name a question would use.
+    if value.chars().count() > MAX_VALUE_CHARS || value.chars().any(char::is_control) {
         return None;
     }
     let norm = normalize(value);

@@ -300,3 +300,23 @@ def test_mysql_connection(su, tenants):
         assert search(a, "customers in the soth")[0] == ("customers", "region", "south", 0.5)
     with tenants.conn(tenants.b_role) as b:
         assert search(b, "bo diddley") == []
+
+
+def test_per_tenant_bound(su, tenants):
+    """20,000 values a tenant over all its connections: a sync gets what the
+    tenant's other connections leave."""
+    sa = f"vc_{tenants.tag}"
+    ca = make_shop(su, tenants, tenants.a, sa)
+    other = su.execute(
+        "INSERT INTO control_plane.tenant_databases (tenant_id, name, kind, schema_name) "
+        "VALUES (%s, 'other', 'local', %s) RETURNING connection_id", (tenants.a, sa)).fetchone()[0]
+    su.execute("INSERT INTO control_plane.value_index (tenant_id, connection_id, schema_name, table_name, "
+               "column_name, value, value_norm) SELECT %s, %s, 'x', 't', 'c', 'w' || g, 'w' || g "
+               "FROM generate_series(1, 19990) g", (tenants.a, other))
+    with tenants.conn(tenants.a_role) as a:
+        a.execute("SELECT * FROM dbrag.sync_catalog(%s)", (ca,))
+    assert len(indexed(su, ca)) == 10
+    su.execute("DELETE FROM control_plane.value_index WHERE connection_id = %s", (other,))
+    with tenants.conn(tenants.a_role) as a:
+        a.execute("SELECT * FROM dbrag.sync_catalog(%s)", (ca,))
+    assert len(indexed(su, ca)) > 60
