@@ -229,6 +229,11 @@ pub fn samples_from_rows(entry: &TableEntry, rows: &[Value]) -> Map<String, Valu
                 other => other.to_string(),
             };
             let text: String = text.chars().take(SAMPLE_MAX_CHARS).collect();
+            // A NUL (MySQL and SQLite text may hold one) cannot be stored
+            // in jsonb: such a sample failed the whole sync with 22P05.
+            if text.contains('\0') {
+                continue;
+            }
             if !text.trim().is_empty() && !seen.contains(&text) {
                 seen.push(text);
             }
