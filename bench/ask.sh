@@ -5,7 +5,10 @@
 #  2. throughput of 8 concurrent sessions against a model that takes 200 ms
 #     per answer, as a multiple of one session's rate (backends must not
 #     serialize on the model);
-#  3. the value index's cost (docs/catalog-search.md, "Values"): ask() and
+#  3. the cost of a tenant budget (docs/llm-and-guard.md, Budgets): ask() with
+#     a zero-latency model with and without a budget (limits never reached),
+#     1 and 4 sessions, short runs alternated, as a ratio within this run.
+#  4. the value index's cost (docs/catalog-search.md, "Values"): ask() and
 #     build_prompt() for a question naming a value and a typo, with the
 #     tenant's index at its bound of 20,000 values against the same index
 #     emptied, in the same run. Starts and stops its own cluster and model.
@@ -86,7 +89,33 @@ eight=$(run eight "$WORK/ask.sql" 8)
 printf "1 session  %6.2f asks/s\n8 sessions %6.2f asks/s  = %.2fx one session (goal >= 6x)\n" "$one" "$eight" \
     "$(echo "$eight / $one" | bc -l)"
 
-echo "== 3. the value index: 20,000 values (the per-tenant bound) against none, 1 session, ${SECONDS_PER_RUN}s each"
+echo "== 3. budget check: zero-latency model, with and without a budget (never reached)"
+# Short runs, alternated and in flipped order every round, so that drift
+# (history growing, other load on the machine) falls on both sides alike.
+$PSQL -d bench -c "ALTER DATABASE bench SET dbrag.llm_url = 'http://127.0.0.1:$MODEL_PORT/v1'"
+BUDGET_ROUNDS=${BUDGET_ROUNDS:-8}
+BUDGET_SECONDS=${BUDGET_SECONDS:-3}
+budget_run() {  # name clients calls_per_minute tokens_per_day -> tps
+    $PSQL -d bench -c "SELECT dbrag.set_tenant_budget(tenant_id, $3, $4) FROM control_plane.tenants WHERE name = 'bench'" >/dev/null
+    PGPASSWORD=$PW pgbench -n -h 127.0.0.1 -p "$PORT" -U bench_tenant -f "$WORK/ask.sql" -c "$2" -j "$2" \
+        -T "$BUDGET_SECONDS" bench 2>/dev/null | awk '/^tps/ {print $3}'
+}
+for clients in 1 4; do
+    off=0; on=0
+    for round in $(seq "$BUDGET_ROUNDS"); do
+        if [ $((round % 2)) = 1 ]; then
+            a=$(budget_run off "$clients" NULL NULL); b=$(budget_run on "$clients" 1000000000 1000000000000000)
+        else
+            b=$(budget_run on "$clients" 1000000000 1000000000000000); a=$(budget_run off "$clients" NULL NULL)
+        fi
+        off=$(echo "$off + $a" | bc -l); on=$(echo "$on + $b" | bc -l)
+    done
+    printf "%s session(s), %s rounds of %ss: no budget %8.1f tps, budget %8.1f tps, ratio budget/none %.3f\n" \
+        "$clients" "$BUDGET_ROUNDS" "$BUDGET_SECONDS" "$(echo "$off / $BUDGET_ROUNDS" | bc -l)" \
+        "$(echo "$on / $BUDGET_ROUNDS" | bc -l)" "$(echo "$on / $off" | bc -l)"
+done
+
+echo "== 4. the value index: 20,000 values (the per-tenant bound) against none, 1 session, ${SECONDS_PER_RUN}s each"
 $PSQL -d bench -c "ALTER DATABASE bench SET dbrag.llm_url = 'http://127.0.0.1:$MODEL_PORT/v1'"
 $PSQL -d bench <<'SQL'
 -- The sync indexed wh.t_*.region (r0..r4, 500 values); fill the rest of the

@@ -97,6 +97,11 @@ start_pgbouncer "$WORK/pgbouncer" "$DBRAG_PGBOUNCER_PORT" "$DBRAG_TEST_PORT" "$D
     "dbrag_test_tx1 = $PRIMARY pool_size=1" \
     "dbrag_test_session = $PRIMARY pool_size=1 pool_mode=session"
 
+# What a PostgreSQL user reads (messages, SQLSTATEs, hints), pinned by the
+# pg_regress suite under test/ (scripts/regress.sh, test/README.md).
+echo "== pg_regress suite (test/)"
+bash scripts/regress.sh || status=1
+
 echo "== integration tests over real connections"
 python3 -m pytest tests -q -p no:cacheprovider "$@" || status=$?
 

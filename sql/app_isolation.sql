@@ -187,7 +187,6 @@ DECLARE
     orphans bigint;
     u record;
     stmt text;
-    pred text := pg_catalog.format('%I = dbrag.current_tenant_id()', tenant_column);
     distributed boolean;
 BEGIN
     IF tbl IS NULL OR tenant_column IS NULL OR tenant_column = '' THEN
@@ -244,20 +243,9 @@ BEGIN
     ELSE
         EXECUTE pg_catalog.format('ALTER TABLE %s ALTER COLUMN %I SET DEFAULT dbrag.current_tenant_id()', tbl, tenant_column);
     END IF;
-    -- The four policies, as dbrag._tenant_policies writes them for the
-    -- control plane (that one is operators-only; this runs as the owner).
-    EXECUTE pg_catalog.format('ALTER TABLE %s ENABLE ROW LEVEL SECURITY', tbl);
-    EXECUTE pg_catalog.format('ALTER TABLE %s FORCE ROW LEVEL SECURITY', tbl);
-    FOR stmt IN SELECT p.polname FROM pg_catalog.pg_policy p
-                WHERE p.polrelid = tbl AND p.polname ~ '^dbrag_(tenant|admin)_(select|insert|update|delete)$'
-    LOOP
-        EXECUTE pg_catalog.format('DROP POLICY %I ON %s', stmt, tbl);
-    END LOOP;
-    EXECUTE pg_catalog.format('CREATE POLICY dbrag_tenant_select ON %s FOR SELECT USING (%s)', tbl, pred);
-    EXECUTE pg_catalog.format('CREATE POLICY dbrag_tenant_insert ON %s FOR INSERT WITH CHECK (%s)', tbl, pred);
-    EXECUTE pg_catalog.format('CREATE POLICY dbrag_tenant_update ON %s FOR UPDATE USING (%s) WITH CHECK (%s)',
-                              tbl, pred, pred);
-    EXECUTE pg_catalog.format('CREATE POLICY dbrag_tenant_delete ON %s FOR DELETE USING (%s)', tbl, pred);
+    -- The four tenant policies: dbrag._isolation_guarded calls
+    -- dbrag._tenant_policies(tbl, tenant_column, false) right after this
+    -- body, as the same caller (sql/isolation.sql writes them once).
 
     -- Permissive policies are OR-ed: one of the owner's own can widen access.
     FOR u IN SELECT p.polname, pg_catalog.pg_get_expr(p.polqual, p.polrelid) AS q
@@ -401,10 +389,13 @@ $$;
 -- through unique keys, roles that skip RLS), info (the bootstrap superuser,
 -- which necessarily exists). Runs with the caller's rights over the
 -- catalogs, which every role may read; tenant members are those the caller
--- sees in control_plane.tenant_members (an operator: all).
+-- sees in control_plane.tenant_members (an operator: all). JIT is off: the
+-- planner's guesses for the catalog functions make the plan look expensive
+-- enough to compile, which took seconds for a query that runs in
+-- milliseconds.
 CREATE FUNCTION dbrag.isolation_report()
 RETURNS TABLE(severity text, object text, finding text, fix text)
-LANGUAGE sql STABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE sql STABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp SET jit = off AS $$
 WITH tt AS (
     SELECT t.rel, t.tenant_column, t.attnum, c.relname, c.relkind, c.relispartition,
            c.relrowsecurity, c.relforcerowsecurity, c.relowner,

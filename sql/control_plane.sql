@@ -111,7 +111,7 @@ CREATE TABLE control_plane.query_history (
     login_role        text NOT NULL DEFAULT session_user,
     question          text,
     generated_sql     text,
-    status            text NOT NULL CHECK (status IN ('ok', 'cached', 'refused', 'error', 'model_error', 'timeout')),
+    status            text NOT NULL CHECK (status IN ('ok', 'cached', 'verified', 'refused', 'error', 'model_error', 'timeout')),
     error             text,
     llm_ms            double precision,
     execution_ms      double precision,

@@ -41,18 +41,4 @@ BEGIN
 END
 $$;
 
--- Usage per tenant: calls and tokens. security_invoker, so the
--- query_history policies decide the rows: a tenant sees its own line,
--- dbrag_admin every tenant's.
-CREATE VIEW dbrag.usage WITH (security_invoker = true) AS
-SELECT h.tenant_id,
-       pg_catalog.count(*) AS calls,
-       pg_catalog.count(*) FILTER (WHERE h.status IN ('ok', 'cached')) AS answered,
-       pg_catalog.count(*) FILTER (WHERE h.status = 'cached') AS from_cache,
-       pg_catalog.count(*) FILTER (WHERE h.status = 'refused') AS refused,
-       COALESCE(pg_catalog.sum(h.prompt_tokens), 0) AS prompt_tokens,
-       COALESCE(pg_catalog.sum(h.completion_tokens), 0) AS completion_tokens,
-       pg_catalog.max(h.created_at) AS last_call
-FROM control_plane.query_history h
-GROUP BY h.tenant_id;
-GRANT SELECT ON dbrag.usage TO PUBLIC;
+-- The dbrag.usage view: sql/budget.sql (it shows what is left of the budgets).

@@ -640,137 +640,9 @@ END
 $$;
 
 -- dbrag._enable_tenant_isolation: no longer recurses into partitions and children itself
--- (dbrag._isolation_guarded calls it for each, through the function manager).
--- dbrag._enable_tenant_isolation: leaves a Citus distribution column's NOT NULL and default alone.
-CREATE OR REPLACE FUNCTION dbrag._enable_tenant_isolation(tbl regclass, tenant_column name, rebuild_unique boolean)
-RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    col_type regtype;
-    kind "char";
-    added boolean := false;
-    has_index boolean;
-    orphans bigint;
-    u record;
-    stmt text;
-    pred text := pg_catalog.format('%I = dbrag.current_tenant_id()', tenant_column);
-    distributed boolean;
-BEGIN
-    IF tbl IS NULL OR tenant_column IS NULL OR tenant_column = '' THEN
-        RAISE EXCEPTION 'table and tenant column must not be NULL or empty' USING ERRCODE = '22004';
-    END IF;
-    SELECT c.relkind INTO kind FROM pg_catalog.pg_class c WHERE c.oid = tbl;
-    IF kind IS NULL OR kind NOT IN ('r', 'p') THEN
-        RAISE EXCEPTION '% is not a table', tbl USING ERRCODE = '42809';
-    END IF;
-    IF dbrag._is_own_table(tbl) THEN
-        RAISE EXCEPTION '% belongs to pg_dbrag, which manages its isolation itself', tbl USING ERRCODE = '22023';
-    END IF;
-    -- Every ALTER below needs this lock; take it first rather than upgrade.
-    EXECUTE pg_catalog.format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', tbl);
-
-    SELECT a.atttypid::regtype INTO col_type FROM pg_catalog.pg_attribute a
-    WHERE a.attrelid = tbl AND a.attname = tenant_column AND NOT a.attisdropped AND a.attnum > 0;
-    IF col_type IS NULL THEN
-        -- No default while adding: existing rows must not silently join the
-        -- caller's tenant; they stay NULL and are refused below.
-        EXECUTE pg_catalog.format('ALTER TABLE %s ADD COLUMN %I uuid', tbl, tenant_column);
-        added := true;
-    ELSIF col_type <> 'uuid'::regtype THEN
-        RAISE EXCEPTION 'column %.% is %, a tenant column must be uuid', tbl, tenant_column, col_type
-            USING ERRCODE = '22023',
-                  HINT = 'convert it first: ALTER TABLE ... ALTER COLUMN ... TYPE uuid USING ...::uuid';
-    END IF;
-    -- Citus refuses any ALTER of a distribution column, even one that
-    -- changes nothing; a distributed table's key column is NOT NULL already.
-    distributed := COALESCE(dbrag._distribution_column(tbl) = tenant_column, false);
-    BEGIN
-        IF NOT distributed THEN
-            EXECUTE pg_catalog.format('ALTER TABLE %s ALTER COLUMN %I SET NOT NULL', tbl, tenant_column);
-        END IF;
-    EXCEPTION WHEN not_null_violation THEN
-        IF added THEN
-            RAISE EXCEPTION '% has rows, and a tenant column added now would leave them without a tenant', tbl
-                USING ERRCODE = '23502',
-                      HINT = pg_catalog.format('add and fill it first: ALTER TABLE %s ADD COLUMN %I uuid; '
-                          'UPDATE %s SET %I = ''<tenant uuid>''; then call dbrag.enable_tenant_isolation again',
-                          tbl, tenant_column, tbl, tenant_column);
-        END IF;
-        -- Under forced RLS the count sees only the caller's rows; say what we can.
-        EXECUTE pg_catalog.format('SELECT count(*) FROM %s WHERE %I IS NULL', tbl, tenant_column) INTO orphans;
-        RAISE EXCEPTION '% has % row(s) without a tenant in column %', tbl,
-                CASE WHEN orphans > 0 THEN orphans::text ELSE 'some' END, tenant_column
-            USING ERRCODE = '23502',
-                  HINT = pg_catalog.format('assign them first: UPDATE %s SET %I = ''<tenant uuid>'' WHERE %I IS NULL',
-                      tbl, tenant_column, tenant_column);
-    END;
-    IF distributed THEN
-        RAISE NOTICE '% is distributed by %: Citus cannot give that column a default, so inserts must name the tenant', tbl, tenant_column
-            USING HINT = 'isolate a table before create_distributed_table to get the default';
-    ELSE
-        EXECUTE pg_catalog.format('ALTER TABLE %s ALTER COLUMN %I SET DEFAULT dbrag.current_tenant_id()', tbl, tenant_column);
-    END IF;
-    -- The four policies, as dbrag._tenant_policies writes them for the
-    -- control plane (that one is operators-only; this runs as the owner).
-    EXECUTE pg_catalog.format('ALTER TABLE %s ENABLE ROW LEVEL SECURITY', tbl);
-    EXECUTE pg_catalog.format('ALTER TABLE %s FORCE ROW LEVEL SECURITY', tbl);
-    FOR stmt IN SELECT p.polname FROM pg_catalog.pg_policy p
-                WHERE p.polrelid = tbl AND p.polname ~ '^dbrag_(tenant|admin)_(select|insert|update|delete)$'
-    LOOP
-        EXECUTE pg_catalog.format('DROP POLICY %I ON %s', stmt, tbl);
-    END LOOP;
-    EXECUTE pg_catalog.format('CREATE POLICY dbrag_tenant_select ON %s FOR SELECT USING (%s)', tbl, pred);
-    EXECUTE pg_catalog.format('CREATE POLICY dbrag_tenant_insert ON %s FOR INSERT WITH CHECK (%s)', tbl, pred);
-    EXECUTE pg_catalog.format('CREATE POLICY dbrag_tenant_update ON %s FOR UPDATE USING (%s) WITH CHECK (%s)',
-                              tbl, pred, pred);
-    EXECUTE pg_catalog.format('CREATE POLICY dbrag_tenant_delete ON %s FOR DELETE USING (%s)', tbl, pred);
-
-    -- Permissive policies are OR-ed: one of the owner's own can widen access.
-    FOR u IN SELECT p.polname, pg_catalog.pg_get_expr(p.polqual, p.polrelid) AS q
-             FROM pg_catalog.pg_policy p
-             WHERE p.polrelid = tbl AND p.polpermissive AND p.polname !~ '^dbrag_(tenant|admin)_'
-    LOOP
-        RAISE WARNING 'policy % on % is permissive: it is OR-ed with the tenant policies and can let other tenants'' rows through', u.polname, tbl
-            USING DETAIL = pg_catalog.format('USING %s', COALESCE(u.q, '(none)')),
-                  HINT = pg_catalog.format('make it restrictive or drop it: DROP POLICY %I ON %s;', u.polname, tbl);
-    END LOOP;
-
-    -- A tenant-first index, unless a usable one already leads with the column.
-    SELECT EXISTS (
-        SELECT 1 FROM pg_catalog.pg_index i
-        JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
-        JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid
-        JOIN pg_catalog.pg_am am ON am.oid = ic.relam
-        WHERE i.indrelid = tbl AND a.attname = tenant_column AND i.indpred IS NULL
-          AND am.amname IN ('btree', 'hash')
-    ) INTO has_index;
-    IF NOT has_index THEN
-        -- Let PostgreSQL pick a free name (<table>_<column>_idx).
-        EXECUTE pg_catalog.format('CREATE INDEX ON %s (%I)', tbl, tenant_column);
-    END IF;
-
-    -- Unique keys that do not lead with the tenant column: a tenant can probe
-    -- another tenant's values through 23505, and Citus cannot distribute.
-    FOR u IN SELECT * FROM dbrag._non_tenant_first_unique(tbl, tenant_column) LOOP
-        IF rebuild_unique THEN
-            FOREACH stmt IN ARRAY dbrag._tenant_first_unique_sql(u.idx, tenant_column) LOOP
-                EXECUTE stmt;
-            END LOOP;
-            RAISE NOTICE 'rebuilt % of % to lead with %', u.idx_text, tbl, tenant_column;
-        ELSE
-            RAISE WARNING '% of % does not lead with %', u.idx_text, tbl, tenant_column
-                USING DETAIL = CASE WHEN u.tenant_in_key
-                        THEN 'The tenant column is in the key but not first: the tenant-first index scan cannot use it.'
-                        ELSE 'Uniqueness spans tenants: an INSERT that fails with 23505 tells a tenant that another tenant holds the value, and Citus cannot distribute the table by the tenant column.' END,
-                      HINT = pg_catalog.format('rebuild it: SELECT dbrag.enable_tenant_isolation(%L, %L, rebuild_unique => true);',
-                          tbl::text, tenant_column);
-        END IF;
-    END LOOP;
-
-    -- Partitions and inheritance children are tables of their own (queried
-    -- directly they apply their own policies, not the parent's):
-    -- dbrag._isolation_guarded calls this body for each of them too.
-END
-$$;
+-- (dbrag._isolation_guarded calls it for each, through the function manager);
+-- leaves a Citus distribution column's NOT NULL and default alone. Its one
+-- definition is in the last section ("The four tenant policies written once").
 
 -- ---------------------------------------------------------------------------
 -- Act as the tenant (issue 12, sections 1–4): a NOLOGIN role per tenant,
@@ -1271,6 +1143,371 @@ $$;
 -- Trigger functions of the catalog statistics are not executable by PUBLIC
 -- (docs/function-privileges.md).
 REVOKE EXECUTE ON FUNCTION control_plane.catalog_stats_trigger(), control_plane.catalog_stats_truncate() FROM PUBLIC;
+
+-- ---------------------------------------------------------------------------
+-- dbrag.isolation_report runs with JIT off (docs/isolation.md): its plan's
+-- estimates crossed the JIT thresholds and each call spent seconds
+-- compiling. (Any later CREATE OR REPLACE of it must keep SET jit = off.)
+-- ---------------------------------------------------------------------------
+ALTER FUNCTION dbrag.isolation_report() SET jit = off;
+
+-- ===========================================================================
+-- Verified queries and feedback (issue 17, section 3; docs/llm-and-guard.md,
+-- "Verified queries and feedback").
+-- New: dbrag._normalize_question(text), control_plane.verified_queries,
+-- control_plane.query_feedback, view dbrag.verified_queries,
+-- dbrag.add_verified_query(text, text), dbrag.remove_verified_query(uuid),
+-- dbrag.feedback(uuid, boolean, text).
+-- Changed: query_history.status also allows 'verified'; dbrag.usage counts
+-- verified answers as answered.
+-- ===========================================================================
+
+ALTER TABLE control_plane.query_history DROP CONSTRAINT query_history_status_check;
+ALTER TABLE control_plane.query_history ADD CONSTRAINT query_history_status_check
+    CHECK (status IN ('ok', 'cached', 'verified', 'refused', 'error', 'model_error', 'timeout'));
+
+CREATE OR REPLACE VIEW dbrag.usage WITH (security_invoker = true) AS
+SELECT h.tenant_id,
+       pg_catalog.count(*) AS calls,
+       pg_catalog.count(*) FILTER (WHERE h.status IN ('ok', 'cached', 'verified')) AS answered,
+       pg_catalog.count(*) FILTER (WHERE h.status = 'cached') AS from_cache,
+       pg_catalog.count(*) FILTER (WHERE h.status = 'refused') AS refused,
+       COALESCE(pg_catalog.sum(h.prompt_tokens), 0) AS prompt_tokens,
+       COALESCE(pg_catalog.sum(h.completion_tokens), 0) AS completion_tokens,
+       pg_catalog.max(h.created_at) AS last_call
+FROM control_plane.query_history h
+GROUP BY h.tenant_id;
+
+-- The form of a question that verified queries are matched on: lower case,
+-- runs of white space as one space, trailing sentence punctuation (. ? !)
+-- dropped. Nothing else: words, numbers and operators stay as they are, so
+-- "amount > 100" and "amount < 100" never match each other.
+CREATE FUNCTION dbrag._normalize_question(question text) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE STRICT SET search_path = pg_catalog, pg_temp AS $$
+    SELECT pg_catalog.btrim(pg_catalog.regexp_replace(
+               pg_catalog.regexp_replace(pg_catalog.lower(question), '\s+', ' ', 'g'),
+               '[\s.?!]+$', ''))
+$$;
+
+-- Question → SQL pairs a tenant vouches for, each checked by the guard
+-- against the connection it was saved for. Written only by
+-- dbrag.add_verified_query (as the extension, for the tenant in force).
+CREATE TABLE control_plane.verified_queries (
+    tenant_id           uuid NOT NULL DEFAULT dbrag.current_tenant_id()
+                        REFERENCES control_plane.tenants ON DELETE CASCADE,
+    verified_id         uuid NOT NULL DEFAULT pg_catalog.gen_random_uuid(),
+    connection_id       uuid NOT NULL,
+    question            text NOT NULL CHECK (pg_catalog.length(question) <= 8000),
+    normalized_question text NOT NULL,
+    sql                 text NOT NULL CHECK (pg_catalog.length(sql) <= 100000),
+    search_vector       tsvector,
+    created_by          text NOT NULL DEFAULT session_user,
+    created_at          timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    PRIMARY KEY (tenant_id, verified_id),
+    FOREIGN KEY (tenant_id, connection_id)
+        REFERENCES control_plane.tenant_databases (tenant_id, connection_id) ON DELETE CASCADE
+);
+-- md5: a btree entry cannot hold an 8000-character question.
+CREATE INDEX verified_queries_question_idx
+    ON control_plane.verified_queries (tenant_id, connection_id, pg_catalog.md5(normalized_question));
+CREATE INDEX verified_queries_search_idx
+    ON control_plane.verified_queries USING gin (tenant_id, search_vector);
+
+-- One row per history row a user judged (the latest judgement wins).
+-- example_id: the training example the judgement made, when the tenant's
+-- setting feedback_examples is on.
+CREATE TABLE control_plane.query_feedback (
+    tenant_id     uuid NOT NULL DEFAULT dbrag.current_tenant_id()
+                  REFERENCES control_plane.tenants ON DELETE CASCADE,
+    query_id      uuid NOT NULL,
+    helpful       boolean NOT NULL,
+    corrected_sql text CHECK (pg_catalog.length(corrected_sql) <= 100000),
+    example_id    uuid,
+    login_role    text NOT NULL DEFAULT session_user,
+    created_at    timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    PRIMARY KEY (tenant_id, query_id),
+    FOREIGN KEY (tenant_id, query_id)
+        REFERENCES control_plane.query_history (tenant_id, query_id) ON DELETE CASCADE
+);
+
+SELECT dbrag._tenant_policies(t, 'tenant_id', true)
+FROM unnest(ARRAY['control_plane.verified_queries', 'control_plane.query_feedback']::regclass[]) AS t;
+
+-- Tenants read their rows and may delete verified queries; new ones only
+-- through dbrag.add_verified_query, which runs the guard first.
+GRANT SELECT, DELETE ON control_plane.verified_queries TO PUBLIC;
+GRANT SELECT ON control_plane.query_feedback TO PUBLIC;
+
+SELECT pg_catalog.pg_extension_config_dump('control_plane.verified_queries', '');
+SELECT pg_catalog.pg_extension_config_dump('control_plane.query_feedback', '');
+
+-- A tenant's verified queries (security_invoker: the table's policies decide
+-- the rows; dbrag_admin sees every tenant's).
+CREATE VIEW dbrag.verified_queries WITH (security_invoker = true) AS
+SELECT v.tenant_id, v.verified_id, v.connection_id, v.question, v.sql, v.created_by, v.created_at
+FROM control_plane.verified_queries v;
+GRANT SELECT ON dbrag.verified_queries TO PUBLIC;
+
+-- Remove one verified query. SECURITY INVOKER: the delete goes through the
+-- tenant policies, so another tenant's id reads as unknown.
+CREATE FUNCTION dbrag.remove_verified_query(verified_id uuid) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF remove_verified_query.verified_id IS NULL THEN
+        RAISE EXCEPTION 'verified_id must not be NULL' USING ERRCODE = '22004';
+    END IF;
+    DELETE FROM control_plane.verified_queries v WHERE v.verified_id = remove_verified_query.verified_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'verified query % does not exist for this tenant', remove_verified_query.verified_id
+            USING ERRCODE = '42704';
+    END IF;
+END
+$$;
+REVOKE EXECUTE ON FUNCTION dbrag._normalize_question(text) FROM PUBLIC;
+GRANT ALL ON control_plane.verified_queries, control_plane.query_feedback TO dbrag_admin;
+
+CREATE FUNCTION dbrag."add_verified_query"(
+	"question" TEXT,
+	"sql" TEXT
+) RETURNS uuid
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'add_verified_query_wrapper';
+
+CREATE FUNCTION dbrag."feedback"(
+	"history_id" uuid,
+	"helpful" bool,
+	"corrected_sql" TEXT DEFAULT NULL
+) RETURNS void
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'feedback_wrapper';
+-- ===========================================================================
+-- Model budgets per tenant (docs/llm-and-guard.md, "Budgets"): the table
+-- control_plane.tenant_budgets, dbrag.set_tenant_budget, dbrag.budget_status
+-- and new columns at the end of dbrag.usage. The counters live in shared
+-- memory, reserved by the preloaded library (restart after installing it, as
+-- for every update); without pg_dbrag in shared_preload_libraries a tenant
+-- with a budget gets 55000 at a model call rather than an unenforced limit.
+-- ===========================================================================
+
+-- Model budgets per tenant (docs/llm-and-guard.md, "Budgets"): calls per minute
+-- and tokens per day, NULL = unlimited. Operators write; a tenant reads its own
+-- row. The counters live in shared memory (dbrag.budget_status()).
+CREATE TABLE control_plane.tenant_budgets (
+    tenant_id        uuid PRIMARY KEY REFERENCES control_plane.tenants ON DELETE CASCADE,
+    calls_per_minute integer CHECK (calls_per_minute >= 0),
+    tokens_per_day   bigint CHECK (tokens_per_day >= 0),
+    updated_at       timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+SELECT pg_catalog.pg_extension_config_dump('control_plane.tenant_budgets', '');
+ALTER TABLE control_plane.tenant_budgets ENABLE ROW LEVEL SECURITY;
+ALTER TABLE control_plane.tenant_budgets FORCE ROW LEVEL SECURITY;
+CREATE POLICY dbrag_tenant_select ON control_plane.tenant_budgets FOR SELECT
+    USING (tenant_id = dbrag.current_tenant_id());
+CREATE POLICY dbrag_admin_select ON control_plane.tenant_budgets FOR SELECT TO dbrag_admin USING (true);
+CREATE POLICY dbrag_admin_insert ON control_plane.tenant_budgets FOR INSERT TO dbrag_admin WITH CHECK (true);
+CREATE POLICY dbrag_admin_update ON control_plane.tenant_budgets FOR UPDATE TO dbrag_admin USING (true) WITH CHECK (true);
+CREATE POLICY dbrag_admin_delete ON control_plane.tenant_budgets FOR DELETE TO dbrag_admin USING (true);
+GRANT SELECT ON control_plane.tenant_budgets TO PUBLIC;
+
+-- dbrag.set_tenant_budget(tenant, calls_per_minute, tokens_per_day): operators only.
+CREATE FUNCTION dbrag.set_tenant_budget(tenant uuid, calls_per_minute integer, tokens_per_day bigint)
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM dbrag._require_admin();
+    IF tenant IS NULL THEN
+        RAISE EXCEPTION 'tenant must not be NULL' USING ERRCODE = '22023';
+    END IF;
+    IF calls_per_minute < 0 OR tokens_per_day < 0 THEN
+        RAISE EXCEPTION 'budgets must be >= 0 (NULL = unlimited)' USING ERRCODE = '22023';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM control_plane.tenants t WHERE t.tenant_id = set_tenant_budget.tenant) THEN
+        RAISE EXCEPTION 'tenant % does not exist', tenant USING ERRCODE = '42704';
+    END IF;
+    INSERT INTO control_plane.tenant_budgets AS b (tenant_id, calls_per_minute, tokens_per_day)
+    VALUES (set_tenant_budget.tenant, set_tenant_budget.calls_per_minute, set_tenant_budget.tokens_per_day)
+    ON CONFLICT (tenant_id) DO UPDATE
+        SET calls_per_minute = EXCLUDED.calls_per_minute, tokens_per_day = EXCLUDED.tokens_per_day,
+            updated_at = pg_catalog.now();
+    PERFORM dbrag._audit('budget_set', tenant, pg_catalog.jsonb_build_object(
+        'calls_per_minute', calls_per_minute, 'tokens_per_day', tokens_per_day));
+END
+$$;
+REVOKE EXECUTE ON FUNCTION dbrag.set_tenant_budget(uuid, integer, bigint) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION dbrag.set_tenant_budget(uuid, integer, bigint) TO dbrag_admin;
+
+GRANT ALL ON control_plane.tenant_budgets TO dbrag_admin;
+
+CREATE FUNCTION dbrag."budget_status"() RETURNS TABLE (
+	"tenant_id" uuid,
+	"calls_per_minute" INT,
+	"calls_left_this_minute" INT,
+	"minute_resets_at" timestamp with time zone,
+	"tokens_per_day" bigint,
+	"tokens_used_today" bigint,
+	"tokens_left_today" bigint,
+	"day_resets_at" timestamp with time zone
+)
+STRICT VOLATILE PARALLEL UNSAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'budget_status_wrapper';
+
+-- Usage per tenant: calls and tokens from the history, and what is left of
+-- the budgets. security_invoker, so the query_history policies decide the
+-- history rows and dbrag.budget_status() the budget rows: a tenant sees its
+-- own line, dbrag_admin every tenant's.
+CREATE OR REPLACE VIEW dbrag.usage WITH (security_invoker = true) AS
+SELECT COALESCE(h.tenant_id, b.tenant_id) AS tenant_id,
+       COALESCE(h.calls, 0) AS calls,
+       COALESCE(h.answered, 0) AS answered,
+       COALESCE(h.from_cache, 0) AS from_cache,
+       COALESCE(h.refused, 0) AS refused,
+       COALESCE(h.prompt_tokens, 0) AS prompt_tokens,
+       COALESCE(h.completion_tokens, 0) AS completion_tokens,
+       h.last_call,
+       b.calls_per_minute,
+       b.calls_left_this_minute,
+       b.minute_resets_at,
+       b.tokens_per_day,
+       b.tokens_used_today,
+       b.tokens_left_today,
+       b.day_resets_at
+FROM (SELECT q.tenant_id,
+             pg_catalog.count(*) AS calls,
+             pg_catalog.count(*) FILTER (WHERE q.status IN ('ok', 'cached', 'verified')) AS answered,
+             pg_catalog.count(*) FILTER (WHERE q.status = 'cached') AS from_cache,
+             pg_catalog.count(*) FILTER (WHERE q.status = 'refused') AS refused,
+             COALESCE(pg_catalog.sum(q.prompt_tokens), 0) AS prompt_tokens,
+             COALESCE(pg_catalog.sum(q.completion_tokens), 0) AS completion_tokens,
+             pg_catalog.max(q.created_at) AS last_call
+      FROM control_plane.query_history q
+      GROUP BY q.tenant_id) h
+FULL JOIN dbrag.budget_status() b ON b.tenant_id = h.tenant_id;
+GRANT SELECT ON dbrag.usage TO PUBLIC;
+-- ===========================================================================
+-- The four tenant policies written once: dbrag._enable_tenant_isolation no
+-- longer writes them itself; dbrag._isolation_guarded calls
+-- dbrag._tenant_policies(tbl, tenant_column, false) after it, on each table.
+-- ===========================================================================
+
+CREATE OR REPLACE FUNCTION dbrag._enable_tenant_isolation(tbl regclass, tenant_column name, rebuild_unique boolean)
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    col_type regtype;
+    kind "char";
+    added boolean := false;
+    has_index boolean;
+    orphans bigint;
+    u record;
+    stmt text;
+    distributed boolean;
+BEGIN
+    IF tbl IS NULL OR tenant_column IS NULL OR tenant_column = '' THEN
+        RAISE EXCEPTION 'table and tenant column must not be NULL or empty' USING ERRCODE = '22004';
+    END IF;
+    SELECT c.relkind INTO kind FROM pg_catalog.pg_class c WHERE c.oid = tbl;
+    IF kind IS NULL OR kind NOT IN ('r', 'p') THEN
+        RAISE EXCEPTION '% is not a table', tbl USING ERRCODE = '42809';
+    END IF;
+    IF dbrag._is_own_table(tbl) THEN
+        RAISE EXCEPTION '% belongs to pg_dbrag, which manages its isolation itself', tbl USING ERRCODE = '22023';
+    END IF;
+    -- Every ALTER below needs this lock; take it first rather than upgrade.
+    EXECUTE pg_catalog.format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', tbl);
+
+    SELECT a.atttypid::regtype INTO col_type FROM pg_catalog.pg_attribute a
+    WHERE a.attrelid = tbl AND a.attname = tenant_column AND NOT a.attisdropped AND a.attnum > 0;
+    IF col_type IS NULL THEN
+        -- No default while adding: existing rows must not silently join the
+        -- caller's tenant; they stay NULL and are refused below.
+        EXECUTE pg_catalog.format('ALTER TABLE %s ADD COLUMN %I uuid', tbl, tenant_column);
+        added := true;
+    ELSIF col_type <> 'uuid'::regtype THEN
+        RAISE EXCEPTION 'column %.% is %, a tenant column must be uuid', tbl, tenant_column, col_type
+            USING ERRCODE = '22023',
+                  HINT = 'convert it first: ALTER TABLE ... ALTER COLUMN ... TYPE uuid USING ...::uuid';
+    END IF;
+    -- Citus refuses any ALTER of a distribution column, even one that
+    -- changes nothing; a distributed table's key column is NOT NULL already.
+    distributed := COALESCE(dbrag._distribution_column(tbl) = tenant_column, false);
+    BEGIN
+        IF NOT distributed THEN
+            EXECUTE pg_catalog.format('ALTER TABLE %s ALTER COLUMN %I SET NOT NULL', tbl, tenant_column);
+        END IF;
+    EXCEPTION WHEN not_null_violation THEN
+        IF added THEN
+            RAISE EXCEPTION '% has rows, and a tenant column added now would leave them without a tenant', tbl
+                USING ERRCODE = '23502',
+                      HINT = pg_catalog.format('add and fill it first: ALTER TABLE %s ADD COLUMN %I uuid; '
+                          'UPDATE %s SET %I = ''<tenant uuid>''; then call dbrag.enable_tenant_isolation again',
+                          tbl, tenant_column, tbl, tenant_column);
+        END IF;
+        -- Under forced RLS the count sees only the caller's rows; say what we can.
+        EXECUTE pg_catalog.format('SELECT count(*) FROM %s WHERE %I IS NULL', tbl, tenant_column) INTO orphans;
+        RAISE EXCEPTION '% has % row(s) without a tenant in column %', tbl,
+                CASE WHEN orphans > 0 THEN orphans::text ELSE 'some' END, tenant_column
+            USING ERRCODE = '23502',
+                  HINT = pg_catalog.format('assign them first: UPDATE %s SET %I = ''<tenant uuid>'' WHERE %I IS NULL',
+                      tbl, tenant_column, tenant_column);
+    END;
+    IF distributed THEN
+        RAISE NOTICE '% is distributed by %: Citus cannot give that column a default, so inserts must name the tenant', tbl, tenant_column
+            USING HINT = 'isolate a table before create_distributed_table to get the default';
+    ELSE
+        EXECUTE pg_catalog.format('ALTER TABLE %s ALTER COLUMN %I SET DEFAULT dbrag.current_tenant_id()', tbl, tenant_column);
+    END IF;
+    -- The four tenant policies: dbrag._isolation_guarded calls
+    -- dbrag._tenant_policies(tbl, tenant_column, false) right after this
+    -- body, as the same caller (sql/isolation.sql writes them once).
+
+    -- Permissive policies are OR-ed: one of the owner's own can widen access.
+    FOR u IN SELECT p.polname, pg_catalog.pg_get_expr(p.polqual, p.polrelid) AS q
+             FROM pg_catalog.pg_policy p
+             WHERE p.polrelid = tbl AND p.polpermissive AND p.polname !~ '^dbrag_(tenant|admin)_'
+    LOOP
+        RAISE WARNING 'policy % on % is permissive: it is OR-ed with the tenant policies and can let other tenants'' rows through', u.polname, tbl
+            USING DETAIL = pg_catalog.format('USING %s', COALESCE(u.q, '(none)')),
+                  HINT = pg_catalog.format('make it restrictive or drop it: DROP POLICY %I ON %s;', u.polname, tbl);
+    END LOOP;
+
+    -- A tenant-first index, unless a usable one already leads with the column.
+    SELECT EXISTS (
+        SELECT 1 FROM pg_catalog.pg_index i
+        JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+        JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid
+        JOIN pg_catalog.pg_am am ON am.oid = ic.relam
+        WHERE i.indrelid = tbl AND a.attname = tenant_column AND i.indpred IS NULL
+          AND am.amname IN ('btree', 'hash')
+    ) INTO has_index;
+    IF NOT has_index THEN
+        -- Let PostgreSQL pick a free name (<table>_<column>_idx).
+        EXECUTE pg_catalog.format('CREATE INDEX ON %s (%I)', tbl, tenant_column);
+    END IF;
+
+    -- Unique keys that do not lead with the tenant column: a tenant can probe
+    -- another tenant's values through 23505, and Citus cannot distribute.
+    FOR u IN SELECT * FROM dbrag._non_tenant_first_unique(tbl, tenant_column) LOOP
+        IF rebuild_unique THEN
+            FOREACH stmt IN ARRAY dbrag._tenant_first_unique_sql(u.idx, tenant_column) LOOP
+                EXECUTE stmt;
+            END LOOP;
+            RAISE NOTICE 'rebuilt % of % to lead with %', u.idx_text, tbl, tenant_column;
+        ELSE
+            RAISE WARNING '% of % does not lead with %', u.idx_text, tbl, tenant_column
+                USING DETAIL = CASE WHEN u.tenant_in_key
+                        THEN 'The tenant column is in the key but not first: the tenant-first index scan cannot use it.'
+                        ELSE 'Uniqueness spans tenants: an INSERT that fails with 23505 tells a tenant that another tenant holds the value, and Citus cannot distribute the table by the tenant column.' END,
+                      HINT = pg_catalog.format('rebuild it: SELECT dbrag.enable_tenant_isolation(%L, %L, rebuild_unique => true);',
+                          tbl::text, tenant_column);
+        END IF;
+    END LOOP;
+
+    -- Partitions and inheritance children are tables of their own (queried
+    -- directly they apply their own policies, not the parent's):
+    -- dbrag._isolation_guarded calls this body for each of them too.
+END
+$$;
 
 -- ===========================================================================
 -- Value index (docs/catalog-search.md, "Values"): distinct values of

@@ -67,14 +67,15 @@ pub fn refuse_if_restricted(what: &str) {
 /// `dbrag._sync_tenant_role(tenant)`), or when the role is not a plain one
 /// (SUPERUSER, BYPASSRLS, CREATEROLE, or the rights of dbrag_app/dbrag_admin).
 pub fn tenant_role(tenant_id: uuid::Uuid) -> pg_sys::Oid {
-    let name: Option<String> = privileged::as_extension(|| {
-        Spi::get_one_with_args::<String>(
-            "SELECT tenant_role::pg_catalog.text FROM control_plane.tenants WHERE tenant_id = $1",
-            &[DatumWithOid::from(tenant::to_pg(tenant_id))],
-        )
-    })
-    .ok()
-    .flatten();
+    let name: Option<String> = crate::error::spi_row_or_raise(
+        privileged::as_extension(|| {
+            Spi::get_one_with_args::<String>(
+                "SELECT tenant_role::pg_catalog.text FROM control_plane.tenants WHERE tenant_id = $1",
+                &[DatumWithOid::from(tenant::to_pg(tenant_id))],
+            )
+        }),
+        "the tenant's role",
+    );
     let missing = || -> ! {
         DbragError::new(
             Kind::NotConfigured,

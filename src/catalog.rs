@@ -251,12 +251,13 @@ pub fn samples_from_rows(entry: &TableEntry, rows: &[Value]) -> Map<String, Valu
 /// Introspect a local schema as the current role (the tenant's), with the
 /// values of its low-cardinality text columns (at most `budget`).
 fn introspect_local(schema: &str, budget: i64) -> Introspected {
-    let can_use: bool = Spi::get_one_with_args::<bool>(
-        "SELECT pg_catalog.has_schema_privilege($1, 'USAGE')",
-        &[DatumWithOid::from(schema)],
+    let can_use: bool = crate::error::spi_row_or_raise(
+        Spi::get_one_with_args::<bool>(
+            "SELECT pg_catalog.has_schema_privilege($1, 'USAGE')",
+            &[DatumWithOid::from(schema)],
+        ),
+        "the schema privilege",
     )
-    .ok()
-    .flatten()
     .unwrap_or(false);
     if !can_use {
         raise(
@@ -276,7 +277,7 @@ fn introspect_local(schema: &str, budget: i64) -> Introspected {
     })
     .unwrap_or_else(|e| {
         raise(
-            Kind::NotConfigured,
+            Kind::Internal,
             format!("introspection of schema {schema} failed: {e}"),
         )
     });
@@ -401,7 +402,9 @@ fn introspect_postgres(conn: &Connection, budget: i64) -> Introspected {
                 .filter_map(|row| row.into_iter().next().flatten())
                 .filter_map(|t| serde_json::from_str(&t).ok())
                 .collect(),
-            Err(e) if e.kind == Kind::Remote => Vec::new(),
+            // A table the account may not read (a rejected statement) or a
+            // remote that broke off: no samples for it, the sync goes on.
+            Err(e) if matches!(e.kind, Kind::Remote | Kind::Statement) => Vec::new(),
             Err(e) => e.raise(),
         };
         entry.sample_values = samples_from_rows(entry, &sample_rows);
@@ -500,7 +503,7 @@ pub struct SyncSummary {
 pub fn store(conn: &Connection, entries: &[TableEntry]) -> SyncSummary {
     let tenant_pg = tenant::to_pg(conn.tenant_id);
     let conn_pg = tenant::to_pg(conn.id);
-    let existing: BTreeMap<(String, String), String> = privileged::as_extension(|| {
+    let existing = privileged::as_extension(|| {
         Spi::connect(|client| {
             let mut out = BTreeMap::new();
             for row in client.select(
@@ -516,8 +519,9 @@ pub fn store(conn: &Connection, entries: &[TableEntry]) -> SyncSummary {
             }
             Ok::<_, pgrx::spi::Error>(out)
         })
-    })
-    .unwrap_or_default();
+    });
+    let existing: BTreeMap<(String, String), String> =
+        crate::error::spi_or_raise(existing, "the stored catalog");
 
     let mut summary = SyncSummary {
         added: 0,
@@ -614,7 +618,7 @@ pub fn store(conn: &Connection, entries: &[TableEntry]) -> SyncSummary {
             Ok::<_, pgrx::spi::Error>(removed)
         })
     })
-    .unwrap_or_else(|e| raise(Kind::NotConfigured, format!("storing the catalog failed: {e}")));
+    .unwrap_or_else(|e| raise(Kind::Internal, format!("storing the catalog failed: {e}")));
     summary.removed = removed as i32;
     summary
 }

@@ -69,7 +69,7 @@ const SELECT_CONNECTION: &str = "SELECT connection_id, tenant_id, name, kind, sc
      FROM control_plane.tenant_databases WHERE tenant_id = $1";
 
 fn fetch(sql: &str, args: &[DatumWithOid]) -> Option<Connection> {
-    privileged::as_extension(|| {
+    let found = privileged::as_extension(|| {
         Spi::connect(|client| {
             let rows = client.select(sql, Some(1), args)?;
             for row in rows {
@@ -79,18 +79,30 @@ fn fetch(sql: &str, args: &[DatumWithOid]) -> Option<Connection> {
                 else {
                     continue;
                 };
+                // An unknown kind is a fault, never read as a local schema.
+                let Some(kind) = EngineKind::parse(&kind) else {
+                    DbragError::new(
+                        Kind::Internal,
+                        format!(
+                            "connection {} has an unknown kind {kind:?}",
+                            tenant::from_pg(id)
+                        ),
+                    )
+                    .raise()
+                };
                 return Ok(Some(Connection {
                     id: tenant::from_pg(id),
                     tenant_id: tenant::from_pg(tenant_id),
                     name: row.get(3)?.unwrap_or_default(),
-                    kind: EngineKind::parse(&kind).unwrap_or(EngineKind::Local),
+                    kind,
                     schema_name: row.get(5)?.unwrap_or_default(),
                 }));
             }
             Ok::<_, pgrx::spi::Error>(None)
         })
-    })
-    .unwrap_or(None)
+    });
+    // A failed read is XX000, not "does not exist".
+    crate::error::spi_or_raise(found, "the connection")
 }
 
 /// The caller's connection `id`; another tenant's id reads as not found.
@@ -166,14 +178,15 @@ pub fn credentials(conn: &Connection) -> Result<String> {
             ),
         ));
     }
-    let blob = privileged::as_extension(|| {
-        Spi::get_one_with_args::<Vec<u8>>(
-            "SELECT credentials FROM control_plane.tenant_databases WHERE tenant_id = $1 AND connection_id = $2",
-            &[DatumWithOid::from(tenant::to_pg(conn.tenant_id)), DatumWithOid::from(tenant::to_pg(conn.id))],
-        )
-        .ok()
-        .flatten()
-    });
+    let blob = crate::error::spi_row_or_raise(
+        privileged::as_extension(|| {
+            Spi::get_one_with_args::<Vec<u8>>(
+                "SELECT credentials FROM control_plane.tenant_databases WHERE tenant_id = $1 AND connection_id = $2",
+                &[DatumWithOid::from(tenant::to_pg(conn.tenant_id)), DatumWithOid::from(tenant::to_pg(conn.id))],
+            )
+        }),
+        "the connection's credentials",
+    );
     let Some(blob) = blob else {
         return Err(DbragError::new(
             Kind::NotConfigured,
@@ -210,7 +223,8 @@ pub fn open_session(conn: &Connection) -> Result<Session> {
 /// Run one read-only statement on a `postgres` connection and return its
 /// rows as text. `timeout_ms` bounds the statement (here and as the remote
 /// `statement_timeout`); the connect timeout is `dbrag.remote_connect_timeout_ms`.
-/// Failures: 58000 (Kind::Remote) or 57014 (Kind::Timeout), never with the password.
+/// Failures: the kinds of README.md "Errors" (08001, 28P01, a rejected
+/// statement's own SQLSTATE, 57014, 58000), never with the password.
 pub fn remote_query(
     conn: &Connection,
     sql: &str,
@@ -545,7 +559,7 @@ fn current_database() -> String {
 }
 
 fn name_taken(t: uuid::Uuid, name: &str, except: Option<uuid::Uuid>) -> bool {
-    privileged::as_extension(|| {
+    let taken = privileged::as_extension(|| {
         Spi::get_one_with_args::<bool>(
             "SELECT EXISTS (SELECT 1 FROM control_plane.tenant_databases \
              WHERE tenant_id = $1 AND name = $2 AND connection_id IS DISTINCT FROM $3)",
@@ -555,10 +569,8 @@ fn name_taken(t: uuid::Uuid, name: &str, except: Option<uuid::Uuid>) -> bool {
                 DatumWithOid::from(except.map(tenant::to_pg)),
             ],
         )
-    })
-    .ok()
-    .flatten()
-    .unwrap_or(false)
+    });
+    crate::error::spi_row_or_raise(taken, "the connection names").unwrap_or(false)
 }
 
 /// `dbrag.create_connection(name, kind, conninfo, schema_name)`: save a

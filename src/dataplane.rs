@@ -188,9 +188,10 @@ fn within_bytes(rows: Vec<String>, max_bytes: usize) -> Result<Vec<String>> {
     Ok(rows)
 }
 
-/// (schema, table) of the connection's catalog rows.
+/// (schema, table) of the connection's catalog rows: the guard's
+/// allow-set, so a failed read is XX000, never an empty set.
 pub fn catalog_tables(conn: &Connection) -> HashSet<(String, String)> {
-    privileged::as_extension(|| {
+    let tables = privileged::as_extension(|| {
         Spi::connect(|client| {
             let mut out = HashSet::new();
             for row in client.select(
@@ -208,8 +209,8 @@ pub fn catalog_tables(conn: &Connection) -> HashSet<(String, String)> {
             }
             Ok::<_, pgrx::spi::Error>(out)
         })
-    })
-    .unwrap_or_default()
+    });
+    crate::error::spi_or_raise(tables, "the connection's catalog tables")
 }
 
 /// `dbrag._dataplane_query(connection, sql, max_rows, timeout_ms)`: the

@@ -22,8 +22,24 @@ pub enum Kind {
     NotConfigured,
     /// 42P01: a named object (tenant, connection) that does not exist for the caller.
     NotFound,
-    /// 58000: a remote database failed.
+    /// 58000: the remote server or the data-plane client broke off: a
+    /// protocol violation, a lost connection, the client process ended.
     Remote,
+    /// 08001: the data plane could not be reached (connection refused, no
+    /// route, the server refused the session before any statement).
+    ConnectFailed,
+    /// 28P01: the data plane rejected the credentials (28000 when the
+    /// server refused the client by its rules, e.g. pg_hba.conf).
+    AuthFailed,
+    /// The data plane rejected the statement: the remote's SQLSTATE where
+    /// PostgreSQL knows it (see [`statement_code`]), else HV000; the
+    /// remote's own code is in DETAIL. The only kind the model may retry.
+    Statement,
+    /// 57014: the statement was cancelled on request (not by a deadline).
+    Cancelled,
+    /// XX000: a fault of pg_dbrag itself (an internal query, a reply out of
+    /// protocol).
+    Internal,
     /// 39000: the model endpoint failed or answered something unusable.
     Model,
     /// 57014: a call took longer than its limit.
@@ -38,6 +54,8 @@ pub enum Kind {
     TooLarge,
     /// 53200: a statement grew the backend past dbrag.query_memory_limit.
     OutOfMemory,
+    /// 53400: a tenant's model budget (calls per minute, tokens per day) is spent.
+    OverBudget,
 }
 
 impl Kind {
@@ -51,6 +69,11 @@ impl Kind {
             Kind::NotConfigured => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             Kind::NotFound => ERRCODE_UNDEFINED_OBJECT,
             Kind::Remote => ERRCODE_SYSTEM_ERROR,
+            Kind::ConnectFailed => ERRCODE_SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION,
+            Kind::AuthFailed => ERRCODE_INVALID_PASSWORD,
+            Kind::Statement => ERRCODE_FDW_ERROR,
+            Kind::Cancelled => ERRCODE_QUERY_CANCELED,
+            Kind::Internal => ERRCODE_INTERNAL_ERROR,
             Kind::Model => ERRCODE_EXTERNAL_ROUTINE_INVOCATION_EXCEPTION,
             Kind::Timeout => ERRCODE_QUERY_CANCELED,
             Kind::RefusedSql => ERRCODE_SYNTAX_ERROR,
@@ -58,16 +81,58 @@ impl Kind {
             Kind::DependentObjects => ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST,
             Kind::TooLarge => ERRCODE_PROGRAM_LIMIT_EXCEEDED,
             Kind::OutOfMemory => ERRCODE_OUT_OF_MEMORY,
+            Kind::OverBudget => ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
         }
     }
 }
 
-/// A failure on its way to the client: kind, message, optional hint.
+/// Classes of SQLSTATE this table gives a meaning of its own: a remote
+/// statement error in one of them is reported as HV000, never as if the
+/// connection, the credentials, a deadline or pg_dbrag had failed.
+const RESERVED_CLASSES: [&str; 9] = ["08", "28", "3D", "53", "54", "55", "57", "58", "XX"];
+
+fn known_code(state: &str) -> Option<PgSqlErrorCode> {
+    let b = state.as_bytes();
+    if b.len() != 5
+        || !b
+            .iter()
+            .all(|c| c.is_ascii_digit() || c.is_ascii_uppercase())
+    {
+        return None;
+    }
+    let code = b.iter().enumerate().fold(0i32, |n, (i, c)| {
+        n + ((((*c as i32) - ('0' as i32)) & 0x3F) << (6 * i))
+    });
+    let known = PgSqlErrorCode::from(code);
+    // From<i32> answers XX000 for a code it does not know.
+    (known != PgSqlErrorCode::ERRCODE_INTERNAL_ERROR || state == "XX000").then_some(known)
+}
+
+/// The SQLSTATE of a statement the data plane rejected: the remote's own
+/// code when PostgreSQL knows it, else its class's (42S22 → 42000), else
+/// HV000 (fdw_error); HV000 too for classes [`RESERVED_CLASSES`].
+pub fn statement_code(remote: Option<&str>) -> PgSqlErrorCode {
+    let Some(state) = remote.filter(|s| s.len() == 5 && s.is_ascii()) else {
+        return PgSqlErrorCode::ERRCODE_FDW_ERROR;
+    };
+    if RESERVED_CLASSES.contains(&&state[..2]) {
+        return PgSqlErrorCode::ERRCODE_FDW_ERROR;
+    }
+    known_code(state)
+        .or_else(|| known_code(&format!("{}000", &state[..2])))
+        .unwrap_or(PgSqlErrorCode::ERRCODE_FDW_ERROR)
+}
+
+/// A failure on its way to the client: kind, message, optional hint and
+/// detail, and for [`Kind::Statement`] the SQLSTATE it keeps.
 #[derive(Debug, Clone)]
 pub struct DbragError {
     pub kind: Kind,
     pub message: String,
     pub hint: Option<String>,
+    pub detail: Option<String>,
+    /// Overrides the kind's SQLSTATE (a statement error's own code).
+    pub code: Option<PgSqlErrorCode>,
 }
 
 impl DbragError {
@@ -76,7 +141,22 @@ impl DbragError {
             kind,
             message: message.into(),
             hint: None,
+            detail: None,
+            code: None,
         }
+    }
+
+    /// A statement the data plane rejected, with the remote's SQLSTATE
+    /// (None where the engine has none) and a DETAIL naming it.
+    pub fn statement(
+        message: impl Into<String>,
+        remote_state: Option<&str>,
+        detail: String,
+    ) -> Self {
+        let mut e = DbragError::new(Kind::Statement, message);
+        e.code = Some(statement_code(remote_state));
+        e.detail = Some(detail);
+        e
     }
 
     pub fn hint(mut self, hint: impl Into<String>) -> Self {
@@ -84,11 +164,24 @@ impl DbragError {
         self
     }
 
+    pub fn detail(mut self, detail: impl Into<String>) -> Self {
+        self.detail = Some(detail.into());
+        self
+    }
+
+    /// The SQLSTATE this error is raised with.
+    pub fn sqlstate(&self) -> PgSqlErrorCode {
+        self.code.unwrap_or_else(|| self.kind.code())
+    }
+
     /// Raise as an ERROR; never returns.
     pub fn raise(self) -> ! {
-        let mut report = ErrorReport::new(self.kind.code(), self.message, "pg_dbrag");
+        let mut report = ErrorReport::new(self.sqlstate(), self.message, "pg_dbrag");
         if let Some(hint) = self.hint {
             report = report.set_hint(hint);
+        }
+        if let Some(detail) = self.detail {
+            report = report.set_detail(detail);
         }
         report.report(PgLogLevel::ERROR);
         unreachable!("ERROR does not return")
@@ -123,13 +216,47 @@ impl<T> OrRaise<T> for Result<T> {
 }
 
 /// SPI failures are bugs or concurrent DDL, not user errors: report them as
-/// internal errors with the SPI text, never a panic.
+/// internal errors (XX000) with the SPI text, never a panic, and never as
+/// missing configuration. The one exception is a lookup that found no row
+/// where one was expected (a tenant or connection removed meanwhile, an
+/// unknown id): 42704.
 impl From<pgrx::spi::Error> for DbragError {
     fn from(e: pgrx::spi::Error) -> Self {
+        if matches!(e, pgrx::spi::Error::InvalidPosition) {
+            return DbragError::new(
+                Kind::NotFound,
+                "pg_dbrag found no row where one was expected (an unknown or removed tenant or connection)",
+            );
+        }
         DbragError::new(
-            Kind::NotConfigured,
+            Kind::Internal,
             format!("pg_dbrag internal query failed: {e}"),
         )
+    }
+}
+
+/// The answer of an internal query on which a decision rests, or XX000
+/// naming `what` it was for: never an empty answer in place of a failure.
+pub fn spi_or_raise<T>(r: std::result::Result<T, pgrx::spi::Error>, what: &str) -> T {
+    match r {
+        Ok(v) => v,
+        Err(e) => DbragError::new(
+            Kind::Internal,
+            format!("pg_dbrag internal query failed ({what}): {e}"),
+        )
+        .raise(),
+    }
+}
+
+/// As [`spi_or_raise`] for a one-row lookup: no row is `None`, any other
+/// failure XX000.
+pub fn spi_row_or_raise<T>(
+    r: std::result::Result<Option<T>, pgrx::spi::Error>,
+    what: &str,
+) -> Option<T> {
+    match r {
+        Err(pgrx::spi::Error::InvalidPosition) => None,
+        other => spi_or_raise(other, what),
     }
 }
 

@@ -199,7 +199,7 @@ fn ended(engine: &str, status: i32, stderr: &[u8], memory_mb: i32) -> DbragError
 pub fn call(engine: &str, request: &Request, budget_ms: u64) -> Result<Value> {
     reap_left();
     let payload = serde_json::to_vec(request)
-        .map_err(|e| DbragError::new(Kind::Remote, format!("encoding the request: {e}")))?;
+        .map_err(|e| DbragError::new(Kind::Internal, format!("encoding the request: {e}")))?;
     if payload.len() > MAX_REQUEST_BYTES {
         return Err(DbragError::new(
             Kind::TooLarge,
@@ -241,7 +241,7 @@ pub fn call(engine: &str, request: &Request, budget_ms: u64) -> Result<Value> {
         (child.stdin.take(), child.stdout.take(), child.stderr.take())
     else {
         return Err(DbragError::new(
-            Kind::Remote,
+            Kind::Internal,
             "the helper's pipes are missing",
         ));
     };
@@ -382,8 +382,16 @@ pub fn call(engine: &str, request: &Request, budget_ms: u64) -> Result<Value> {
 }
 
 fn from_wire(e: frame::WireError) -> DbragError {
+    if e.kind == ErrorKind::Statement {
+        let detail = e.detail.unwrap_or_default();
+        return DbragError::statement(e.message, e.sqlstate.as_deref(), detail);
+    }
     let kind = match e.kind {
         ErrorKind::Remote => Kind::Remote,
+        ErrorKind::ConnectFailed => Kind::ConnectFailed,
+        ErrorKind::AuthFailed => Kind::AuthFailed,
+        ErrorKind::Statement => Kind::Statement,
+        ErrorKind::Cancelled => Kind::Cancelled,
         ErrorKind::Timeout => Kind::Timeout,
         ErrorKind::Forbidden => Kind::Forbidden,
         ErrorKind::NotFound => Kind::NotFound,
@@ -391,9 +399,8 @@ fn from_wire(e: frame::WireError) -> DbragError {
         ErrorKind::BadArgument => Kind::BadArgument,
         ErrorKind::TooLarge => Kind::TooLarge,
     };
-    let out = DbragError::new(kind, e.message);
-    match e.hint {
-        Some(h) => out.hint(h),
-        None => out,
-    }
+    let mut out = DbragError::new(kind, e.message);
+    out.hint = e.hint;
+    out.detail = e.detail;
+    out
 }

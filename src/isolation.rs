@@ -93,16 +93,27 @@ fn _isolation_guarded(
         raise(Kind::BadArgument, "tenant column must not contain NUL");
     }
     let _guard = IsolationGuard::enter();
-    let (func, rels) = privileged::with_pinned_search_path(|| {
-        let func = Spi::get_one_with_args::<pg_sys::Oid>(
-            "SELECT $1::pg_catalog.regprocedure::pg_catalog.oid",
-            &[DatumWithOid::from(body)],
+    let (func, policies, rels) = privileged::with_pinned_search_path(|| {
+        // The four tenant policies, written once for the control plane and
+        // for application tables (sql/isolation.sql).
+        let policies = crate::error::spi_row_or_raise(
+            Spi::get_one::<pg_sys::Oid>(
+                "SELECT 'dbrag._tenant_policies(pg_catalog.regclass, pg_catalog.name, pg_catalog.bool)'\
+                 ::pg_catalog.regprocedure::pg_catalog.oid",
+            ),
+            "the policy function",
         )
-        .ok()
-        .flatten()
+        .unwrap_or(pg_sys::InvalidOid);
+        let func = crate::error::spi_row_or_raise(
+            Spi::get_one_with_args::<pg_sys::Oid>(
+                "SELECT $1::pg_catalog.regprocedure::pg_catalog.oid",
+                &[DatumWithOid::from(body)],
+            ),
+            "the isolation function",
+        )
         .unwrap_or(pg_sys::InvalidOid);
         // The table first, then its partitions and children, depth first.
-        let rels: Vec<pg_sys::Oid> = Spi::connect(|client| {
+        let rels = Spi::connect(|client| {
             let rows = client.select(
                 "WITH RECURSIVE d(rel, path) AS ( \
                      SELECT $1::pg_catalog.oid, ARRAY[$1::pg_catalog.oid] \
@@ -122,11 +133,13 @@ fn _isolation_guarded(
                 }
             }
             Ok::<_, pgrx::spi::Error>(out)
-        })
-        .unwrap_or_default();
-        (func, rels)
+        });
+        // The tables that get the policies: never an empty list in place
+        // of a failure.
+        let rels: Vec<pg_sys::Oid> = crate::error::spi_or_raise(rels, "the table's partitions");
+        (func, policies, rels)
     });
-    if func == pg_sys::InvalidOid {
+    if func == pg_sys::InvalidOid || policies == pg_sys::InvalidOid {
         raise(Kind::NotConfigured, "pg_dbrag is not installed completely");
     }
     let rels = if rels.is_empty() { vec![tbl] } else { rels };
@@ -138,6 +151,11 @@ fn _isolation_guarded(
             column,
             rebuild_unique.unwrap_or(false),
         );
+        if op == "enable" {
+            // Tenant policies only: dbrag_admin's see-all policies are for
+            // the control plane.
+            call_body(policies, true, rel, column, false);
+        }
     }
     let table = privileged::with_pinned_search_path(|| {
         // The name as the catalogs spell it now, schema-qualified.
@@ -165,7 +183,8 @@ fn _isolation_guarded(
     );
 }
 
-/// Call one of the SQL bodies on one table, as the caller. Errors it raises
+/// Call one of the SQL bodies (or dbrag._tenant_policies, which has the
+/// enable body's signature) on one table, as the caller. Errors it raises
 /// reach the client with their own SQLSTATE.
 fn call_body(func: pg_sys::Oid, enable: bool, rel: pg_sys::Oid, column: &str, rebuild: bool) {
     // SAFETY: the arguments match the bodies' signatures (regclass, name,
@@ -666,12 +685,13 @@ fn tenant_role_comment(tenant: uuid::Uuid) -> String {
 }
 
 fn role_comment(name: &str) -> Option<String> {
-    Spi::get_one_with_args::<String>(
-        "SELECT pg_catalog.shobj_description(oid, 'pg_authid') FROM pg_catalog.pg_roles WHERE rolname = $1",
-        &[DatumWithOid::from(name)],
+    crate::error::spi_row_or_raise(
+        Spi::get_one_with_args::<String>(
+            "SELECT pg_catalog.shobj_description(oid, 'pg_authid') FROM pg_catalog.pg_roles WHERE rolname = $1",
+            &[DatumWithOid::from(name)],
+        ),
+        "a role's comment",
     )
-    .ok()
-    .flatten()
 }
 
 /// Grant `role` to exactly the active tenant's member login roles (never a

@@ -6,6 +6,7 @@ use pgrx::prelude::*;
 
 mod act_as;
 mod audit;
+mod budget;
 mod catalog;
 mod connections;
 mod crypto;
@@ -27,6 +28,7 @@ mod subxact;
 mod tenant;
 mod timer;
 mod value_index;
+mod verified;
 
 pgrx::pg_module_magic!();
 
@@ -72,6 +74,21 @@ pgrx::extension_sql_file!(
 );
 pgrx::extension_sql_file!("../sql/nl2sql.sql", name = "nl2sql", requires = ["catalog"]);
 pgrx::extension_sql_file!(
+    "../sql/verified.sql",
+    name = "verified",
+    requires = ["nl2sql"]
+);
+pgrx::extension_sql_file!(
+    "../sql/budget.sql",
+    name = "budget",
+    requires = [
+        "nl2sql",
+        "tenant_admin",
+        tenant::_audit,
+        budget::budget_status
+    ]
+);
+pgrx::extension_sql_file!(
     "../sql/connections.sql",
     name = "connections",
     requires = ["isolation"]
@@ -99,6 +116,7 @@ pub extern "C-unwind" fn _PG_init() {
     gucs::register();
     tenant::init();
     audit::init();
+    budget::init();
 }
 
 #[cfg(any(test, feature = "pg_test"))]

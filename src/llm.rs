@@ -55,6 +55,9 @@ pub struct ModelConfig {
     /// True when `url` comes from the tenant's settings: then only the
     /// tenant's own key may be sent there, never the global one.
     pub url_is_tenant_override: bool,
+    /// The tenant the call is made for: its budget is charged
+    /// (crate::budget). None for the global settings (diagnostics).
+    pub tenant: Option<uuid::Uuid>,
 }
 
 impl std::fmt::Debug for ModelConfig {
@@ -68,6 +71,7 @@ impl std::fmt::Debug for ModelConfig {
             .field("max_tokens", &self.max_tokens)
             .field("temperature", &self.temperature)
             .field("url_is_tenant_override", &self.url_is_tenant_override)
+            .field("tenant", &self.tenant)
             .finish()
     }
 }
@@ -83,18 +87,22 @@ struct TenantOverrides {
 fn tenant_overrides(tenant: uuid::Uuid) -> Result<TenantOverrides, DbragError> {
     let id = pgrx::Uuid::from_bytes(*tenant.as_bytes());
     // As text: pgrx's JsonB panics on some valid jsonb (crate::jsonb).
-    let settings: Option<String> = privileged::as_extension(|| {
-        Spi::connect(|client| {
-            client
-                .select(
-                    "SELECT settings::pg_catalog.text FROM control_plane.tenants WHERE tenant_id = $1",
-                    Some(1),
-                    &[DatumWithOid::from(id)],
-                )?
-                .first()
-                .get_one::<String>()
-        })
-    })?;
+    // No such tenant: no overrides.
+    let settings: Option<String> = crate::error::spi_row_or_raise(
+        privileged::as_extension(|| {
+            Spi::connect(|client| {
+                client
+                    .select(
+                        "SELECT settings::pg_catalog.text FROM control_plane.tenants WHERE tenant_id = $1",
+                        Some(1),
+                        &[DatumWithOid::from(id)],
+                    )?
+                    .first()
+                    .get_one::<String>()
+            })
+        }),
+        "the tenant's settings",
+    );
     let Some(settings) = settings else {
         return Ok(TenantOverrides::default());
     };
@@ -129,7 +137,9 @@ fn tenant_overrides(tenant: uuid::Uuid) -> Result<TenantOverrides, DbragError> {
 /// precedence. `api_key` is sent as given (see the module note on keys).
 pub fn config_for(tenant: uuid::Uuid, api_key: Option<String>) -> Result<ModelConfig, DbragError> {
     let overrides = tenant_overrides(tenant)?;
-    build_config(overrides, api_key)
+    let mut cfg = build_config(overrides, api_key)?;
+    cfg.tenant = Some(tenant);
+    Ok(cfg)
 }
 
 /// The global model settings, without any tenant's override.
@@ -180,6 +190,7 @@ fn build_config(
         max_tokens: gucs::LLM_MAX_TOKENS.get().max(1) as u32,
         temperature: gucs::LLM_TEMPERATURE.get() as f32,
         url_is_tenant_override,
+        tenant: None,
     })
 }
 
@@ -293,11 +304,52 @@ fn spawn_io_thread(f: impl FnOnce() + Send + 'static) -> std::io::Result<()> {
 /// Errors: 57014 when the model takes longer than `cfg.timeout_ms` (and the
 /// usual 57014 of `statement_timeout` or a cancel, raised by PostgreSQL);
 /// 39000 for an unreachable endpoint, an HTTP error (429 says when to
-/// retry), a body that is not JSON, over 4 MiB, or an empty answer. No
+/// retry), a body that is not JSON, over 4 MiB, or an empty answer; 53400
+/// when the tenant's budget is spent (crate::budget: no call is made). No
 /// message ever contains the API key.
 pub fn complete(cfg: &ModelConfig, system: &str, user: &str) -> Result<ModelReply, DbragError> {
     let url = llmhttp::endpoint(cfg.provider, &cfg.url)
         .map_err(|m| DbragError::new(Kind::BadArgument, m))?;
+    // A key that cannot be sent is refused before the budget is charged.
+    if cfg
+        .api_key
+        .as_deref()
+        .is_some_and(|k| k.trim().chars().any(char::is_control))
+    {
+        return Err(DbragError::new(
+            Kind::BadArgument,
+            "the API key contains control characters",
+        ));
+    }
+    // The tenant's budget: one call claimed, tokens estimated until the reply
+    // says how many were used (every model call for a tenant passes here).
+    let reservation = match cfg.tenant {
+        Some(tenant) => {
+            let estimate = ((system.len() + user.len()) / 4) as u64 + u64::from(cfg.max_tokens);
+            crate::budget::reserve(tenant, estimate)?
+        }
+        None => None,
+    };
+    let reply = call_model(cfg, &url, system, user)?;
+    if let Some(r) = reservation {
+        // A reply without a usage count is charged the estimate.
+        let used = match (reply.prompt_tokens, reply.completion_tokens) {
+            (None, None) => r.estimate(),
+            (p, c) => (p.unwrap_or(0).max(0) as u64).saturating_add(c.unwrap_or(0).max(0) as u64),
+        };
+        r.settle(used);
+    }
+    Ok(reply)
+}
+
+/// One exchange with the model endpoint (see [`complete`]).
+fn call_model(
+    cfg: &ModelConfig,
+    url: &str,
+    system: &str,
+    user: &str,
+) -> Result<ModelReply, DbragError> {
+    let url = url.to_string();
     let shown = display_url(&url);
     let key = cfg.api_key.as_deref();
     let fail = |kind: Kind, msg: String| DbragError::new(kind, redact(&msg, key));

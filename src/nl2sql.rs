@@ -133,7 +133,7 @@ fn prompt_tables(
             Ok::<_, pgrx::spi::Error>(out)
         })
         .unwrap_or_else(|e| {
-            DbragError::new(Kind::NotConfigured, format!("catalog search failed: {e}")).raise()
+            DbragError::new(Kind::Internal, format!("catalog search failed: {e}")).raise()
         });
     rows.iter().map(table_from_catalog_row).collect()
 }
@@ -279,6 +279,8 @@ pub fn prompt_for(
             .iter()
             .map(|m| crate::value_index::prompt_line(m, &conn.schema_name)),
     );
+    // The tenant's verified queries lead the examples (crate::verified).
+    let examples = [crate::verified::prompt_examples(conn, question), examples].concat();
     let input = PromptInput {
         dialect: dialect(conn),
         default_schema: Some(conn.schema_name.clone()),
@@ -334,6 +336,8 @@ struct Attempt {
     rows: Option<i64>,
     result_hash: Option<String>,
     cached: bool,
+    /// The SQL is a verified query's (crate::verified): no model call.
+    verified: bool,
     catalog_version: Option<String>,
     /// The role the statement runs as (the tenant's, crate::act_as).
     acting_role: Option<String>,
@@ -460,13 +464,13 @@ fn allowed_relations(conn: &Connection) -> std::collections::HashSet<pgrx::pg_sy
 
 /// Check a statement for the connection: Ok(normalised SQL), or the
 /// failure (refused: no retry; invalid: the model may retry).
-enum Checked {
+pub(crate) enum Checked {
     Ok(String),
     Refused(DbragError),
     Invalid(String),
 }
 
-fn check(conn: &Connection, role: pgrx::pg_sys::Oid, sql: &str) -> Checked {
+pub(crate) fn check(conn: &Connection, role: pgrx::pg_sys::Oid, sql: &str) -> Checked {
     use crate::guard::GuardError;
     let result = match conn.kind {
         EngineKind::Local => {
@@ -532,8 +536,15 @@ fn execute_as_tenant(
     if conn.kind != EngineKind::Local {
         return crate::dataplane::execute_read_only(conn, sql, max_rows, MAX_ANSWER_BYTES, timeout)
             .map_err(|e| match e.kind {
-                Kind::Timeout => ExecError::Fatal(e),
-                Kind::Remote => ExecError::Retryable(e.message),
+                // Only the data plane's verdict on the statement is the
+                // model's to fix; a permission the role lacks is not (as
+                // for local connections below). Connect and authentication
+                // failures never reach the model (README.md, "Errors").
+                Kind::Statement
+                    if e.sqlstate() != pgrx::PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE =>
+                {
+                    ExecError::Retryable(e)
+                }
                 _ => ExecError::Fatal(e),
             });
     }
@@ -604,7 +615,7 @@ fn execute_as_tenant(
             rows.truncate(max_rows as usize);
             Ok((rows, truncated))
         }
-        Ok(Err(e)) => Err(ExecError::Retryable(e.to_string())),
+        Ok(Err(e)) => Err(ExecError::Retryable(DbragError::from(e))),
         Err(caught) => {
             if let Some(e) = out_of_memory {
                 return Err(ExecError::Fatal(e));
@@ -623,7 +634,9 @@ fn execute_as_tenant(
                     Err(ExecError::Fatal(DbragError::new(Kind::Forbidden, message)))
                 }
                 Some((code, message)) if !crate::guard::must_rethrow(code) => {
-                    Err(ExecError::Retryable(message))
+                    let mut e = DbragError::new(Kind::Statement, message);
+                    e.code = Some(code);
+                    Err(ExecError::Retryable(e))
                 }
                 _ => caught.rethrow(),
             }
@@ -632,8 +645,10 @@ fn execute_as_tenant(
 }
 
 enum ExecError {
-    /// The statement failed in a way the model may fix.
-    Retryable(String),
+    /// The statement failed in a way the model may fix: the model is sent
+    /// the error's message alone; after the last try the caller gets the
+    /// error with its own SQLSTATE.
+    Retryable(DbragError),
     Fatal(DbragError),
 }
 
@@ -654,17 +669,26 @@ fn answer(
         .ok()
         .map(|c| c.model);
     let mut retry: Option<(String, String)> = None;
+    // A verified query for the same question first, then the cache.
+    let mut from_verified = crate::verified::matching_sql(conn, question);
     let mut from_cache = match &attempt.model {
-        Some(model) => cached_sql(conn, question, &version, &acting_role, model),
-        None => None,
+        Some(model) if from_verified.is_none() => {
+            cached_sql(conn, question, &version, &acting_role, model)
+        }
+        _ => None,
     };
     for round in 0..=RETRIES {
-        let sql = match from_cache.take() {
-            Some(sql) => {
+        attempt.verified = false;
+        let sql = match (from_verified.take(), from_cache.take()) {
+            (Some(sql), _) => {
+                attempt.verified = true;
+                sql
+            }
+            (None, Some(sql)) => {
                 attempt.cached = true;
                 sql
             }
-            None => {
+            (None, None) => {
                 attempt.cached = false;
                 ask_model(conn, question, retry.take(), attempt)?
             }
@@ -713,15 +737,10 @@ fn answer(
                 };
                 return Err(Failure::new(status, e));
             }
-            Err(ExecError::Retryable(msg)) if !last => retry = Some((checked, msg)),
-            Err(ExecError::Retryable(msg)) => {
-                return Err(Failure::new(
-                    "error",
-                    DbragError::new(
-                        Kind::RefusedSql,
-                        format!("the generated statement failed: {msg}"),
-                    ),
-                ))
+            Err(ExecError::Retryable(e)) if !last => retry = Some((checked, e.message)),
+            Err(ExecError::Retryable(mut e)) => {
+                e.message = format!("the generated statement failed: {}", e.message);
+                return Err(Failure::new("error", e));
             }
         }
     }
@@ -756,7 +775,8 @@ fn history_row(
         "result_hash": attempt.result_hash,
         "catalog_version": attempt.catalog_version,
         "acting_role": attempt.acting_role,
-        "model": attempt.model,
+        // No model wrote a verified query's SQL.
+        "model": if attempt.verified { None } else { attempt.model.clone() },
     })
 }
 
@@ -779,7 +799,13 @@ fn answer_and_record(
     };
     match answer(&conn, &question, max_rows, run, &mut attempt) {
         Ok(rows) => {
-            let status = if attempt.cached { "cached" } else { "ok" };
+            let status = if attempt.verified {
+                "verified"
+            } else if attempt.cached {
+                "cached"
+            } else {
+                "ok"
+            };
             crate::audit::insert_row(
                 "query_history",
                 &history_row(&conn, &question, &attempt, status, None),

@@ -271,13 +271,12 @@ pub fn role_tenant(session_user: pg_sys::Oid) -> Option<uuid::Uuid> {
     if !name.starts_with("dbrag_tenant_") {
         return None;
     }
-    crate::privileged::as_extension(|| {
+    let tenant = crate::privileged::as_extension(|| {
         Spi::get_one_with_args::<pgrx::Uuid>(
             "SELECT tenant_id FROM control_plane.tenants WHERE tenant_role = $1::pg_catalog.name",
             &[pgrx::datum::DatumWithOid::from(name.as_str())],
         )
-    })
-    .ok()
-    .flatten()
-    .map(|t| uuid::Uuid::from_bytes(*t.as_bytes()))
+    });
+    crate::error::spi_row_or_raise(tenant, "the tenant of a tenant role")
+        .map(|t| uuid::Uuid::from_bytes(*t.as_bytes()))
 }

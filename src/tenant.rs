@@ -80,10 +80,7 @@ fn tenant_status(tenant: uuid::Uuid) -> Option<String> {
     }) {
         return hit;
     }
-    // A failed lookup reads as "no such tenant" and is not remembered.
-    let Some(status) = tenant_status_uncached(tenant) else {
-        return None;
-    };
+    let status = tenant_status_uncached(tenant);
     // An invalidation during the lookup bumps the epoch: the entry is then
     // filed under the old one and never served.
     STATUS.with(|c| {
@@ -98,10 +95,11 @@ fn tenant_status(tenant: uuid::Uuid) -> Option<String> {
 }
 
 /// Tenant status as stored, looked up as the extension (no policy applies):
-/// Some(None) when there is no such tenant, None when the lookup failed.
-fn tenant_status_uncached(tenant: uuid::Uuid) -> Option<Option<String>> {
+/// None when there is no such tenant; a failed lookup is XX000, never read
+/// as "no such tenant".
+fn tenant_status_uncached(tenant: uuid::Uuid) -> Option<String> {
     let id = pgrx::Uuid::from_bytes(*tenant.as_bytes());
-    privileged::as_extension(|| {
+    let status = privileged::as_extension(|| {
         // A read-only select: this runs inside parallel workers too.
         Spi::connect(|client| {
             client
@@ -114,8 +112,8 @@ fn tenant_status_uncached(tenant: uuid::Uuid) -> Option<Option<String>> {
                 .first()
                 .get_one::<String>()
         })
-    })
-    .ok()
+    });
+    crate::error::spi_or_raise(status, "the tenant's status")
 }
 
 /// The single active tenant the login role is a member of, if exactly one;
@@ -135,7 +133,7 @@ fn membership_tenant(member: pg_sys::Oid) -> Option<uuid::Uuid> {
 }
 
 fn membership_tenant_uncached(member: pg_sys::Oid) -> Option<uuid::Uuid> {
-    let found: Vec<pgrx::Uuid> = privileged::as_extension(|| {
+    let found = privileged::as_extension(|| {
         Spi::connect(|client| {
             let rows = client.select(
                 "SELECT m.tenant_id FROM control_plane.tenant_members m \
@@ -152,8 +150,8 @@ fn membership_tenant_uncached(member: pg_sys::Oid) -> Option<uuid::Uuid> {
             }
             Ok::<_, pgrx::spi::Error>(out)
         })
-    })
-    .unwrap_or_default();
+    });
+    let found: Vec<pgrx::Uuid> = crate::error::spi_or_raise(found, "the login role's tenants");
     if found.len() == 1 {
         Some(uuid::Uuid::from_bytes(*found[0].as_bytes()))
     } else {
@@ -547,16 +545,14 @@ fn member_with_createrole() -> bool {
     if !suspicious {
         return false;
     }
-    privileged::as_extension(|| {
+    let member = privileged::as_extension(|| {
         Spi::get_one_with_args::<bool>(
             "SELECT EXISTS (SELECT 1 FROM control_plane.tenant_members \
              WHERE member OPERATOR(pg_catalog.=) $1::pg_catalog.oid::pg_catalog.regrole)",
             &[DatumWithOid::from(login)],
         )
-    })
-    .ok()
-    .flatten()
-    .unwrap_or(true)
+    });
+    crate::error::spi_row_or_raise(member, "the login role's memberships").unwrap_or(true)
 }
 
 /// `dbrag.reset_tenant()`: clear the tenant set by `set_tenant`.
@@ -606,6 +602,10 @@ fn issue_token(
     let Some(secret) = gucs::string_value(&gucs::JWT_SECRET) else {
         raise(Kind::NotConfigured, "dbrag.jwt_secret is not set");
     };
+    // An unknown id would fail the audit row's foreign key with a raw 23503.
+    if tenant_status(tenant).is_none() {
+        raise(Kind::NotFound, format!("tenant {tenant} does not exist"));
+    }
     let now = now_unix();
     let mut claims = json!({"tenant_id": tenant.to_string(), "iat": now, "exp": now + ttl as i64});
     if let Some(r) = role {

@@ -1,17 +1,13 @@
-"""dbrag.ask() end to end on MySQL/MariaDB and SQLite connections (issue 9):
-the model fixture answers, the dialect guard checks, the engine runs it
-read-only, rows come back as jsonb; writes and deny-listed calls are
-refused before they reach the server; one retry with the engine's error;
-tenants never see each other's history."""
+"""dbrag.ask() on MySQL/MariaDB and SQLite connections (issue 9): the
+`engines` fixture (also used by tests/test_engine_contract.py, which holds
+the end-to-end runs and the refusals before the server), one retry with the
+engine's error, tenants never see each other's history."""
 
-import uuid
-
-import psycopg
 import pytest
 
 from conftest import DBNAME
 from llm_fixture import llm_server  # noqa: F401  (fixture)
-from mysql_fixture import general_log, mysql_uri, setup_mysql
+from mysql_fixture import mysql_uri, setup_mysql
 from test_sqlite import sqlite_dir, tenant_files  # noqa: F401  (fixture)
 
 KEY = "sk-test-engines-77aa"
@@ -57,63 +53,10 @@ REVENUE = ("SELECT c.name, SUM(o.total) AS revenue FROM customers c JOIN orders 
            "GROUP BY c.name ORDER BY revenue DESC")
 
 
-def test_ask_mysql_end_to_end(engines):
-    tenants, model = engines
-    model.script(sql_answer(REVENUE + " -- by customer"))
-    with tenants.conn(tenants.a_role) as a:
-        rows = [r[0] for r in a.execute("SELECT * FROM dbrag.ask('revenue per customer')")]
-        assert rows == [{"name": "Ada Lovelace", "revenue": 270.5}, {"name": "Bo Diddley", "revenue": 99.99}]
-        (question, status, sql, error, count), = history(a)
-        assert (question, status, error, count) == ("revenue per customer", "ok", None, 2)
-        assert "-- by customer" not in sql  # what ran is the normalized statement
-    prompt = prompt_of(model.requests()[-1])
-    assert "MySQL" in prompt and "customers" in prompt
+# ask() end to end on each engine: tests/test_engine_contract.py.
 
 
-def test_ask_sqlite_end_to_end(engines):
-    tenants, model = engines
-    model.script(sql_answer(REVENUE))
-    with tenants.conn(tenants.b_role) as b:
-        rows = [r[0] for r in b.execute("SELECT * FROM dbrag.ask('revenue per customer')")]
-        assert rows == [{"name": "Ada Lovelace", "revenue": 270.5}, {"name": "Bo Diddley", "revenue": 99.99}]
-        assert [h[1] for h in history(b)] == ["ok"]
-    assert "SQLite" in prompt_of(model.requests()[-1])
-
-
-@pytest.mark.parametrize("answer,state", [
-    ("DELETE FROM customers WHERE name = '{tag}'", "42601"),
-    ("UPDATE customers SET name = '{tag}'", "42601"),
-    ("SELECT load_file('/etc/passwd'), '{tag}'", "42501"),
-    ("SELECT sleep(10), '{tag}'", "42501"),
-    ("SELECT '{tag}', user FROM mysql.user", "42501"),
-    ("SELECT @@datadir, '{tag}'", "42501"),
-])
-def test_ask_mysql_refuses_before_the_server(su, engines, answer, state):
-    tenants, model = engines
-    tag = "ak" + uuid.uuid4().hex[:10]
-    model.script(sql_answer(answer.format(tag=tag)))
-    with tenants.conn(tenants.a_role) as a:
-        with pytest.raises(psycopg.Error) as e:
-            a.execute("SELECT * FROM dbrag.ask('do something')")
-        assert e.value.sqlstate == state, str(e.value)
-        assert history(a)[-1][1] in ("refused", "error")
-    assert tag not in general_log()
-
-
-@pytest.mark.parametrize("answer,state", [
-    ("DELETE FROM customers", "42601"),
-    ("ATTACH DATABASE '/tmp/x.db' AS x", "42601"),
-    ("SELECT load_extension('/tmp/evil.so')", "42501"),
-    ("SELECT * FROM sqlite_master", "42501"),
-    ("PRAGMA query_only = 0", "42601"),
-])
-def test_ask_sqlite_refuses(engines, answer, state):
-    tenants, model = engines
-    model.script(sql_answer(answer))
-    with tenants.conn(tenants.b_role) as b:
-        with pytest.raises(psycopg.Error) as e:
-            b.execute("SELECT * FROM dbrag.ask('do something')")
-        assert e.value.sqlstate == state, str(e.value)
+# ask() refusing each engine's constructs: tests/test_engine_contract.py.
 
 
 def test_ask_retries_with_the_engines_error(engines):
@@ -139,3 +82,22 @@ def test_ask_history_stays_with_its_tenant(engines):
         assert b.execute("SELECT * FROM dbrag.ask('how many orders, secretly B')").fetchone()[0] == {"n": 3}
         assert [h[0] for h in history(a)] == ["how many customers, secretly A"]
         assert [h[0] for h in history(b)] == ["how many orders, secretly B"]
+
+
+@pytest.mark.parametrize("who", ["a", "b"])
+def test_verified_queries_on_mysql_and_sqlite(engines, who):
+    # docs/llm-and-guard.md, "Verified queries and feedback": the engine's
+    # dialect guard checks the statement when saved; the same question is
+    # then answered on the engine without a model call.
+    tenants, model = engines
+    role = tenants.a_role if who == "a" else tenants.b_role
+    with tenants.conn(role) as c:
+        with pytest.raises(psycopg.Error) as e:
+            c.execute("SELECT dbrag.add_verified_query('wipe', 'DELETE FROM customers')")
+        assert e.value.sqlstate == "42601"
+        c.execute("SELECT dbrag.add_verified_query('Revenue per customer?', %s)", (REVENUE,))
+        calls = len(model.requests())
+        rows = [r[0] for r in c.execute("SELECT * FROM dbrag.ask('revenue per customer')")]
+        assert rows == [{"name": "Ada Lovelace", "revenue": 270.5}, {"name": "Bo Diddley", "revenue": 99.99}]
+        assert len(model.requests()) == calls
+        assert [h[1] for h in history(c)] == ["verified"]

@@ -241,6 +241,18 @@ def test_tenant_admin_requires_dbrag_admin(tenants):
         assert c.execute("SELECT dbrag.set_tenant(%s)", (token,)).fetchone()[0] == new
 
 
+def test_issue_token_for_unknown_tenant_is_42704(su, tenants):
+    # It once signed first and then failed the audit row's foreign key (23503).
+    unknown = uuid.uuid4()
+    since = last_audit_id(su)
+    with tenants.conn(tenants.admin_role) as c:
+        with pytest.raises(psycopg.Error) as e:
+            c.execute("SELECT dbrag.issue_token(%s, 60)", (unknown,))
+        assert e.value.sqlstate == "42704"
+        assert str(unknown) in e.value.diag.message_primary
+    assert audit_events(su, since, "token_issued") == []
+
+
 def test_superuser_members_are_refused(su, tenants):
     su.execute(f"CREATE ROLE bypass_{tenants.tag} LOGIN BYPASSRLS")
     with pytest.raises(psycopg.Error) as e:

@@ -345,8 +345,11 @@ impl Session {
         };
         // SAFETY: conn is live for the whole loop (owned by session).
         if unsafe { pq::PQstatus(conn) } == pq::ConnStatusType::CONNECTION_BAD {
-            return Err(session.connect_failed());
+            return Err(session.connect_failed(false));
         }
+        // Whether a server answered at all (libpq waits to read only once
+        // the TCP connection is up): before that, a failure is 08001.
+        let mut reached = false;
         let mut state = pq::PostgresPollingStatusType::PGRES_POLLING_WRITING;
         let timeout_msg =
             || format!("could not connect to the remote server within {timeout_ms} ms");
@@ -354,9 +357,10 @@ impl Session {
             match state {
                 pq::PostgresPollingStatusType::PGRES_POLLING_OK => break,
                 pq::PostgresPollingStatusType::PGRES_POLLING_FAILED => {
-                    return Err(session.connect_failed())
+                    return Err(session.connect_failed(reached))
                 }
                 pq::PostgresPollingStatusType::PGRES_POLLING_READING => {
+                    reached = true;
                     wait_socket(unsafe { pq::PQsocket(conn) }, READ, deadline, &timeout_msg)?
                 }
                 _ => wait_socket(unsafe { pq::PQsocket(conn) }, WRITE, deadline, &timeout_msg)?,
@@ -383,15 +387,36 @@ impl Session {
         Ok(session)
     }
 
-    fn connect_failed(&self) -> DbragError {
+    /// Why connecting failed, as one of the kinds of README.md "Errors":
+    /// the server refused the password (28P01) or the client by its rules
+    /// (28000), could not be reached or refused the session (08001), or
+    /// broke the protocol during start-up (58000). libpq keeps the server's
+    /// SQLSTATE of a start-up error to itself: the server's message (which
+    /// the remote's lc_messages may translate) and whether a password was
+    /// asked for tell them apart.
+    fn connect_failed(&self, reached: bool) -> DbragError {
         let msg = self.error_message();
-        DbragError::new(
-            Kind::Remote,
-            format!("could not connect to the remote server: {msg}"),
-        )
-        .hint(
-            "check host, port, database, user and password; the server must accept TCP connections",
-        )
+        let text = format!("could not connect to the remote server: {msg}");
+        let hint =
+            "check host, port, database, user and password; the server must accept TCP connections";
+        // SAFETY: conn is live (owned by self).
+        let asked_password = unsafe { pq::PQconnectionUsedPassword(self.conn) } != 0
+            || unsafe { pq::PQconnectionNeedsPassword(self.conn) } != 0;
+        let server_said = msg.contains("FATAL:");
+        if msg.contains("authentication failed") || (asked_password && msg.contains("password")) {
+            return DbragError::new(Kind::AuthFailed, text).hint(hint);
+        }
+        if msg.contains("pg_hba.conf") {
+            let mut e = DbragError::new(Kind::AuthFailed, text).hint(hint);
+            e.code = Some(pgrx::PgSqlErrorCode::ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION);
+            return e;
+        }
+        let kind = if !reached || server_said {
+            Kind::ConnectFailed
+        } else {
+            Kind::Remote
+        };
+        DbragError::new(kind, text).hint(hint)
     }
 
     /// Send `sql`: with `params` None as a simple query (several statements
@@ -497,7 +522,7 @@ impl Session {
             // SAFETY: res is live until cleared below.
             let one_row =
                 unsafe { pq::PQresultStatus(res) } == pq::ExecStatusType::PGRES_SINGLE_TUPLE;
-            let outcome = self.take_result(res);
+            let outcome = self.take_result(res, single);
             // SAFETY: res came from PQgetResult and is cleared once.
             unsafe { pq::PQclear(res) };
             match outcome {
@@ -536,7 +561,11 @@ impl Session {
         }
     }
 
-    fn take_result(&self, res: *mut pq::PGresult) -> Result<RemoteRows> {
+    /// The rows of `res`, or its error: for the caller's `statement` (not
+    /// the extension's own BEGIN/ROLLBACK) a rejected statement keeping the
+    /// remote SQLSTATE (crate::error::statement_code) with the remote's
+    /// primary message only (its DETAIL may quote values).
+    fn take_result(&self, res: *mut pq::PGresult, statement: bool) -> Result<RemoteRows> {
         // SAFETY: res is a live result for the duration of this call.
         unsafe {
             match pq::PQresultStatus(res) {
@@ -570,18 +599,36 @@ impl Session {
                 _ => {
                     let state =
                         cstr_lossy(pq::PQresultErrorField(res, pq::PG_DIAG_SQLSTATE as c_int));
-                    let msg = self.redact(&cstr_lossy(pq::PQresultErrorMessage(res)));
-                    let kind = if state == "57014" {
-                        Kind::Timeout
-                    } else {
-                        Kind::Remote
-                    };
-                    let msg = if msg.is_empty() {
+                    let primary = self.redact(&cstr_lossy(pq::PQresultErrorField(
+                        res,
+                        pq::PG_DIAG_MESSAGE_PRIMARY as c_int,
+                    )));
+                    let msg = if primary.is_empty() {
                         self.error_message()
                     } else {
-                        msg
+                        primary
                     };
-                    Err(DbragError::new(kind, format!("remote query failed: {msg}")))
+                    let text = format!("remote query failed: {msg}");
+                    if state == "57014" {
+                        // Ours is the remote statement_timeout; a cancel
+                        // from elsewhere says so.
+                        return Err(if msg.contains("user request") {
+                            DbragError::new(
+                                Kind::Cancelled,
+                                format!("the remote query was cancelled: {msg}"),
+                            )
+                        } else {
+                            DbragError::new(Kind::Timeout, text)
+                        });
+                    }
+                    if statement && !state.is_empty() {
+                        return Err(DbragError::statement(
+                            text,
+                            Some(&state),
+                            format!("remote SQLSTATE {state}"),
+                        ));
+                    }
+                    Err(DbragError::new(Kind::Remote, text))
                 }
             }
         }

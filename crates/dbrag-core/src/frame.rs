@@ -184,6 +184,13 @@ pub enum Request {
 #[serde(rename_all = "snake_case")]
 pub enum ErrorKind {
     Remote,
+    /// The server could not be reached (the file could not be opened).
+    ConnectFailed,
+    /// The server rejected the credentials.
+    AuthFailed,
+    /// The server rejected the statement (its SQLSTATE in `sqlstate`).
+    Statement,
+    Cancelled,
     Timeout,
     Forbidden,
     NotFound,
@@ -199,6 +206,12 @@ pub struct WireError {
     pub message: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hint: Option<String>,
+    /// Facts for DETAIL (the remote's error code).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// The remote's SQLSTATE of a rejected statement, where it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sqlstate: Option<String>,
 }
 
 impl WireError {
@@ -207,12 +220,29 @@ impl WireError {
             kind,
             message: message.into(),
             hint: None,
+            detail: None,
+            sqlstate: None,
         }
     }
 
     pub fn hint(mut self, hint: impl Into<String>) -> Self {
         self.hint = Some(hint.into());
         self
+    }
+
+    /// A rejected statement: the remote's SQLSTATE (if any) and a detail.
+    pub fn statement(
+        message: impl Into<String>,
+        sqlstate: Option<String>,
+        detail: impl Into<String>,
+    ) -> Self {
+        WireError {
+            kind: ErrorKind::Statement,
+            message: message.into(),
+            hint: None,
+            detail: Some(detail.into()),
+            sqlstate,
+        }
     }
 }
 

@@ -64,12 +64,16 @@ fn opts(target: &MysqlTarget, database: Option<&str>, connect_ms: u64, io_ms: u6
         .stmt_cache_size(0)
 }
 
-/// A failure from the server or the client library, as a DbragError.
+/// A failure from the server or the client library, as a DbragError:
+/// a refused password (1045) is an authentication failure, any other
+/// server error while connecting a connect failure, a server error on a
+/// statement a rejected statement with MySQL's SQLSTATE; client-side
+/// failures (the protocol, a lost socket) stay `Remote`.
 fn my_error(e: mysql::Error, target: &MysqlTarget, doing: &str) -> DbragError {
+    let connecting = doing == CONNECTING;
     if let mysql::Error::MySqlError(ref m) = e {
-        // 3024: MySQL's max_execution_time; 1969: MariaDB's max_statement_time;
-        // 1317: KILL QUERY.
-        if matches!(m.code, 3024 | 1969 | 1317) {
+        // 3024: MySQL's max_execution_time; 1969: MariaDB's max_statement_time.
+        if matches!(m.code, 3024 | 1969) {
             return DbragError::new(
                 Kind::Timeout,
                 format!(
@@ -78,20 +82,54 @@ fn my_error(e: mysql::Error, target: &MysqlTarget, doing: &str) -> DbragError {
                 ),
             );
         }
-        return DbragError::new(
-            Kind::Remote,
-            format!(
-                "{doing} failed: {} (MySQL error {})",
-                redact(&m.message, target),
-                m.code
-            ),
+        // 1317: KILL QUERY from elsewhere (ours comes with a deadline, above).
+        if m.code == 1317 {
+            return DbragError::new(
+                Kind::Cancelled,
+                format!(
+                    "the MySQL query was cancelled: {}",
+                    redact(&m.message, target)
+                ),
+            );
+        }
+        let message = format!(
+            "{doing} failed: {} (MySQL error {})",
+            redact(&m.message, target),
+            m.code
         );
+        // 1045: access denied (user or password); 1698: no password for a
+        // socket-authenticated account.
+        if matches!(m.code, 1045 | 1698) {
+            return DbragError::new(Kind::AuthFailed, message);
+        }
+        if connecting {
+            return DbragError::new(Kind::ConnectFailed, message);
+        }
+        let detail = format!("MySQL error {}, SQLSTATE {}", m.code, m.state);
+        return DbragError::statement(message, Some(m.state.clone()), detail);
     }
+    let unreachable = matches!(
+        &e,
+        mysql::Error::DriverError(mysql::DriverError::CouldNotConnect(_))
+    ) || matches!(&e, mysql::Error::IoError(io) if matches!(
+        io.kind(),
+        std::io::ErrorKind::ConnectionRefused
+            | std::io::ErrorKind::AddrNotAvailable
+            | std::io::ErrorKind::HostUnreachable
+            | std::io::ErrorKind::NetworkUnreachable
+    ));
+    let kind = if connecting && unreachable {
+        Kind::ConnectFailed
+    } else {
+        Kind::Remote
+    };
     DbragError::new(
-        Kind::Remote,
+        kind,
         format!("{doing} failed: {}", redact(&e.to_string(), target)),
     )
 }
+
+const CONNECTING: &str = "connecting to the MySQL server";
 
 enum Msg<T> {
     Connected(u32),
@@ -191,8 +229,8 @@ where
         let mut conn = match Conn::new(o) {
             Ok(c) => c,
             Err(e) => {
-                let err = my_error(e, &worker_target, "connecting to the MySQL server");
-                let err = if err.kind == Kind::Remote {
+                let err = my_error(e, &worker_target, CONNECTING);
+                let err = if matches!(err.kind, Kind::Remote | Kind::ConnectFailed | Kind::AuthFailed) {
                     err.hint("check host, port, user, password and database; the server must accept TCP connections")
                 } else {
                     err

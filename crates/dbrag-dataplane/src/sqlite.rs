@@ -37,8 +37,42 @@ const SCHEMA_BYTES: usize = 32 << 20;
 pub const SCHEMA: &str = "main";
 
 fn sqlite_error(e: rusqlite::Error, doing: &str) -> DbragError {
-    DbragError::new(Kind::Remote, format!("{doing} failed: {e}"))
+    let kind = match &e {
+        rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::CannotOpen => {
+            Kind::ConnectFailed
+        }
+        _ => Kind::Remote,
+    };
+    DbragError::new(kind, format!("{doing} failed: {e}"))
 }
+
+/// What a statement's own fault looks like in SQLite: an error in its text
+/// (SQLITE_ERROR: no such column, a syntax error) or a value it computed.
+/// SQLite has no SQLSTATE: the result code goes to DETAIL.
+fn statement_error(e: &rusqlite::Error, doing: &str) -> Option<DbragError> {
+    let code = match e {
+        rusqlite::Error::SqlInputError { error, .. } => error.extended_code,
+        rusqlite::Error::SqliteFailure(f, _)
+            if matches!(
+                f.code,
+                rusqlite::ErrorCode::Unknown
+                    | rusqlite::ErrorCode::TypeMismatch
+                    | rusqlite::ErrorCode::TooBig
+            ) =>
+        {
+            f.extended_code
+        }
+        _ => return None,
+    };
+    Some(DbragError::statement(
+        format!("{doing} failed: {e}"),
+        None,
+        format!("SQLite result code {code}"),
+    ))
+}
+
+/// What the user's statement is called in messages (and how its errors are told apart).
+const QUERY: &str = "the SQLite query";
 
 /// What a connection may do at prepare time.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -144,6 +178,11 @@ fn interrupted(e: rusqlite::Error, timeout_ms: Option<i32>, doing: &str) -> Dbra
             return DbragError::new(Kind::Forbidden, format!("{doing} was refused: {e}"));
         }
     }
+    if doing == QUERY {
+        if let Some(statement) = statement_error(&e, doing) {
+            return statement;
+        }
+    }
     sqlite_error(e, doing)
 }
 
@@ -235,14 +274,7 @@ pub fn query(
     timeout_ms: i32,
 ) -> Result<JsonRows> {
     let db = open(path, Mode::Query)?;
-    run_rows_within(
-        &db,
-        sql,
-        max_rows,
-        max_bytes,
-        Some(timeout_ms),
-        "the SQLite query",
-    )
+    run_rows_within(&db, sql, max_rows, max_bytes, Some(timeout_ms), QUERY)
 }
 
 /// User tables and views of the file.
