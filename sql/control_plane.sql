@@ -124,9 +124,13 @@ CREATE TABLE control_plane.query_history (
     -- Last, where ALTER TABLE ADD COLUMN puts them on an update from 0.1.0.
     acting_role       text,  -- the role the statement ran as (the tenant's role)
     model             text,  -- the model that wrote the SQL
+    conversation_id   uuid,  -- the conversation of a follow-up (per tenant; docs/llm-and-guard.md)
+    explanation       text,  -- the model's explanation of the SQL (explain_sql, ask(explain => true))
     PRIMARY KEY (tenant_id, query_id)
 );
 CREATE INDEX query_history_recent_idx ON control_plane.query_history (tenant_id, created_at DESC);
+CREATE INDEX query_history_conversation_idx ON control_plane.query_history
+    (tenant_id, conversation_id, created_at DESC) WHERE conversation_id IS NOT NULL;
 
 CREATE TABLE control_plane.audit_log (
     tenant_id   uuid NOT NULL DEFAULT '00000000-0000-0000-0000-000000000001'

@@ -42,3 +42,16 @@ END
 $$;
 
 -- The dbrag.usage view: sql/budget.sql (it shows what is left of the budgets).
+
+-- A tenant's conversations (docs/llm-and-guard.md, "Conversations"). security_invoker,
+-- so the query_history policies decide the rows, as for dbrag.usage.
+CREATE VIEW dbrag.conversations WITH (security_invoker = true) AS
+SELECT h.tenant_id,
+       h.conversation_id,
+       (pg_catalog.array_agg(h.question ORDER BY h.created_at, h.query_id))[1] AS first_question,
+       pg_catalog.count(*) AS turns,
+       pg_catalog.max(h.created_at) AS last_activity
+FROM control_plane.query_history h
+WHERE h.conversation_id IS NOT NULL
+GROUP BY h.tenant_id, h.conversation_id;
+GRANT SELECT ON dbrag.conversations TO PUBLIC;

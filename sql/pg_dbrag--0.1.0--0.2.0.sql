@@ -1508,6 +1508,68 @@ BEGIN
     -- dbrag._isolation_guarded calls this body for each of them too.
 END
 $$;
+-- ===========================================================================
+-- Follow-up questions and explanations (docs/llm-and-guard.md, "Conversations,
+-- explanations and the last answer").
+-- New: query_history.conversation_id and .explanation (last, as in a fresh
+-- install), index query_history_conversation_idx, view dbrag.conversations,
+-- functions dbrag.explain_sql(text), dbrag.last_answer().
+-- Changed signatures: dbrag.ask(text, integer) becomes
+-- ask(text, integer, uuid, boolean) and dbrag.generate_sql(text) becomes
+-- generate_sql(text, uuid), all new arguments with defaults, so positional
+-- calls ask('q') and ask('q', 10) keep working; EXECUTE stays with PUBLIC.
+-- ===========================================================================
+
+ALTER TABLE control_plane.query_history ADD COLUMN IF NOT EXISTS conversation_id uuid;
+ALTER TABLE control_plane.query_history ADD COLUMN IF NOT EXISTS explanation text;
+CREATE INDEX IF NOT EXISTS query_history_conversation_idx ON control_plane.query_history
+    (tenant_id, conversation_id, created_at DESC) WHERE conversation_id IS NOT NULL;
+
+DROP FUNCTION dbrag.ask(text, integer);
+DROP FUNCTION dbrag.generate_sql(text);
+
+CREATE FUNCTION dbrag."ask"(
+	"question" TEXT,
+	"max_rows" INT DEFAULT 1000,
+	"conversation" uuid DEFAULT NULL,
+	"explain" bool DEFAULT false
+) RETURNS SETOF jsonb
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'ask_wrapper';
+
+CREATE FUNCTION dbrag."generate_sql"(
+	"question" TEXT,
+	"conversation" uuid DEFAULT NULL
+) RETURNS TEXT
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'generate_sql_wrapper';
+
+CREATE FUNCTION dbrag."explain_sql"(
+	"sql" TEXT
+) RETURNS TEXT
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'explain_sql_wrapper';
+
+CREATE FUNCTION dbrag."last_answer"() RETURNS jsonb
+STRICT VOLATILE PARALLEL UNSAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'last_answer_wrapper';
+
+-- A tenant's conversations (docs/llm-and-guard.md, "Conversations"). security_invoker,
+-- so the query_history policies decide the rows, as for dbrag.usage.
+CREATE VIEW dbrag.conversations WITH (security_invoker = true) AS
+SELECT h.tenant_id,
+       h.conversation_id,
+       (pg_catalog.array_agg(h.question ORDER BY h.created_at, h.query_id))[1] AS first_question,
+       pg_catalog.count(*) AS turns,
+       pg_catalog.max(h.created_at) AS last_activity
+FROM control_plane.query_history h
+WHERE h.conversation_id IS NOT NULL
+GROUP BY h.tenant_id, h.conversation_id;
+GRANT SELECT ON dbrag.conversations TO PUBLIC;
 
 -- ===========================================================================
 -- Value index (docs/catalog-search.md, "Values"): distinct values of

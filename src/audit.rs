@@ -62,6 +62,8 @@ const DURABLE_TABLES: &[(&str, &[&str])] = &[
             "catalog_version",
             "acting_role",
             "model",
+            "conversation_id",
+            "explanation",
         ],
     ),
 ];

@@ -9,6 +9,7 @@ mod audit;
 mod budget;
 mod catalog;
 mod connections;
+mod conversation;
 mod crypto;
 mod dataplane;
 mod error;

@@ -250,10 +250,13 @@ fn prompt_examples(tenant_id: uuid::Uuid, question: &str) -> (Vec<PromptExample>
 }
 
 /// Assemble the prompt for `question` against `conn`.
+/// With earlier turns of a conversation (newest first), the catalog and
+/// examples are searched with the newest earlier question too.
 pub fn prompt_for(
     conn: &Connection,
     question: &str,
     retry: Option<(String, String)>,
+    turns: &[PromptExample],
 ) -> dbrag_core::prompt::Prompt {
     // Values the question names: a line each, first in the documentation,
     // and their tables in the prompt.
@@ -271,8 +274,9 @@ pub fn prompt_for(
             named.push(key);
         }
     }
-    let tables = prompt_tables(conn, question, &named);
-    let (examples, mut documentation) = prompt_examples(conn.tenant_id, question);
+    let search = crate::conversation::search_text(question, turns);
+    let tables = prompt_tables(conn, &search, &named);
+    let (examples, mut documentation) = prompt_examples(conn.tenant_id, &search);
     documentation.splice(
         0..0,
         values
@@ -290,6 +294,7 @@ pub fn prompt_for(
         documentation,
         budget_tokens: gucs::PROMPT_TOKEN_BUDGET.get().max(500) as usize,
         retry,
+        conversation: turns.to_vec(),
     };
     dbrag_core::prompt::build(&input).unwrap_or_else(|e| {
         DbragError::new(Kind::BadArgument, e.to_string())
@@ -303,7 +308,7 @@ pub fn prompt_for(
 fn build_prompt(question: Option<&str>) -> pgrx::JsonB {
     let question = check_question(question);
     let conn = connections::active();
-    let p = prompt_for(&conn, &question, None);
+    let p = prompt_for(&conn, &question, None, &[]);
     pgrx::JsonB(json!({
         "messages": [
             {"role": "system", "content": p.system},
@@ -343,6 +348,12 @@ struct Attempt {
     acting_role: Option<String>,
     /// The model that writes the SQL.
     model: Option<String>,
+    /// The conversation the call belongs to, and its earlier turns
+    /// (newest first; crate::conversation).
+    conversation: Option<uuid::Uuid>,
+    turns: Vec<PromptExample>,
+    /// The model's explanation of the SQL (explain => true, explain_sql).
+    explanation: Option<String>,
 }
 
 /// Why a call ended without rows: the history status and the error.
@@ -376,7 +387,8 @@ fn catalog_version(conn: &Connection) -> Option<String> {
 }
 
 /// SQL generated earlier for the same question, for the same tenant, acting
-/// role, connection, catalog version and model.
+/// role, connection, catalog version and model, outside any conversation
+/// (a follow-up's SQL depends on its earlier turns).
 fn cached_sql(
     conn: &Connection,
     question: &str,
@@ -392,6 +404,7 @@ fn cached_sql(
                      WHERE tenant_id = $1 AND connection_id = $2 AND question = $3 AND catalog_version = $4 \
                        AND acting_role = $5 AND model = $6 \
                        AND status IN ('ok', 'cached') AND generated_sql IS NOT NULL \
+                       AND conversation_id IS NULL \
                      ORDER BY created_at DESC LIMIT 1",
                     Some(1),
                     &[
@@ -431,7 +444,7 @@ fn ask_model(
     attempt: &mut Attempt,
 ) -> Result<String, Failure> {
     let cfg = model_config(conn.tenant_id).map_err(|e| Failure::new("model_error", e))?;
-    let prompt = prompt_for(conn, question, retry);
+    let prompt = prompt_for(conn, question, retry, &attempt.turns);
     let started = std::time::Instant::now();
     let reply = crate::llm::complete(&cfg, &prompt.system, &prompt.user);
     attempt.llm_ms += started.elapsed().as_secs_f64() * 1000.0;
@@ -669,10 +682,15 @@ fn answer(
         .ok()
         .map(|c| c.model);
     let mut retry: Option<(String, String)> = None;
-    // A verified query for the same question first, then the cache.
-    let mut from_verified = crate::verified::matching_sql(conn, question);
+    // A verified query for the same question first, then the cache. A
+    // follow-up means something else than the same words alone: neither.
+    let mut from_verified = if attempt.turns.is_empty() {
+        crate::verified::matching_sql(conn, question)
+    } else {
+        None
+    };
     let mut from_cache = match &attempt.model {
-        Some(model) if from_verified.is_none() => {
+        Some(model) if from_verified.is_none() && attempt.turns.is_empty() => {
             cached_sql(conn, question, &version, &acting_role, model)
         }
         _ => None,
@@ -754,13 +772,15 @@ use sha2::Digest;
 
 fn history_row(
     conn: &Connection,
-    question: &str,
+    history_id: uuid::Uuid,
+    question: Option<&str>,
     attempt: &Attempt,
     status: &str,
     error: Option<&str>,
 ) -> Value {
     json!({
         "tenant_id": conn.tenant_id.to_string(),
+        "query_id": history_id.to_string(),
         "connection_id": conn.id.to_string(),
         "login_role": crate::audit::login_role_name(),
         "question": question,
@@ -777,6 +797,8 @@ fn history_row(
         "acting_role": attempt.acting_role,
         // No model wrote a verified query's SQL.
         "model": if attempt.verified { None } else { attempt.model.clone() },
+        "conversation_id": attempt.conversation.map(|c| c.to_string()),
+        "explanation": attempt.explanation,
     })
 }
 
@@ -786,6 +808,8 @@ fn answer_and_record(
     question: Option<&str>,
     max_rows: i64,
     run: bool,
+    conversation: Option<uuid::Uuid>,
+    explain: bool,
 ) -> (Vec<String>, Option<String>) {
     let question = check_question(question);
     crate::scaleout::keep_execution_remote();
@@ -795,8 +819,13 @@ fn answer_and_record(
     let conn = connections::active();
     let mut attempt = Attempt {
         catalog_version: catalog_version(&conn),
+        conversation,
         ..Attempt::default()
     };
+    if let Some(c) = conversation {
+        attempt.turns = crate::conversation::earlier_turns(&conn, c);
+    }
+    let history_id = uuid::Uuid::new_v4();
     match answer(&conn, &question, max_rows, run, &mut attempt) {
         Ok(rows) => {
             let status = if attempt.verified {
@@ -806,17 +835,35 @@ fn answer_and_record(
             } else {
                 "ok"
             };
+            if explain {
+                if let Some(sql) = attempt.sql.clone() {
+                    // The rows stand; an explanation that fails is a WARNING.
+                    match explain_checked(&conn, &sql, &mut attempt) {
+                        Ok(text) => attempt.explanation = Some(text),
+                        Err(f) => warning!("pg_dbrag: no explanation: {}", f.error.message),
+                    }
+                }
+            }
             crate::audit::insert_row(
                 "query_history",
-                &history_row(&conn, &question, &attempt, status, None),
+                &history_row(&conn, history_id, Some(&question), &attempt, status, None),
             );
+            remember(&conn, history_id, status, &attempt);
             (rows, attempt.sql)
         }
         Err(f) => {
             crate::audit::write_durable(
                 "query_history",
-                history_row(&conn, &question, &attempt, f.status, Some(&f.error.message)),
+                history_row(
+                    &conn,
+                    history_id,
+                    Some(&question),
+                    &attempt,
+                    f.status,
+                    Some(&f.error.message),
+                ),
             );
+            remember(&conn, history_id, f.status, &attempt);
             if f.status == "refused" {
                 crate::audit::record_durable(
                     "sql_refused",
@@ -829,20 +876,174 @@ fn answer_and_record(
     }
 }
 
-/// `dbrag.generate_sql(question)`: one checked SQL statement for the question.
-#[pg_extern(volatile, parallel_unsafe)]
-fn generate_sql(question: Option<&str>) -> Option<String> {
-    answer_and_record(question, 1, false).1
+fn remember(conn: &Connection, history_id: uuid::Uuid, status: &str, attempt: &Attempt) {
+    crate::conversation::remember(
+        conn.tenant_id,
+        history_id,
+        status,
+        attempt.sql.as_deref(),
+        attempt.conversation,
+        attempt.explanation.as_deref(),
+    );
 }
 
-/// `dbrag.ask(question, max_rows)`: generate, check and run; one jsonb per row.
+/// `dbrag.generate_sql(question, conversation)`: one checked SQL statement
+/// for the question (a follow-up within `conversation` when given).
+#[pg_extern(volatile, parallel_unsafe)]
+fn generate_sql(
+    question: Option<&str>,
+    conversation: default!(Option<pgrx::Uuid>, "NULL"),
+) -> Option<String> {
+    answer_and_record(question, 1, false, conversation.map(tenant::from_pg), false).1
+}
+
+/// `dbrag.ask(question, max_rows, conversation, explain)`: generate, check
+/// and run; one jsonb per row. With `explain`, the model also explains the
+/// statement it ran (`dbrag.last_answer()`).
 #[pg_extern(volatile, parallel_unsafe)]
 fn ask(
     question: Option<&str>,
     max_rows: default!(Option<i32>, 1000),
+    conversation: default!(Option<pgrx::Uuid>, "NULL"),
+    explain: default!(Option<bool>, false),
 ) -> SetOfIterator<'static, crate::jsonb::JsonbText> {
-    let (rows, _) = answer_and_record(question, max_rows.unwrap_or(1000) as i64, true);
+    let (rows, _) = answer_and_record(
+        question,
+        max_rows.unwrap_or(1000) as i64,
+        true,
+        conversation.map(tenant::from_pg),
+        explain.unwrap_or(false),
+    );
     SetOfIterator::new(rows.into_iter().map(crate::jsonb::JsonbText))
+}
+
+// ---------------------------------------------------------------- explanations
+
+/// Definitions of the catalog tables the statement names (with their
+/// descriptions and comments), so the explanation can use the tenant's
+/// words: found by the catalog search over the statement's text, kept when
+/// the statement spells the table's name; bounded in count and size.
+fn explain_tables(conn: &Connection, sql: &str) -> Vec<String> {
+    const MAX_TABLES: usize = 5;
+    const MAX_DDL_CHARS: usize = 2000;
+    let search: String = sql.chars().take(MAX_QUESTION_CHARS).collect();
+    let lower = sql.to_lowercase();
+    prompt_tables(conn, &search)
+        .iter()
+        .filter(|t| {
+            let name = t
+                .qualified_name
+                .rsplit('.')
+                .next()
+                .unwrap_or_default()
+                .trim_matches('"')
+                .to_lowercase();
+            !name.is_empty() && lower.contains(&name)
+        })
+        .take(MAX_TABLES)
+        .map(|t| {
+            let ddl = dbrag_core::prompt::table_ddl(t);
+            match ddl.char_indices().nth(MAX_DDL_CHARS) {
+                Some((at, _)) => format!("{}\n  -- …", &ddl[..at]),
+                None => ddl,
+            }
+        })
+        .collect()
+}
+
+/// The model's explanation of a statement the guard accepted.
+fn explain_checked(conn: &Connection, sql: &str, attempt: &mut Attempt) -> Result<String, Failure> {
+    let mut cfg = model_config(conn.tenant_id).map_err(|e| Failure::new("model_error", e))?;
+    cfg.max_tokens = cfg.max_tokens.min(crate::conversation::EXPLAIN_MAX_TOKENS);
+    let user = crate::conversation::explain_prompt(&dialect(conn), sql, &explain_tables(conn, sql));
+    let started = std::time::Instant::now();
+    let reply = crate::llm::complete(&cfg, crate::conversation::EXPLAIN_SYSTEM, &user);
+    attempt.llm_ms += started.elapsed().as_secs_f64() * 1000.0;
+    let reply = reply.map_err(|e| {
+        let status = if e.kind == Kind::Timeout {
+            "timeout"
+        } else {
+            "model_error"
+        };
+        Failure::new(status, e)
+    })?;
+    attempt.prompt_tokens += reply.prompt_tokens.unwrap_or(0);
+    attempt.completion_tokens += reply.completion_tokens.unwrap_or(0);
+    dbrag_core::prompt::clean_explanation(&reply.text).ok_or_else(|| {
+        Failure::new(
+            "model_error",
+            DbragError::new(Kind::Model, "the model's answer holds no explanation"),
+        )
+    })
+}
+
+/// `dbrag.explain_sql(sql)`: the guard first, as for `ask` (as the tenant's
+/// role, the same SQLSTATE on refusal, no model call then); then the
+/// model's plain-language explanation. Recorded in history without a
+/// question, with the explanation (docs/llm-and-guard.md).
+#[pg_extern(volatile, parallel_unsafe)]
+fn explain_sql(sql: Option<&str>) -> Option<String> {
+    let sql = crate::conversation::check_statement(sql);
+    crate::scaleout::keep_execution_remote();
+    let conn = connections::active();
+    let role = crate::act_as::tenant_role(conn.tenant_id);
+    let mut attempt = Attempt {
+        catalog_version: catalog_version(&conn),
+        acting_role: Some(crate::act_as::role_name(role)),
+        model: crate::llm::config_for(conn.tenant_id, None)
+            .ok()
+            .map(|c| c.model),
+        sql: Some(sql.clone()),
+        ..Attempt::default()
+    };
+    let history_id = uuid::Uuid::new_v4();
+    let outcome = match check(&conn, role, &sql) {
+        Checked::Ok(checked) => {
+            attempt.sql = Some(checked.clone());
+            explain_checked(&conn, &checked, &mut attempt)
+        }
+        Checked::Refused(e) => Err(Failure::new("refused", e)),
+        Checked::Invalid(msg) => Err(Failure::new(
+            "error",
+            DbragError::new(
+                Kind::RefusedSql,
+                format!("the statement is not valid: {msg}"),
+            ),
+        )),
+    };
+    match outcome {
+        Ok(text) => {
+            attempt.explanation = Some(text.clone());
+            crate::audit::insert_row(
+                "query_history",
+                &history_row(&conn, history_id, None, &attempt, "ok", None),
+            );
+            remember(&conn, history_id, "ok", &attempt);
+            Some(text)
+        }
+        Err(f) => {
+            crate::audit::write_durable(
+                "query_history",
+                history_row(
+                    &conn,
+                    history_id,
+                    None,
+                    &attempt,
+                    f.status,
+                    Some(&f.error.message),
+                ),
+            );
+            remember(&conn, history_id, f.status, &attempt);
+            if f.status == "refused" {
+                crate::audit::record_durable(
+                    "sql_refused",
+                    Some(&conn.tenant_id.to_string()),
+                    json!({"reason": f.error.message, "sql": attempt.sql}),
+                );
+            }
+            f.error.raise()
+        }
+    }
 }
 
 // ---------------------------------------------------------------- catalog descriptions

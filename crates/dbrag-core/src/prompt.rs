@@ -56,7 +56,17 @@ pub struct PromptInput {
     pub budget_tokens: usize,
     /// The previous attempt and its error, for the one retry.
     pub retry: Option<(String, String)>,
+    /// Earlier turns of the conversation (question and the SQL that
+    /// answered it, never rows), newest first. Kept newest first inside
+    /// their share of the budget and shown oldest first.
+    pub conversation: Vec<PromptExample>,
 }
+
+/// Characters of an earlier turn's question and SQL shown in the prompt.
+pub const TURN_QUESTION_CHARS: usize = 500;
+pub const TURN_SQL_CHARS: usize = 2000;
+/// Most tokens the earlier turns take, whatever the budget.
+pub const CONVERSATION_MAX_TOKENS: usize = 4000;
 
 /// The two messages sent to the model, and how they were fitted.
 #[derive(Debug, Clone, PartialEq)]
@@ -175,6 +185,52 @@ fn one_line(s: &str, max: usize) -> String {
         format!("{cut}…")
     } else {
         flat
+    }
+}
+
+/// Longest explanation kept (`explain_sql`), in characters.
+pub const MAX_EXPLANATION_CHARS: usize = 4000;
+
+/// The explanation in the model's answer: code blocks and control
+/// characters removed, whitespace tidied, at most
+/// `MAX_EXPLANATION_CHARS`; None when no prose is left.
+pub fn clean_explanation(answer: &str) -> Option<String> {
+    let mut prose = String::new();
+    let mut in_fence = false;
+    for line in answer.lines() {
+        if line.trim_start().starts_with("```") {
+            in_fence = !in_fence;
+            continue;
+        }
+        if !in_fence {
+            prose.push_str(line);
+            prose.push('\n');
+        }
+    }
+    let cleaned: String = prose
+        .chars()
+        .filter(|c| *c == '\n' || !c.is_control())
+        .collect();
+    let lines: Vec<&str> = cleaned.lines().map(str::trim_end).collect();
+    let mut text = lines.join("\n");
+    while text.contains("\n\n\n") {
+        text = text.replace("\n\n\n", "\n\n");
+    }
+    let text = text.trim();
+    if !text.chars().any(char::is_alphanumeric) {
+        return None;
+    }
+    Some(match text.char_indices().nth(MAX_EXPLANATION_CHARS) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text.to_string(),
+    })
+}
+
+/// At most `max` characters of `s`, with "…" when cut (line breaks kept).
+fn cut_chars(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((at, _)) => format!("{}…", &s[..at]),
+        None => s.to_string(),
     }
 }
 
@@ -411,8 +467,29 @@ pub fn build(input: &PromptInput) -> Result<Prompt, PromptError> {
         }
         docs.push_str(&block);
     }
+    // Earlier turns: newest first while they fit; an older turn never
+    // displaces a newer one, and the first that does not fit ends the list.
+    let conversation_share = (available * 20 / 100).min(CONVERSATION_MAX_TOKENS);
+    let mut turns: Vec<String> = Vec::new();
+    let mut turn_tokens = 0;
+    for turn in &input.conversation {
+        let block = format!(
+            "Q: {}\n```sql\n{}\n```\n",
+            one_line(&turn.question, TURN_QUESTION_CHARS),
+            cut_chars(turn.sql.trim(), TURN_SQL_CHARS)
+        );
+        let t = estimate_tokens(&block);
+        if turn_tokens + t > conversation_share {
+            break;
+        }
+        turn_tokens += t;
+        turns.push(block);
+    }
+    let conversation: String = turns.into_iter().rev().collect();
     let mut table_room = available
-        .saturating_sub(estimate_tokens(&examples) + estimate_tokens(&docs))
+        .saturating_sub(
+            estimate_tokens(&examples) + estimate_tokens(&docs) + estimate_tokens(&conversation),
+        )
         .saturating_sub(24);
     let words = question_words(&input.question);
     let mut tables = String::new();
@@ -452,6 +529,12 @@ pub fn build(input: &PromptInput) -> Result<Prompt, PromptError> {
     if !docs.is_empty() {
         user.push_str("\nDocumentation:\n");
         user.push_str(&docs);
+    }
+    if !conversation.is_empty() {
+        user.push_str(
+            "\nEarlier in this conversation (oldest first); the question may refer to it:\n",
+        );
+        user.push_str(&conversation);
     }
     user.push_str(&tail);
     let estimated_tokens = estimate_tokens(&system) + estimate_tokens(&user);
@@ -504,7 +587,58 @@ mod tests {
             documentation: vec!["col_7 is measured in euros".into()],
             budget_tokens: budget,
             retry: None,
+            conversation: vec![],
         }
+    }
+
+    fn turn(i: usize) -> PromptExample {
+        PromptExample {
+            question: format!("question number {i}"),
+            sql: format!("SELECT {i} FROM s.t0"),
+        }
+    }
+
+    #[test]
+    fn conversation_comes_before_the_question_oldest_first() {
+        let mut i = input(vec![table("t0", 3)], 6000);
+        // Newest first, as the history lookup returns them.
+        i.conversation = vec![turn(2), turn(1)];
+        let p = build(&i).unwrap();
+        let one = p.user.find("question number 1").unwrap();
+        let two = p.user.find("question number 2").unwrap();
+        let q = p.user.find("Question: how many rows").unwrap();
+        assert!(one < two && two < q);
+        assert!(p.user.contains("SELECT 2 FROM s.t0"));
+    }
+
+    #[test]
+    fn conversation_keeps_the_newest_turns_inside_its_share() {
+        for budget in [500, 2000, 6000, 200_000] {
+            let mut i = input(vec![table("t0", 3)], budget);
+            i.conversation = (0..500).rev().map(turn).collect();
+            let mut big = turn(1000);
+            big.sql = format!("SELECT {} FROM s.t0", "x, ".repeat(10_000));
+            big.question = "long ".repeat(5000);
+            i.conversation.insert(3, big);
+            let p = build(&i).unwrap();
+            assert!(
+                p.estimated_tokens <= budget,
+                "{} > {budget}",
+                p.estimated_tokens
+            );
+            let shown: Vec<usize> = (0..500)
+                .filter(|n| p.user.contains(&format!("question number {n}\n")))
+                .collect();
+            // A contiguous run of the newest turns.
+            if let Some(oldest) = shown.first() {
+                assert_eq!(shown, (*oldest..500).collect::<Vec<_>>());
+            }
+            assert!(shown.len() < 500);
+            assert!(p.user.chars().count() < (CONVERSATION_MAX_TOKENS + budget) * 4);
+        }
+        let mut i = input(vec![table("t0", 3)], 6000);
+        i.conversation = (0..500).rev().map(turn).collect();
+        assert!(build(&i).unwrap().user.contains("question number 499\n"));
     }
 
     #[test]
@@ -584,5 +718,19 @@ mod tests {
         assert_eq!(quote_if_needed("order_items"), "order_items");
         assert_eq!(quote_if_needed("OrderItems"), "\"OrderItems\"");
         assert_eq!(quote_if_needed("a\"b"), "\"a\"\"b\"");
+    }
+
+    #[test]
+    fn explanation_is_prose_only_and_bounded() {
+        assert_eq!(clean_explanation(""), None);
+        assert_eq!(clean_explanation("  \n\t "), None);
+        assert_eq!(clean_explanation("```sql\nSELECT 1\n```"), None);
+        assert_eq!(clean_explanation("\u{0}\u{1}..."), None);
+        assert_eq!(
+            clean_explanation("It counts singers.\n```sql\nSELECT 1\n```\n\u{0}").as_deref(),
+            Some("It counts singers.")
+        );
+        let long = clean_explanation(&"word ".repeat(10_000)).unwrap();
+        assert!(long.chars().count() <= MAX_EXPLANATION_CHARS + 1);
     }
 }
