@@ -928,7 +928,7 @@ fn explain_tables(conn: &Connection, sql: &str) -> Vec<String> {
     const MAX_DDL_CHARS: usize = 2000;
     let search: String = sql.chars().take(MAX_QUESTION_CHARS).collect();
     let lower = sql.to_lowercase();
-    prompt_tables(conn, &search)
+    prompt_tables(conn, &search, &[])
         .iter()
         .filter(|t| {
             let name = t
