@@ -312,7 +312,7 @@ pub fn collect_postgres(
                     Some((it.next()??, it.next()??))
                 })
                 .collect(),
-            Err(e) if e.kind == Kind::Remote => HashSet::new(),
+            Err(e) if matches!(e.kind, Kind::Remote | Kind::Statement) => HashSet::new(),
             Err(e) => e.raise(),
         };
     let todo = branches(entries, Some(&text));
@@ -331,7 +331,9 @@ pub fn collect_postgres(
                     Some((b, it.next()??))
                 })
                 .collect()),
-            Err(e) if e.kind == Kind::Remote => Err(e.to_string()),
+            // A rejected statement (a table the account may not read) or a
+            // remote that broke off: retried column by column, then skipped.
+            Err(e) if matches!(e.kind, Kind::Remote | Kind::Statement) => Err(e.to_string()),
             Err(e) => e.raise(),
         },
     )
@@ -368,7 +370,9 @@ pub fn collect_dataplane(conn: &Connection, entries: &[TableEntry], budget: i64)
     let timeout_ms = crate::gucs::QUERY_TIMEOUT_MS.get();
     let outcome = |r: crate::error::Result<crate::dataplane::JsonRows>| match r {
         Ok(rows) => Ok(json_rows(rows.rows)),
-        Err(e) if e.kind == Kind::Remote || e.kind == Kind::TooLarge => Err(e.to_string()),
+        Err(e) if matches!(e.kind, Kind::Remote | Kind::Statement | Kind::TooLarge) => {
+            Err(e.to_string())
+        }
         Err(e) => e.raise(),
     };
     match conn.kind {

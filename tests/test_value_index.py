@@ -331,3 +331,26 @@ def test_per_tenant_bound(su, tenants):
     with tenants.conn(tenants.a_role) as a:
         a.execute("SELECT * FROM dbrag.sync_catalog(%s)", (ca,))
     assert len(indexed(su, ca)) > 60
+
+
+def test_remote_table_the_account_cannot_read(su, tenants):
+    """A remote table listed but not readable by the connection's account:
+    its statement is rejected, the others' values are still read."""
+    from remote_fixture import REMOTE_DB, REMOTE_USER, remote_conninfo, remote_su, setup_remote
+    setup_remote()
+    with remote_su(REMOTE_DB) as r:
+        r.execute("DROP SCHEMA IF EXISTS vi_hidden CASCADE")
+        r.execute("CREATE SCHEMA vi_hidden")
+        r.execute("CREATE TABLE vi_hidden.places (id int, city text)")
+        r.execute("CREATE TABLE vi_hidden.hidden_notes (id int, note text)")
+        r.execute("INSERT INTO vi_hidden.places VALUES (1, 'Toulouse'), (2, 'Nantes')")
+        r.execute("INSERT INTO vi_hidden.hidden_notes VALUES (1, 'Topsecretnote')")
+        r.execute(f"GRANT USAGE ON SCHEMA vi_hidden TO {REMOTE_USER}")
+        r.execute(f"GRANT SELECT ON vi_hidden.places TO {REMOTE_USER}")
+    with tenants.conn(tenants.a_role) as a:
+        cid = a.execute("SELECT dbrag.create_connection('remote hidden', 'postgres', %s, 'vi_hidden')",
+                        (remote_conninfo(),)).fetchone()[0]
+        a.execute("SELECT * FROM dbrag.sync_catalog(%s)", (cid,))
+        got = indexed(su, cid)
+        assert got == {("places", "city", "Toulouse"), ("places", "city", "Nantes")}
+        assert search(a, "notes about Topsecretnote") == []
