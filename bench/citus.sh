@@ -7,10 +7,15 @@
 # from the login role itself):
 #   key     one row by the tenant's key (a router query on Citus)
 #   insert  one row into the tenant's table
+#   app     one row by key as the application server (dbrag_app): the tenant
+#           put in force once per session with set_tenant(uuid), then
+#           autocommit queries (on Citus each opens a remote transaction
+#           that carries the signed tenant to the worker)
 # Per cluster, hand-written and isolated run in the SAME pgbench run (two
-# scripts of weight 1), compared by mean latency from pgbench's transaction
-# log, as bench/rls_overhead.sh does; single node and Citus alternate, RUNS
-# times each. Needs Citus installed (scripts/citus_build.sh). About 4 minutes.
+# scripts of weight 1; for app, in adjacent runs), compared by mean latency
+# from pgbench's transaction log, as bench/rls_overhead.sh does; single node
+# and Citus alternate, RUNS times each (median, and min-max of the ratios).
+# Needs Citus installed (scripts/citus_build.sh). About 4 minutes for RUNS=3.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
@@ -50,9 +55,9 @@ load() {  # port, distribute (0/1)
     local port=$1 dist=$2
     $PSQL -p "$port" -d bench <<SQL
 CREATE EXTENSION IF NOT EXISTS pg_dbrag CASCADE;
--- Tenants first, then the distribution: the populated-install path (one
--- multi-row INSERT into control_plane.tenants after the distribution is
--- refused on Citus: each row's role is created and propagated mid-statement).
+-- Tenants first, then the distribution: the populated-install path (an
+-- INSERT ... SELECT into control_plane.tenants after the distribution fails
+-- on Citus: each row's role is created and propagated mid-statement).
 INSERT INTO control_plane.tenants (tenant_id, name)
 SELECT ('00000000-0000-4000-8000-' || lpad(to_hex(g), 12, '0'))::uuid, 'bench_' || g
 FROM generate_series(1, 200) g;
@@ -74,6 +79,10 @@ CREATE ROLE bench_member LOGIN PASSWORD '$PW';
 GRANT USAGE ON SCHEMA bench TO bench_member;
 GRANT SELECT, INSERT ON bench.hand, bench.isolated TO bench_member;
 SELECT dbrag.add_tenant_member('$T_FIXED', 'bench_member');
+CREATE ROLE bench_app LOGIN PASSWORD '$PW';
+GRANT dbrag_app TO bench_app;
+GRANT USAGE ON SCHEMA bench TO bench_app;
+GRANT SELECT, INSERT ON bench.hand, bench.isolated TO bench_app;
 SQL
 }
 echo "== loading 200 tenants x 1,000 rows (single node, then Citus)"
@@ -82,7 +91,8 @@ load $((PORT + 1)) 1
 # Citus reaches the workers as the client's role: its password for that.
 for n in 0 1 2; do
     $PSQL -p $((PORT + 1 + n)) -d bench \
-        -c "INSERT INTO pg_dist_authinfo VALUES (0, 'bench_member', 'password=$PW'), (-1, 'bench_member', 'password=$PW')"
+        -c "INSERT INTO pg_dist_authinfo VALUES (0, 'bench_member', 'password=$PW'), (-1, 'bench_member', 'password=$PW')" \
+        -c "INSERT INTO pg_dist_authinfo VALUES (0, 'bench_app', 'password=$PW'), (-1, 'bench_app', 'password=$PW')"
 done
 
 check() { $PG_BIN/psql -X -At -U bench_member -p "$1" -d bench -c "$2"; }
@@ -102,12 +112,22 @@ printf '%s\n' '\set k random(1000000, 1000000000)' \
 printf '%s\n' '\set k random(1000000, 1000000000)' \
     "INSERT INTO bench.isolated VALUES ('$T_FIXED', :k, 1, 'new') ON CONFLICT DO NOTHING;" >"$S/insert_isolated.sql"
 
+# The application server's way: dbrag_app puts the tenant in force once per
+# session (set_tenant outside a transaction block), then autocommit queries.
+# Its hand-written baseline runs as the same role without a tenant, in the
+# pgbench run just before (a client holds one session-level tenant, so the
+# two cannot share a run).
+printf '%s\n' '\set k random(1, 1000)' "SELECT * FROM bench.hand WHERE tenant_id = '$T_FIXED' AND id = :k;" >"$S/app_hand.sql"
+printf '%s\n' '\if :tenant_set = 0' "SELECT dbrag.set_tenant('$T_FIXED'::uuid);" '\set tenant_set 1' '\endif' \
+    '\set k random(1, 1000)' "SELECT * FROM bench.isolated WHERE tenant_id = '$T_FIXED' AND id = :k;" >"$S/app_isolated.sql"
+
 run() {  # label, port, scripts...
-    local label=$1 port=$2
+    local label=$1 port=$2 user=bench_member
     shift 2
+    case $label in app*) user=bench_app ;; esac
     local files=()
     for f in "$@"; do files+=(-f "$S/$f.sql@1"); done
-    $PG_BIN/pgbench -n -U bench_member -p "$port" -M prepared -c "$CLIENTS" -j "$THREADS" -T "$DUR" \
+    $PG_BIN/pgbench -n -U "$user" -D tenant_set=0 -p "$port" -M prepared -c "$CLIENTS" -j "$THREADS" -T "$DUR" \
         -l --log-prefix="$WORK/log/$label" "${files[@]}" bench >/dev/null 2>"$WORK/pgbench.err" \
         || { cat "$WORK/pgbench.err"; exit 1; }
 }
@@ -116,6 +136,11 @@ for r in $(seq "$RUNS"); do
     for shape in key insert; do
         run "$shape.single.$r" "$PORT" "${shape}_hand" "${shape}_isolated"
         run "$shape.citus.$r" $((PORT + 1)) "${shape}_hand" "${shape}_isolated"
+    done
+    for where in single citus; do
+        p=$PORT; [ $where = citus ] && p=$((PORT + 1))
+        run "apphand.$where.$r" "$p" app_hand
+        run "appiso.$where.$r" "$p" app_isolated
     done
 done
 echo "   load after: $(cut -d' ' -f1-3 /proc/loadavg)"
@@ -129,17 +154,24 @@ for path in glob.glob(os.path.join(logdir, "*")):
     for line in open(path):
         f = line.split()
         d.setdefault(int(f[3]), []).append(int(f[2]))
-print(f"\n{'':28} {'hand us':>9} {'isolated us':>12} {'iso/hand tps':>13}")
+# app: the hand-written baseline and the isolated script ran in adjacent runs.
+for (shape, where, run) in list(lat):
+    if shape == "appiso":
+        lat[("app", where, run)] = {0: lat[("apphand", where, run)][0], 1: lat[(shape, where, run)][0]}
+print(f"\n{'':30} {'hand us':>9} {'isolated us':>12} {'iso/hand tps':>13} {'(min-max)':>13}")
 med = {}
-for shape in ("key", "insert"):
+names = {"key": "key, member", "insert": "insert, member", "app": "key, app set_tenant"}
+for shape in ("key", "insert", "app"):
     for where in ("single", "citus"):
-        runs = [k for k in lat if k[0] == shape and k[1] == where]
+        runs = sorted(k for k in lat if k[0] == shape and k[1] == where)
         h = [statistics.mean(lat[k][0]) for k in runs]
         i = [statistics.mean(lat[k][1]) for k in runs]
-        ratio = statistics.median(a / b for a, b in zip(h, i))
-        med[(shape, where)] = statistics.median(i)
-        print(f"{shape + ' on ' + where:28} {statistics.median(h):9.0f} {statistics.median(i):12.0f} {ratio:13.3f}")
-for shape in ("key", "insert"):
-    r = med[(shape, "citus")] / med[(shape, "single")]
-    print(f"{shape}: isolated latency on Citus / single node = {r:.2f}x")
+        ratios = [a / b for a, b in zip(h, i)]
+        med[(shape, where)] = (statistics.median(h), statistics.median(i))
+        print(f"{names[shape] + ' on ' + where:30} {statistics.median(h):9.0f} {statistics.median(i):12.0f} "
+              f"{statistics.median(ratios):13.3f} {min(ratios):6.3f}-{max(ratios):.3f}")
+for shape in ("key", "insert", "app"):
+    hs, is_ = med[(shape, "single")]
+    hc, ic = med[(shape, "citus")]
+    print(f"{names[shape]}: latency on Citus / single node = {ic / is_:.2f}x isolated, {hc / hs:.2f}x hand-written")
 PY

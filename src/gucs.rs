@@ -94,6 +94,15 @@ pub fn tenant_setting() -> String {
     }
 }
 
+/// Whether a tenant is set (without copying the value).
+pub fn tenant_setting_is_set() -> bool {
+    // SAFETY: PostgreSQL owns the pointer and only changes it between statements.
+    unsafe {
+        let p = TENANT_ID_VALUE;
+        !p.is_null() && *p != 0
+    }
+}
+
 /// A string setting's value, empty strings read as unset.
 pub fn string_value(setting: &GucSetting<Option<CString>>) -> Option<String> {
     setting

@@ -116,6 +116,7 @@ pub extern "C-unwind" fn _PG_init() {
     }
     gucs::register();
     tenant::init();
+    scaleout::init();
     audit::init();
     budget::init();
 }

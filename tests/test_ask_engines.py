@@ -3,6 +3,7 @@
 the end-to-end runs and the refusals before the server), one retry with the
 engine's error, tenants never see each other's history."""
 
+import psycopg
 import pytest
 
 from conftest import DBNAME
