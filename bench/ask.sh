@@ -8,7 +8,10 @@
 #  3. the cost of a tenant budget (docs/llm-and-guard.md, Budgets): ask() with
 #     a zero-latency model with and without a budget (limits never reached),
 #     1 and 4 sessions, short runs alternated, as a ratio within this run.
-# Starts and stops its own cluster and model.
+#  4. the value index's cost (docs/catalog-search.md, "Values"): ask() and
+#     build_prompt() for a question naming a value and a typo, with the
+#     tenant's index at its bound of 20,000 values against the same index
+#     emptied, in the same run. Starts and stops its own cluster and model.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
@@ -111,3 +114,69 @@ for clients in 1 4; do
         "$clients" "$BUDGET_ROUNDS" "$BUDGET_SECONDS" "$(echo "$off / $BUDGET_ROUNDS" | bc -l)" \
         "$(echo "$on / $BUDGET_ROUNDS" | bc -l)" "$(echo "$on / $off" | bc -l)"
 done
+
+echo "== 4. the value index: 20,000 values (the per-tenant bound) against none, 1 session, ${SECONDS_PER_RUN}s each"
+$PSQL -d bench -c "ALTER DATABASE bench SET dbrag.llm_url = 'http://127.0.0.1:$MODEL_PORT/v1'"
+$PSQL -d bench <<'SQL'
+-- The sync indexed wh.t_*.region (r0..r4, 500 values); fill the rest of the
+-- bound with values of made-up tables, written the way a sync writes them.
+INSERT INTO control_plane.value_index (tenant_id, connection_id, schema_name, table_name, column_name, value, value_norm)
+SELECT d.tenant_id, d.connection_id, 'wh', 'syn_' || (g / 50), 'c', v, v
+FROM control_plane.tenant_databases d,
+     LATERAL (SELECT g, 'v' || substr(md5(g::text), 1, 7) AS v FROM generate_series(1, 20000 - 500) g) x;
+ANALYZE control_plane.value_index;
+SQL
+cat >"$WORK/ask_value.sql" <<'SQL'
+\set n random(1, 1000000000)
+SELECT * FROM dbrag.ask('total amount for region r3 shipped to Lyin, case ' || :n);
+SQL
+cat >"$WORK/prompt_value.sql" <<'SQL'
+\set n random(1, 1000000000)
+SELECT dbrag.build_prompt('total amount for region r3 shipped to Lyin, case ' || :n);
+SQL
+cat >"$WORK/values_only.sql" <<'SQL'
+\set n random(1, 1000000000)
+SELECT count(*) FROM dbrag.search_values('total amount for region r3 shipped to Lyin, case ' || :n, 8);
+SQL
+$PSQL -d bench -c "CREATE TABLE bench_values AS SELECT tenant_id, connection_id, schema_name, table_name, column_name, value, value_norm FROM control_plane.value_index"
+values_n=$(PGPASSWORD=$PW psql -X -q -h 127.0.0.1 -p "$PORT" -U bench_tenant -d bench -Atc "SELECT count(*) FROM control_plane.value_index")
+# Rounds alternate between the full index and an empty one, so that the
+# machine's load drifts over both alike.
+round_s=$(( (SECONDS_PER_RUN + 3) / 4 ))
+short() {  # name-prefix, script, round
+    PGPASSWORD=$PW pgbench -n -h 127.0.0.1 -p "$PORT" -U bench_tenant -f "$2" -c 1 -j 1 -T "$round_s" \
+        -l --log-prefix="$WORK/log_$1$3" bench >/dev/null 2>&1
+}
+rm -f "$WORK"/log_lookup* "$WORK"/log_promptv* "$WORK"/log_askv* "$WORK"/log_prompt0* "$WORK"/log_ask0*
+for round in 1 2 3 4; do
+    short lookup "$WORK/values_only.sql" $round
+    short promptv "$WORK/prompt_value.sql" $round
+    short askv "$WORK/ask_value.sql" $round
+    $PSQL -d bench -c "DELETE FROM control_plane.value_index"
+    short prompt0 "$WORK/prompt_value.sql" $round
+    short ask0 "$WORK/ask_value.sql" $round
+    $PSQL -d bench -c "INSERT INTO control_plane.value_index (tenant_id, connection_id, schema_name, table_name, column_name, value, value_norm) SELECT * FROM bench_values"
+done
+read -r l50 l99 <<<"$(pct "$WORK/log_lookup")"
+read -r pv50 pv99 <<<"$(pct "$WORK/log_promptv")"; read -r p050 p099 <<<"$(pct "$WORK/log_prompt0")"
+read -r av50 av99 <<<"$(pct "$WORK/log_askv")"; read -r a050 a099 <<<"$(pct "$WORK/log_ask0")"
+printf "search_values(q, 8), %s values  p50 %6s ms  p99 %6s ms\n" "$values_n" "$l50" "$l99"
+printf "build_prompt, %s values         p50 %6s ms  p99 %6s ms\n" "$values_n" "$pv50" "$pv99"
+printf "build_prompt, no values             p50 %6s ms  p99 %6s ms  ratio p50 %.2f\n" "$p050" "$p099" "$(echo "$pv50 / $p050" | bc -l)"
+printf "ask(),        %s values         p50 %6s ms  p99 %6s ms\n" "$values_n" "$av50" "$av99"
+printf "ask(),        no values             p50 %6s ms  p99 %6s ms  ratio p50 %.2f\n" "$a050" "$a099" "$(echo "$av50 / $a050" | bc -l)"
+# Inside one backend (no client round trip): 500 calls each, alternated
+# three times, with the index full.
+inside() {  # an expression of g (a number, so it is evaluated) -> ms per call
+    PGPASSWORD=$PW psql -X -q -h 127.0.0.1 -p "$PORT" -U bench_tenant -d bench -At <<SQL | awk '/^Time:/ {print $2/500}'
+\timing on
+SELECT sum(x.v) FROM generate_series(1, 500) g, LATERAL (SELECT $1 AS v) x;
+SQL
+}
+lv=0; lp=0
+for round in 1 2 3; do
+    lv=$(echo "$lv + $(inside "(SELECT count(*) FROM dbrag.search_values('total amount for region r3 shipped to Lyin, case ' || g, 8))")" | bc -l)
+    lp=$(echo "$lp + $(inside "length(dbrag.build_prompt('total amount for region r3 shipped to Lyin, case ' || g)::text)")" | bc -l)
+done
+printf "in one backend: the value lookup %.3f ms a call, build_prompt %.3f ms a call (%.0f%% of it), %s values\n" \
+    "$(echo "$lv / 3" | bc -l)" "$(echo "$lp / 3" | bc -l)" "$(echo "100 * $lv / $lp" | bc -l)" "$values_n"

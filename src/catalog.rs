@@ -229,6 +229,11 @@ pub fn samples_from_rows(entry: &TableEntry, rows: &[Value]) -> Map<String, Valu
                 other => other.to_string(),
             };
             let text: String = text.chars().take(SAMPLE_MAX_CHARS).collect();
+            // A NUL (MySQL and SQLite text may hold one) cannot be stored
+            // in jsonb: such a sample failed the whole sync with 22P05.
+            if text.contains('\0') {
+                continue;
+            }
             if !text.trim().is_empty() && !seen.contains(&text) {
                 seen.push(text);
             }
@@ -243,8 +248,9 @@ pub fn samples_from_rows(entry: &TableEntry, rows: &[Value]) -> Map<String, Valu
     out
 }
 
-/// Introspect a local schema as the current role (the tenant's).
-fn introspect_local(schema: &str) -> Vec<TableEntry> {
+/// Introspect a local schema as the current role (the tenant's), with the
+/// values of its low-cardinality text columns (at most `budget`).
+fn introspect_local(schema: &str, budget: i64) -> Introspected {
     let can_use: bool = crate::error::spi_row_or_raise(
         Spi::get_one_with_args::<bool>(
             "SELECT pg_catalog.has_schema_privilege($1, 'USAGE')",
@@ -277,15 +283,16 @@ fn introspect_local(schema: &str) -> Vec<TableEntry> {
     });
     let mut entries = entries_from_introspection(schema, &rows);
     // Sample rows can be wide: under dbrag.query_memory_limit (53200).
-    crate::timer::within_memory_limit(|| {
+    let values = crate::timer::within_memory_limit(|| {
         for (i, entry) in entries.iter_mut().enumerate() {
             entry.sample_values = sample_local(entry);
             if (i + 1) % PROGRESS_EVERY == 0 {
                 notice!("sync_catalog: sampled {} tables of {}", i + 1, rows.len());
             }
         }
+        crate::value_index::collect_local(schema, &entries, budget)
     });
-    entries
+    (entries, values)
 }
 
 /// A few rows of a local table, read as the current role (the tenant's):
@@ -353,7 +360,7 @@ fn sample_local(entry: &TableEntry) -> Map<String, Value> {
 
 /// Whether a column's values are sampled: not secret-looking by name, not
 /// binary, JSON or a text-search vector.
-fn sampled_column(entry: &TableEntry, column: &str) -> bool {
+pub(crate) fn sampled_column(entry: &TableEntry, column: &str) -> bool {
     if looks_secret(column) {
         return false;
     }
@@ -367,9 +374,9 @@ pub fn quote_ident(ident: &str) -> String {
 }
 
 /// Introspect a remote PostgreSQL schema over one session: the same
-/// introspection query, then a few rows of each table for samples. What the
-/// remote role may not read yields no samples.
-fn introspect_postgres(conn: &Connection) -> Vec<TableEntry> {
+/// introspection query, then a few rows of each table for samples, then the
+/// value index's reads. What the remote role may not read yields no samples.
+fn introspect_postgres(conn: &Connection, budget: i64) -> Introspected {
     let timeout = gucs::QUERY_TIMEOUT_MS.get();
     let mut session = connections::open_session(conn).unwrap_or_else(|e| e.raise());
     let rows = session
@@ -405,22 +412,41 @@ fn introspect_postgres(conn: &Connection) -> Vec<TableEntry> {
             notice!("sync_catalog: sampled {} tables of {}", i + 1, total);
         }
     }
-    entries
+    let values = crate::value_index::collect_postgres(
+        &mut session,
+        &conn.schema_name,
+        &entries,
+        budget,
+        timeout,
+    );
+    (entries, values)
 }
 
-/// Introspect whatever the connection reaches, as the tenant's role.
-fn introspect(conn: &Connection) -> Vec<TableEntry> {
+/// The tables found, and the values of their low-cardinality text columns
+/// (crate::value_index).
+type Introspected = (Vec<TableEntry>, Vec<crate::value_index::Found>);
+
+/// Introspect whatever the connection reaches, as the tenant's role; at
+/// most `budget` values for the value index.
+fn introspect(conn: &Connection, budget: i64) -> Introspected {
     crate::act_as::as_tenant(conn.tenant_id, &conn.schema_name, || {
-        introspect_as_tenant(conn)
+        introspect_as_tenant(conn, budget)
     })
 }
 
-fn introspect_as_tenant(conn: &Connection) -> Vec<TableEntry> {
+fn introspect_as_tenant(conn: &Connection, budget: i64) -> Introspected {
     match conn.kind {
-        EngineKind::Local => introspect_local(&conn.schema_name),
-        EngineKind::Postgres => introspect_postgres(conn),
-        EngineKind::Mysql => introspect_mysql(conn),
-        EngineKind::Sqlite => introspect_sqlite(conn),
+        EngineKind::Local => introspect_local(&conn.schema_name, budget),
+        EngineKind::Postgres => introspect_postgres(conn, budget),
+        EngineKind::Mysql | EngineKind::Sqlite => {
+            let entries = if conn.kind == EngineKind::Mysql {
+                introspect_mysql(conn)
+            } else {
+                introspect_sqlite(conn)
+            };
+            let values = crate::value_index::collect_dataplane(conn, &entries, budget);
+            (entries, values)
+        }
     }
 }
 
@@ -612,8 +638,10 @@ fn sync_catalog(
     ),
 > {
     let conn = connections::given_or_active(connection);
-    let entries = introspect(&conn);
+    let budget = crate::value_index::budget(&conn);
+    let (entries, values) = introspect(&conn, budget);
     let summary = store(&conn, &entries);
+    crate::value_index::store(&conn, &values);
     if describe.unwrap_or(false) {
         // As the tenant's role too, like the rest of the sync.
         crate::act_as::as_tenant(conn.tenant_id, &conn.schema_name, || {
@@ -624,7 +652,8 @@ fn sync_catalog(
         "catalog_synced",
         Some(&conn.tenant_id.to_string()),
         json!({"connection_id": conn.id.to_string(), "tables": entries.len(),
-               "added": summary.added, "changed": summary.changed, "removed": summary.removed}),
+               "added": summary.added, "changed": summary.changed, "removed": summary.removed,
+               "values": values.len()}),
     );
     TableIterator::once((
         summary.added,

@@ -28,6 +28,7 @@ mod sqlite;
 mod subxact;
 mod tenant;
 mod timer;
+mod value_index;
 mod verified;
 
 pgrx::pg_module_magic!();
@@ -92,6 +93,11 @@ pgrx::extension_sql_file!(
     "../sql/connections.sql",
     name = "connections",
     requires = ["isolation"]
+);
+pgrx::extension_sql_file!(
+    "../sql/value_index.sql",
+    name = "value_index",
+    requires = ["connections"]
 );
 pgrx::extension_sql_file!(
     "../sql/scaleout.sql",

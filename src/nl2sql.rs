@@ -65,8 +65,14 @@ pub fn dialect(conn: &Connection) -> String {
     }
 }
 
-/// The tables the search ranks for this question, with their catalog rows.
-fn prompt_tables(conn: &Connection, question: &str) -> Vec<PromptTable> {
+/// The tables the search ranks for this question, with their catalog rows;
+/// `named` (tables holding a value the question names, crate::value_index)
+/// go right after the search's direct hits when the search missed them.
+fn prompt_tables(
+    conn: &Connection,
+    question: &str,
+    named: &[(String, String)],
+) -> Vec<PromptTable> {
     let t = tenant::to_pg(conn.tenant_id);
     let c = tenant::to_pg(conn.id);
     let rows: Vec<Value> =
@@ -77,15 +83,26 @@ fn prompt_tables(conn: &Connection, question: &str) -> Vec<PromptTable> {
             // distributed query, which Citus refuses.
             let mut schemas: Vec<String> = Vec::new();
             let mut tables: Vec<String> = Vec::new();
+            let mut direct = 0;
             for row in client.select(
-            "SELECT s.schema_name::text, s.table_name::text FROM dbrag.search_catalog($1, $2) s \
+            "SELECT s.schema_name::text, s.table_name::text, s.via_join FROM dbrag.search_catalog($1, $2) s \
              ORDER BY s.via_join, s.score DESC",
             None,
             &[DatumWithOid::from(question), DatumWithOid::from(PROMPT_HITS)],
         )? {
             schemas.push(row.get::<String>(1)?.unwrap_or_default());
             tables.push(row.get::<String>(2)?.unwrap_or_default());
+            if !row.get::<bool>(3)?.unwrap_or(false) {
+                direct = schemas.len();
+            }
         }
+            for (s, t) in named {
+                if !schemas.iter().zip(&tables).any(|(a, b)| a == s && b == t) {
+                    schemas.insert(direct, s.clone());
+                    tables.insert(direct, t.clone());
+                    direct += 1;
+                }
+            }
             let mut out = Vec::new();
             // As text: see crate::jsonb (pgrx's JsonB panics on some values).
             let sql = "SELECT pg_catalog.to_jsonb(m)::pg_catalog.text \
@@ -241,9 +258,31 @@ pub fn prompt_for(
     retry: Option<(String, String)>,
     turns: &[PromptExample],
 ) -> dbrag_core::prompt::Prompt {
+    // Values the question names: a line each, first in the documentation,
+    // and their tables in the prompt.
+    let values = crate::value_index::find(
+        conn.tenant_id,
+        Some(conn.id),
+        question,
+        crate::value_index::PROMPT_VALUES,
+        true,
+    );
+    let mut named: Vec<(String, String)> = Vec::new();
+    for m in &values {
+        let key = (m.schema.clone(), m.table.clone());
+        if !named.contains(&key) {
+            named.push(key);
+        }
+    }
     let search = crate::conversation::search_text(question, turns);
-    let tables = prompt_tables(conn, &search);
-    let (examples, documentation) = prompt_examples(conn.tenant_id, &search);
+    let tables = prompt_tables(conn, &search, &named);
+    let (examples, mut documentation) = prompt_examples(conn.tenant_id, &search);
+    documentation.splice(
+        0..0,
+        values
+            .iter()
+            .map(|m| crate::value_index::prompt_line(m, &conn.schema_name)),
+    );
     // The tenant's verified queries lead the examples (crate::verified).
     let examples = [crate::verified::prompt_examples(conn, question), examples].concat();
     let input = PromptInput {
@@ -900,7 +939,7 @@ fn explain_tables(conn: &Connection, sql: &str) -> Vec<String> {
     const MAX_DDL_CHARS: usize = 2000;
     let search: String = sql.chars().take(MAX_QUESTION_CHARS).collect();
     let lower = sql.to_lowercase();
-    prompt_tables(conn, &search)
+    prompt_tables(conn, &search, &[])
         .iter()
         .filter(|t| {
             let name = t

@@ -89,8 +89,70 @@ pub fn looks_secret(column: &str) -> bool {
         .any(|w| WORDS.contains(&w.as_str()))
 }
 
+/// A text value or question cut into lower-case words of letters and digits
+/// (everything else separates): `"O'Brien"` → `["o", "brien"]`. How the
+/// value index stores values and cuts questions.
+pub fn value_words(s: &str) -> Vec<String> {
+    s.split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(|w| w.to_lowercase())
+        .collect()
+}
+
+/// [`value_words`] joined by one space.
+pub fn normalize_value(s: &str) -> String {
+    value_words(s).join(" ")
+}
+
+/// Whether `a` and `b` differ by at most one edit: an insertion, a deletion,
+/// a substitution or a swap of two neighbours.
+pub fn one_edit(a: &str, b: &str) -> bool {
+    let a: Vec<char> = a.chars().collect();
+    let b: Vec<char> = b.chars().collect();
+    if a.len().abs_diff(b.len()) > 1 {
+        return false;
+    }
+    let p = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
+    if p == a.len() && p == b.len() {
+        return true;
+    }
+    let s = a[p..]
+        .iter()
+        .rev()
+        .zip(b[p..].iter().rev())
+        .take_while(|(x, y)| x == y)
+        .count();
+    let (ra, rb) = (a.len() - p - s, b.len() - p - s);
+    if ra <= 1 && rb <= 1 {
+        return true;
+    }
+    ra == 2 && rb == 2 && a[p] == b[p + 1] && a[p + 1] == b[p]
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn value_normalization() {
+        assert_eq!(super::normalize_value("  New-York  City "), "new york city");
+        assert_eq!(super::normalize_value("O'Brien"), "o brien");
+        assert_eq!(super::normalize_value("LYON"), "lyon");
+    }
+
+    #[test]
+    fn one_edit_cases() {
+        use super::one_edit;
+        assert!(one_edit("lyin", "lyon"));
+        assert!(one_edit("lyn", "lyon"));
+        assert!(one_edit("lyoon", "lyon"));
+        assert!(one_edit("ylon", "lyon"));
+        assert!(one_edit("lyon", "lyon"));
+        assert!(!one_edit("lion", "lyin"));
+        assert!(!one_edit("paris", "lyon"));
+        assert!(!one_edit("lyonss", "lyon"));
+        assert!(!one_edit("", "ab"));
+        assert!(one_edit("", "a"));
+    }
+
     use super::*;
     use proptest::prelude::*;
 
