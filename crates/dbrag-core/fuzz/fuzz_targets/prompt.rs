@@ -54,22 +54,28 @@ fn table(u: &mut Unstructured) -> Result<PromptTable> {
     })
 }
 
-fn input(u: &mut Unstructured) -> Result<PromptInput> {
-    let budget_tokens = u.int_in_range(500..=8000)?;
-    let question = text(u)?;
-    let default_schema: Option<String> = u.arbitrary()?;
-    let t = u.int_in_range(0..=20)?;
-    let tables = (0..t).map(|_| table(u)).collect::<Result<Vec<_>>>()?;
-    let e = u.int_in_range(0..=4)?;
-    let examples = (0..e)
+fn question_sql_pairs(u: &mut Unstructured, max: usize) -> Result<Vec<PromptExample>> {
+    let n = u.int_in_range(0..=max)?;
+    (0..n)
         .map(|_| {
             Ok(PromptExample {
                 question: text(u)?,
                 sql: text(u)?,
             })
         })
-        .collect::<Result<Vec<_>>>()?;
+        .collect()
+}
+
+fn input(u: &mut Unstructured) -> Result<PromptInput> {
+    let budget_tokens = u.int_in_range(500..=8000)?;
+    let question = text(u)?;
+    let default_schema: Option<String> = u.arbitrary()?;
+    let t = u.int_in_range(0..=20)?;
+    let tables = (0..t).map(|_| table(u)).collect::<Result<Vec<_>>>()?;
+    let examples = question_sql_pairs(u, 4)?;
     let documentation = strings(u, 4)?;
+    // Earlier turns of a conversation, as many as a long one may carry.
+    let conversation = question_sql_pairs(u, 24)?;
     let retry = if u.arbitrary()? {
         Some((text(u)?, text(u)?))
     } else {
@@ -85,6 +91,7 @@ fn input(u: &mut Unstructured) -> Result<PromptInput> {
         documentation,
         budget_tokens,
         retry,
+        conversation,
     })
 }
 
