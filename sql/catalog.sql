@@ -269,6 +269,10 @@ DECLARE
     top_s text[] := '{}';
     top_t text[] := '{}';
     top_sc float8[] := '{}';
+    q_named tsquery;
+    nn_s text[] := '{}';
+    nn_t text[] := '{}';
+    nn_sc float8[] := '{}';
     batch tsquery;
     batch_df bigint;
     theta float8;
@@ -323,6 +327,8 @@ BEGIN
     q_a := ARRAY(SELECT (pg_catalog.quote_literal(l) || ':A')::tsquery FROM pg_catalog.unnest(lex) WITH ORDINALITY u(l, o) ORDER BY o);
     q_b := ARRAY(SELECT (pg_catalog.quote_literal(l) || ':B')::tsquery FROM pg_catalog.unnest(lex) WITH ORDINALITY u(l, o) ORDER BY o);
     q_c := ARRAY(SELECT (pg_catalog.quote_literal(l) || ':C')::tsquery FROM pg_catalog.unnest(lex) WITH ORDINALITY u(l, o) ORDER BY o);
+    -- Any question word in a table's name.
+    q_named := (SELECT pg_catalog.string_agg(pg_catalog.quote_literal(l) || ':A', ' | ') FROM pg_catalog.unnest(lex) l)::tsquery;
     -- The score as one flat expression (no per-row sub-select); only
     -- subscripts are spliced in, every value is a bound parameter.
     FOR i IN 1..n_terms LOOP
@@ -335,11 +341,20 @@ BEGIN
             i, w_b, w_c, w_d, name_bonus);
     END LOOP;
     -- One batch: score the tables matching $9 (at most $11 of them when $11
-    -- is not NULL) and merge them into the top k so far.
-    scan_sql := pg_catalog.format($q$
+    -- is not NULL) and merge them into two lists of the best m so far: all
+    -- tables (its m-th score is the MaxScore bar), and the tables whose
+    -- names hold no question word. A warehouse's thousand copies of one
+    -- name (stg_orders_1, fact_orders_2, ... for a question about orders)
+    -- can fill the first list; the second keeps the differently named table
+    -- the question also needs (order_items, whose columns hold its words).
+    -- When all the question's tables fit in one batch, the first list alone
+    -- (cheaper for the many small tenants; the second stays empty).
+    IF (SELECT pg_catalog.sum(x) FROM pg_catalog.unnest(df) x) <= batch_rows THEN
+        scan_sql := pg_catalog.format($q$
         SELECT pg_catalog.array_agg(f.s ORDER BY f.sc DESC, f.tn, f.s),
                pg_catalog.array_agg(f.tn ORDER BY f.sc DESC, f.tn, f.s),
-               pg_catalog.array_agg(f.sc ORDER BY f.sc DESC, f.tn, f.s)
+               pg_catalog.array_agg(f.sc ORDER BY f.sc DESC, f.tn, f.s),
+               $16::text[], $17::text[], $18::float8[]
         FROM (SELECT d.s, d.tn, d.sc
               FROM (SELECT DISTINCT ON (u.s, u.tn) u.s, u.tn, u.sc
                     FROM (SELECT * FROM ROWS FROM (pg_catalog.unnest($12::text[]), pg_catalog.unnest($13::text[]), pg_catalog.unnest($14::float8[])) p(s, tn, sc)
@@ -353,13 +368,49 @@ BEGIN
                     ORDER BY u.s, u.tn) d
               ORDER BY d.sc DESC, d.tn, d.s LIMIT $10) f
         $q$, score_sql);
+    ELSE
+        scan_sql := pg_catalog.format($q$
+            WITH b AS MATERIALIZED (
+                SELECT c.schema_name AS s, c.table_name AS tn, (%s)::float8 AS sc, c.search_vector @@ $15 AS named
+                FROM (SELECT c0.schema_name, c0.table_name, c0.search_vector
+                      FROM control_plane.table_metadata_catalog c0
+                      WHERE c0.tenant_id = $7 AND c0.connection_id = $8 AND c0.search_vector @@ $9
+                      LIMIT $11) c
+            ), best AS (
+                SELECT d.s, d.tn, d.sc
+                FROM (SELECT DISTINCT ON (u.s, u.tn) u.s, u.tn, u.sc
+                      FROM (SELECT * FROM ROWS FROM (pg_catalog.unnest($12::text[]), pg_catalog.unnest($13::text[]),
+                                                     pg_catalog.unnest($14::float8[])) p(s, tn, sc)
+                            UNION ALL
+                            (SELECT b.s, b.tn, b.sc FROM b ORDER BY b.sc DESC, b.tn, b.s LIMIT $10)) u
+                      ORDER BY u.s, u.tn) d
+                ORDER BY d.sc DESC, d.tn, d.s LIMIT $10
+            ), unnamed AS (
+                SELECT d.s, d.tn, d.sc
+                FROM (SELECT DISTINCT ON (u.s, u.tn) u.s, u.tn, u.sc
+                      FROM (SELECT * FROM ROWS FROM (pg_catalog.unnest($16::text[]), pg_catalog.unnest($17::text[]),
+                                                     pg_catalog.unnest($18::float8[])) p(s, tn, sc)
+                            UNION ALL
+                            (SELECT b.s, b.tn, b.sc FROM b WHERE NOT b.named ORDER BY b.sc DESC, b.tn, b.s LIMIT $10)) u
+                      ORDER BY u.s, u.tn) d
+                ORDER BY d.sc DESC, d.tn, d.s LIMIT $10
+            )
+            SELECT (SELECT pg_catalog.array_agg(x.s ORDER BY x.sc DESC, x.tn, x.s) FROM best x),
+                   (SELECT pg_catalog.array_agg(x.tn ORDER BY x.sc DESC, x.tn, x.s) FROM best x),
+                   (SELECT pg_catalog.array_agg(x.sc ORDER BY x.sc DESC, x.tn, x.s) FROM best x),
+                   (SELECT pg_catalog.array_agg(x.s ORDER BY x.sc DESC, x.tn, x.s) FROM unnamed x),
+                   (SELECT pg_catalog.array_agg(x.tn ORDER BY x.sc DESC, x.tn, x.s) FROM unnamed x),
+                   (SELECT pg_catalog.array_agg(x.sc ORDER BY x.sc DESC, x.tn, x.s) FROM unnamed x)
+            $q$, score_sql);
+    END IF;
     -- Seed: tables holding every term (all-terms before any-term); a bounded
     -- sample, it only raises the bar early. Not needed when one batch takes
     -- every term anyway.
     IF n_terms > 1 AND (SELECT pg_catalog.sum(x) FROM pg_catalog.unnest(df) x) > batch_rows THEN
         batch := (SELECT pg_catalog.string_agg(pg_catalog.quote_literal(l), ' & ') FROM pg_catalog.unnest(lex) l)::tsquery;
-        EXECUTE scan_sql INTO top_s, top_t, top_sc
-            USING idf, q_any, q_a, q_b, q_c, NULL::float8, t, conn, batch, m, batch_rows, top_s, top_t, top_sc;
+        EXECUTE scan_sql INTO top_s, top_t, top_sc, nn_s, nn_t, nn_sc
+            USING idf, q_any, q_a, q_b, q_c, NULL::float8, t, conn, batch, m, batch_rows, top_s, top_t, top_sc,
+                  q_named, nn_s, nn_t, nn_sc;
     END IF;
     done := pg_catalog.array_fill(false, ARRAY[n_terms]);
     LOOP
@@ -380,9 +431,10 @@ BEGIN
             batch_df := batch_df + df[i];
             done[i] := true;
         END LOOP;
-        EXECUTE scan_sql INTO top_s, top_t, top_sc
+        EXECUTE scan_sql INTO top_s, top_t, top_sc, nn_s, nn_t, nn_sc
             USING idf, q_any, q_a, q_b, q_c, NULL::float8, t, conn, batch, m, NULL::bigint,
-                  COALESCE(top_s, '{}'), COALESCE(top_t, '{}'), COALESCE(top_sc, '{}');
+                  COALESCE(top_s, '{}'), COALESCE(top_t, '{}'), COALESCE(top_sc, '{}'),
+                  q_named, COALESCE(nn_s, '{}'), COALESCE(nn_t, '{}'), COALESCE(nn_sc, '{}');
     END LOOP;
     IF top_s IS NULL THEN
         RETURN;
@@ -394,7 +446,10 @@ BEGIN
                      WHERE c.search_vector @@ pg_catalog.quote_literal(x)::tsquery ORDER BY x) AS matched,
                ARRAY(SELECT x FROM pg_catalog.unnest(lex) x
                      WHERE c.search_vector @@ (pg_catalog.quote_literal(x) || ':A')::tsquery ORDER BY x) AS in_name
-        FROM ROWS FROM (pg_catalog.unnest(top_s), pg_catalog.unnest(top_t), pg_catalog.unnest(top_sc)) h(s, tn, sc)
+        FROM (SELECT DISTINCT x.s, x.tn, x.sc
+              FROM (SELECT * FROM ROWS FROM (pg_catalog.unnest(top_s), pg_catalog.unnest(top_t), pg_catalog.unnest(top_sc)) a(s, tn, sc)
+                    UNION ALL
+                    SELECT * FROM ROWS FROM (pg_catalog.unnest(nn_s), pg_catalog.unnest(nn_t), pg_catalog.unnest(nn_sc)) z(s, tn, sc)) x) h
         JOIN control_plane.table_metadata_catalog c
           ON c.tenant_id = t AND c.connection_id = conn AND c.schema_name = h.s AND c.table_name = h.tn
     ), hits AS MATERIALIZED (

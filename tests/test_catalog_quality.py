@@ -165,9 +165,9 @@ def test_recall_at_5_in_a_100k_table_warehouse(su, shop):
     r, _, br, _ = report(f"warehouse (31 + {DISTRACTORS:,} tables)", qs, mine, baseline)
     print(f"plain (31 tables), same run: recall@5 = {plain:.3f}, all-gold@5 = {plain_all:.3f}")
     assert r >= br
-    # Measured 2026-11-30: 0.933 (BM25 0.384 in the same run).
+    # Measured 2026-11-30: 0.942 against plain 0.960 (BM25 0.384 in the same
+    # run); 0.933 before the tables whose names hold no question word got a
+    # candidate list of their own (docs/catalog-search.md).
     assert r >= WAREHOUSE_RECALL_AT_5_FLOOR
-    if r < plain - 0.02:
-        # The goal (lose at most 0.02 against the plain catalog) is not met
-        # yet: 0.933 against 0.960. Reported as an expected failure until it is.
-        pytest.xfail(f"warehouse recall@5 {r:.3f} is more than 0.02 below plain {plain:.3f}")
+    # The goal: the warehouse loses at most 0.02 of recall@5 against plain.
+    assert r >= plain - 0.02, f"warehouse recall@5 {r:.3f} is more than 0.02 below plain {plain:.3f}"
