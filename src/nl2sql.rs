@@ -445,19 +445,7 @@ fn ask_model(
 ) -> Result<String, Failure> {
     let cfg = model_config(conn.tenant_id).map_err(|e| Failure::new("model_error", e))?;
     let prompt = prompt_for(conn, question, retry, &attempt.turns);
-    let started = std::time::Instant::now();
-    let reply = crate::llm::complete(&cfg, &prompt.system, &prompt.user);
-    attempt.llm_ms += started.elapsed().as_secs_f64() * 1000.0;
-    let reply = reply.map_err(|e| {
-        let status = if e.kind == Kind::Timeout {
-            "timeout"
-        } else {
-            "model_error"
-        };
-        Failure::new(status, e)
-    })?;
-    attempt.prompt_tokens += reply.prompt_tokens.unwrap_or(0);
-    attempt.completion_tokens += reply.completion_tokens.unwrap_or(0);
+    let reply = call_model(&cfg, &prompt.system, &prompt.user, attempt)?;
     dbrag_core::extract_sql(&reply.text).map_err(|e| {
         Failure::new(
             "model_error",
@@ -962,13 +950,16 @@ fn explain_tables(conn: &Connection, sql: &str) -> Vec<String> {
         .collect()
 }
 
-/// The model's explanation of a statement the guard accepted.
-fn explain_checked(conn: &Connection, sql: &str, attempt: &mut Attempt) -> Result<String, Failure> {
-    let mut cfg = model_config(conn.tenant_id).map_err(|e| Failure::new("model_error", e))?;
-    cfg.max_tokens = cfg.max_tokens.min(crate::conversation::EXPLAIN_MAX_TOKENS);
-    let user = crate::conversation::explain_prompt(&dialect(conn), sql, &explain_tables(conn, sql));
+/// One model call on behalf of `attempt`: its time and tokens are added
+/// there; a failure is a `timeout` or `model_error` history status.
+fn call_model(
+    cfg: &crate::llm::ModelConfig,
+    system: &str,
+    user: &str,
+    attempt: &mut Attempt,
+) -> Result<dbrag_core::ModelReply, Failure> {
     let started = std::time::Instant::now();
-    let reply = crate::llm::complete(&cfg, crate::conversation::EXPLAIN_SYSTEM, &user);
+    let reply = crate::llm::complete(cfg, system, user);
     attempt.llm_ms += started.elapsed().as_secs_f64() * 1000.0;
     let reply = reply.map_err(|e| {
         let status = if e.kind == Kind::Timeout {
@@ -980,6 +971,15 @@ fn explain_checked(conn: &Connection, sql: &str, attempt: &mut Attempt) -> Resul
     })?;
     attempt.prompt_tokens += reply.prompt_tokens.unwrap_or(0);
     attempt.completion_tokens += reply.completion_tokens.unwrap_or(0);
+    Ok(reply)
+}
+
+/// The model's explanation of a statement the guard accepted.
+fn explain_checked(conn: &Connection, sql: &str, attempt: &mut Attempt) -> Result<String, Failure> {
+    let mut cfg = model_config(conn.tenant_id).map_err(|e| Failure::new("model_error", e))?;
+    cfg.max_tokens = cfg.max_tokens.min(crate::conversation::EXPLAIN_MAX_TOKENS);
+    let user = crate::conversation::explain_prompt(&dialect(conn), sql, &explain_tables(conn, sql));
+    let reply = call_model(&cfg, crate::conversation::EXPLAIN_SYSTEM, &user, attempt)?;
     dbrag_core::prompt::clean_explanation(&reply.text).ok_or_else(|| {
         Failure::new(
             "model_error",
