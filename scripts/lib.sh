@@ -21,7 +21,8 @@ export PATH="$HOME/.cargo/bin:$PATH"
 
 as_postgres() { runuser -u postgres -- "$@"; }
 
-# Build the extension in release mode and install it into the system PostgreSQL 15.
+# Build the extension in release mode and install it into the system PostgreSQL 15
+# (or DBRAG_PG_PREFIX's copy), with every upgrade script.
 install_extension() {
     local log
     log=$(mktemp /tmp/pg_dbrag_install.XXXXXX.log)
@@ -30,6 +31,9 @@ install_extension() {
         return 1
     }
     rm -f "$log"
+    # The next release's upgrade script is a template (sql/upgrade/): expand
+    # it next to the install script (cargo pgrx copies only sql/pg_dbrag--*--*.sql).
+    python3 "$REPO_ROOT/scripts/upgrade_script.py" install "$("$PG_CONFIG" --sharedir)/extension" >/dev/null || return 1
     install_dataplane_helper "$($PG_CONFIG --pkglibdir)" || return 1
     echo "installed pg_dbrag into $($PG_CONFIG --pkglibdir)"
 }

@@ -3,7 +3,8 @@
 # pg_search and pg_graphql ship theirs: `cargo pgrx package` lays out the
 # extension's files, dpkg-deb wraps them. The package holds the shared
 # library, the control file, the install script of this version and every
-# upgrade script in sql/ (so ALTER EXTENSION pg_dbrag UPDATE works from any
+# upgrade script (the released ones in sql/ and the next one expanded from its
+# template in sql/upgrade/, so ALTER EXTENSION pg_dbrag UPDATE works from any
 # earlier release), installed where Debian's PostgreSQL 15 looks for them.
 # Prints the path of the .deb on its last line.
 #
@@ -43,6 +44,8 @@ cp "$OUT/pgrx$("$PG_CONFIG" --sharedir)/extension/pg_dbrag.control" \
 for f in sql/pg_dbrag--*--*.sql; do
     [ -e "$f" ] && cp "$OUT/pgrx$("$PG_CONFIG" --sharedir)/extension/$(basename "$f")" "$STAGE$EXTDIR/"
 done
+# The unreleased step's script, expanded from its template (scripts/upgrade_script.py).
+python3 scripts/upgrade_script.py install "$STAGE$EXTDIR" >/dev/null
 # The out-of-process data-plane helper, when this tree has one: the install
 # step of scripts/lib.sh builds it and puts it into the pkglibdir it is given.
 if declare -F install_dataplane_helper >/dev/null; then

@@ -55,7 +55,7 @@ DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$
     exit 1
 }
 for f in "$SYS_LIB/pg_dbrag.so" "$SYS_EXT/pg_dbrag.control" "$SYS_EXT/pg_dbrag--$VERSION.sql" \
-         $(cd sql && ls pg_dbrag--*--*.sql | sed "s|^|$SYS_EXT/|"); do
+         $(python3 scripts/upgrade_script.py list | sed "s|^|$SYS_EXT/|"); do
     dpkg -S "$f" >/dev/null || { echo "$f is not in the package"; exit 1; }
 done
 if declare -F install_dataplane_helper >/dev/null; then
@@ -79,7 +79,7 @@ got=$(sql -U postgres -d smoke -c "SELECT extversion FROM pg_extension WHERE ext
           -c "SELECT string_agg(source || '>' || target, ',' ORDER BY source) FROM pg_extension_update_paths('pg_dbrag') WHERE target = '$VERSION' AND path IS NOT NULL")
 echo "installed version, update paths: $(echo $got)"
 [ "$(echo "$got" | head -1)" = "$VERSION" ] || { echo "expected version $VERSION"; exit 1; }
-for f in sql/pg_dbrag--*--*.sql; do
+for f in $(python3 scripts/upgrade_script.py list); do
     from=$(basename "$f" .sql | sed 's/^pg_dbrag--\(.*\)--.*$/\1/')
     echo "$got" | grep -q "$from>$VERSION" || { echo "no update path from $from"; exit 1; }
 done

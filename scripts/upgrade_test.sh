@@ -77,7 +77,12 @@ text = open(sys.argv[1]).read()
 text = re.sub(r"\$([A-Za-z_]*)\$.*?\$\1\$", "$$", text, flags=re.S)
 print(re.sub(r"--[^\n]*", "", text))' "$1"
 }
-for f in sql/pg_dbrag--*--*.sql; do
+# The released scripts and the next one expanded from its template.
+rm -rf "$WORK/upgrade-scripts"
+mkdir -p "$WORK/upgrade-scripts"
+python3 scripts/upgrade_script.py install "$WORK/upgrade-scripts" >/dev/null
+for f in sql/pg_dbrag--*--*.sql "$WORK"/upgrade-scripts/*.sql; do
+    [ -e "$f" ] || continue
     if top_level_sql "$f" | grep -nEi '\b(DROP[[:space:]]+(TABLE|COLUMN|SCHEMA|OWNED)|^[[:space:]]*TRUNCATE|DELETE[[:space:]]+FROM)\b'; then
         echo "$f drops data (line above); migrate it instead"
         exit 1

@@ -2,7 +2,7 @@
 cluster must be identical, definition for definition. scripts/upgrade_test.sh
 compares a database updated from the previous release with a fresh
 CREATE EXTENSION of the current build, so a change of the SQL surface without
-its upgrade script (sql/pg_dbrag--A--B.sql) fails CI and prints the diff.
+its upgrade script (sql/upgrade/A--B.sql, expanded into pg_dbrag--A--B.sql) fails CI and prints the diff.
 
     python3 tests/upgrade/schema_check.py FRESH_DB UPDATED_DB [--rows]
 
