@@ -25,6 +25,12 @@ use serde_json::{json, Value};
 
 use crate::privileged;
 
+// The shared-memory registry (src/shmem.rs) is declared here, by its first
+// user, because src/lib.rs is being reorganised; it belongs beside the other
+// PostgreSQL plumbing modules.
+#[path = "shmem.rs"]
+pub(crate) mod shmem;
+
 /// Events without a tenant of their own (a forged token names nobody we can
 /// trust) are filed under the platform's own tenant.
 pub const SYSTEM_TENANT: &str = "00000000-0000-0000-0000-000000000001";
@@ -212,70 +218,34 @@ struct Queue {
 }
 
 static mut QUEUE: *mut Queue = std::ptr::null_mut();
-static mut PREV_SHMEM_STARTUP: pg_sys::shmem_startup_hook_type = None;
-static mut PREV_SHMEM_REQUEST: pg_sys::shmem_request_hook_type = None;
 
 const QUEUE_NAME: &std::ffi::CStr = c"pg_dbrag audit queue";
 
+static SEGMENT: shmem::Segment = shmem::Segment {
+    name: QUEUE_NAME,
+    size: std::mem::size_of::<Queue>(),
+    init: init_queue,
+    attach: attach_queue,
+};
+
 /// Reserve the queue; called from `_PG_init` while preloading only.
 pub fn init() {
-    // SAFETY: hooks are chained once, in the postmaster, while preloading.
+    shmem::register(&SEGMENT);
+}
+
+unsafe fn init_queue(p: *mut u8, lock: *mut pg_sys::LWLock) {
+    // SAFETY: `p` is the zeroed queue, created by shmem_startup.
     unsafe {
-        if !pg_sys::process_shared_preload_libraries_in_progress {
-            return;
-        }
-        PREV_SHMEM_REQUEST = pg_sys::shmem_request_hook;
-        pg_sys::shmem_request_hook = Some(shmem_request);
-        PREV_SHMEM_STARTUP = pg_sys::shmem_startup_hook;
-        pg_sys::shmem_startup_hook = Some(shmem_startup);
+        let q = p.cast::<Queue>();
+        (*q).lock = lock;
+        pg_sys::ConditionVariableInit(&raw mut (*q).work_cv);
+        pg_sys::ConditionVariableInit(&raw mut (*q).done_cv);
     }
 }
 
-unsafe fn request_space() {
-    // SAFETY: called while shared memory sizes are being collected.
-    unsafe {
-        pg_sys::RequestAddinShmemSpace(std::mem::size_of::<Queue>());
-        pg_sys::RequestNamedLWLockTranche(QUEUE_NAME.as_ptr(), 1);
-    }
-}
-
-#[pg_guard]
-unsafe extern "C-unwind" fn shmem_request() {
-    // SAFETY: chained hook; runs in the postmaster.
-    unsafe {
-        if let Some(prev) = PREV_SHMEM_REQUEST {
-            prev();
-        }
-        request_space();
-    }
-}
-
-#[pg_guard]
-unsafe extern "C-unwind" fn shmem_startup() {
-    // SAFETY: the documented protocol for an add-in's shared memory: under
-    // AddinShmemInitLock, find or create the struct and initialise it once.
-    unsafe {
-        if let Some(prev) = PREV_SHMEM_STARTUP {
-            prev();
-        }
-        let init_lock = &raw mut (*pg_sys::MainLWLockArray.add(21)).lock;
-        pg_sys::LWLockAcquire(init_lock, pg_sys::LWLockMode::LW_EXCLUSIVE);
-        let mut found = false;
-        let q = pg_sys::ShmemInitStruct(
-            QUEUE_NAME.as_ptr(),
-            std::mem::size_of::<Queue>(),
-            &mut found,
-        )
-        .cast::<Queue>();
-        if !found {
-            std::ptr::write_bytes(q.cast::<u8>(), 0, std::mem::size_of::<Queue>());
-            (*q).lock = &raw mut (*pg_sys::GetNamedLWLockTranche(QUEUE_NAME.as_ptr())).lock;
-            pg_sys::ConditionVariableInit(&raw mut (*q).work_cv);
-            pg_sys::ConditionVariableInit(&raw mut (*q).done_cv);
-        }
-        pg_sys::LWLockRelease(init_lock);
-        QUEUE = q;
-    }
+unsafe fn attach_queue(p: *mut u8) {
+    // SAFETY: set in each process before the queue is used.
+    unsafe { QUEUE = p.cast() }
 }
 
 /// Run `f` on the queue under its lock. `f` must not raise.

@@ -27,6 +27,7 @@ use pgrx::pg_sys;
 use pgrx::prelude::*;
 use serde_json::json;
 
+use crate::audit::shmem;
 use crate::error::{DbragError, Kind};
 use crate::privileged;
 
@@ -60,61 +61,29 @@ struct Table {
 }
 
 static mut TABLE: *mut Table = std::ptr::null_mut();
-static mut PREV_SHMEM_STARTUP: pg_sys::shmem_startup_hook_type = None;
-static mut PREV_SHMEM_REQUEST: pg_sys::shmem_request_hook_type = None;
 
 const TABLE_NAME: &std::ffi::CStr = c"pg_dbrag tenant budgets";
 
+static SEGMENT: shmem::Segment = shmem::Segment {
+    name: TABLE_NAME,
+    size: std::mem::size_of::<Table>(),
+    init: init_table,
+    attach: attach_table,
+};
+
 /// Reserve the table; called from `_PG_init` while preloading only.
 pub fn init() {
-    // SAFETY: hooks are chained once, in the postmaster, while preloading.
-    unsafe {
-        if !pg_sys::process_shared_preload_libraries_in_progress {
-            return;
-        }
-        PREV_SHMEM_REQUEST = pg_sys::shmem_request_hook;
-        pg_sys::shmem_request_hook = Some(shmem_request);
-        PREV_SHMEM_STARTUP = pg_sys::shmem_startup_hook;
-        pg_sys::shmem_startup_hook = Some(shmem_startup);
-    }
+    shmem::register(&SEGMENT);
 }
 
-#[pg_guard]
-unsafe extern "C-unwind" fn shmem_request() {
-    // SAFETY: chained hook; runs in the postmaster while sizes are collected.
-    unsafe {
-        if let Some(prev) = PREV_SHMEM_REQUEST {
-            prev();
-        }
-        pg_sys::RequestAddinShmemSpace(std::mem::size_of::<Table>());
-        pg_sys::RequestNamedLWLockTranche(TABLE_NAME.as_ptr(), 1);
-    }
+unsafe fn init_table(p: *mut u8, lock: *mut pg_sys::LWLock) {
+    // SAFETY: `p` is the zeroed table, created by shmem_startup.
+    unsafe { (*p.cast::<Table>()).lock = lock }
 }
 
-#[pg_guard]
-unsafe extern "C-unwind" fn shmem_startup() {
-    // SAFETY: the documented protocol for an add-in's shared memory: under
-    // AddinShmemInitLock, find or create the struct and initialise it once.
-    unsafe {
-        if let Some(prev) = PREV_SHMEM_STARTUP {
-            prev();
-        }
-        let init_lock = &raw mut (*pg_sys::MainLWLockArray.add(21)).lock;
-        pg_sys::LWLockAcquire(init_lock, pg_sys::LWLockMode::LW_EXCLUSIVE);
-        let mut found = false;
-        let t = pg_sys::ShmemInitStruct(
-            TABLE_NAME.as_ptr(),
-            std::mem::size_of::<Table>(),
-            &mut found,
-        )
-        .cast::<Table>();
-        if !found {
-            std::ptr::write_bytes(t.cast::<u8>(), 0, std::mem::size_of::<Table>());
-            (*t).lock = &raw mut (*pg_sys::GetNamedLWLockTranche(TABLE_NAME.as_ptr())).lock;
-        }
-        pg_sys::LWLockRelease(init_lock);
-        TABLE = t;
-    }
+unsafe fn attach_table(p: *mut u8) {
+    // SAFETY: set in each process before the table is used.
+    unsafe { TABLE = p.cast() }
 }
 
 fn available() -> bool {

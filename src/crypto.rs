@@ -234,7 +234,8 @@ fn set_llm_api_key(key: Option<&str>, global: default!(Option<bool>, false)) {
             );
         }
     }
-    if global {
+    // The global key is a row of system_config, a tenant's a row of llm_credentials.
+    let tenant = if global {
         if !privileged::is_platform_admin() {
             DbragError::new(
                 Kind::Forbidden,
@@ -243,60 +244,47 @@ fn set_llm_api_key(key: Option<&str>, global: default!(Option<bool>, false)) {
             .hint("only superusers and dbrag_admin may; a tenant sets its own with global => false")
             .raise();
         }
-        let blob = key.map(|k| seal_internal(k, Purpose::LlmKey { tenant: None }).or_raise());
-        privileged::as_extension(|| -> std::result::Result<(), pgrx::spi::Error> {
-            match &blob {
-                Some(b) => Spi::run_with_args(
-                    "INSERT INTO control_plane.system_config (key, value) \
-                     VALUES ($1, pg_catalog.jsonb_build_object('ciphertext', pg_catalog.encode($2, 'base64'))) \
-                     ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
-                    &[DatumWithOid::from(GLOBAL_LLM_KEY), DatumWithOid::from(b.as_slice())],
-                ),
-                None => Spi::run_with_args(
-                    "DELETE FROM control_plane.system_config WHERE key = $1",
-                    &[DatumWithOid::from(GLOBAL_LLM_KEY)],
-                ),
-            }
-        })
-        .map_err(DbragError::from)
-        .or_raise();
-        audit::record(
-            if key.is_some() {
-                "llm_key_set"
-            } else {
-                "llm_key_removed"
-            },
-            None,
-            json!({"scope": "global"}),
-        );
+        None
     } else {
-        let t = tenant::require();
-        let blob = key.map(|k| seal_internal(k, Purpose::LlmKey { tenant: Some(t) }).or_raise());
-        privileged::as_extension(|| -> std::result::Result<(), pgrx::spi::Error> {
-            match &blob {
-                Some(b) => Spi::run_with_args(
-                    "INSERT INTO control_plane.llm_credentials (tenant_id, api_key) VALUES ($1, $2) \
-                     ON CONFLICT (tenant_id) DO UPDATE SET api_key = EXCLUDED.api_key",
-                    &[DatumWithOid::from(tenant::to_pg(t)), DatumWithOid::from(b.as_slice())],
-                ),
-                None => Spi::run_with_args(
-                    "DELETE FROM control_plane.llm_credentials WHERE tenant_id = $1",
-                    &[DatumWithOid::from(tenant::to_pg(t))],
-                ),
-            }
-        })
-        .map_err(DbragError::from)
-        .or_raise();
-        audit::record(
-            if key.is_some() {
-                "llm_key_set"
-            } else {
-                "llm_key_removed"
-            },
-            Some(&t.to_string()),
-            json!({"scope": "tenant"}),
-        );
-    }
+        Some(tenant::require())
+    };
+    let (upsert, delete) = match tenant {
+        None => (
+            "INSERT INTO control_plane.system_config (key, value) \
+             VALUES ($1, pg_catalog.jsonb_build_object('ciphertext', pg_catalog.encode($2, 'base64'))) \
+             ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+            "DELETE FROM control_plane.system_config WHERE key = $1",
+        ),
+        Some(_) => (
+            "INSERT INTO control_plane.llm_credentials (tenant_id, api_key) VALUES ($1, $2) \
+             ON CONFLICT (tenant_id) DO UPDATE SET api_key = EXCLUDED.api_key",
+            "DELETE FROM control_plane.llm_credentials WHERE tenant_id = $1",
+        ),
+    };
+    let row_key = || match tenant {
+        None => DatumWithOid::from(GLOBAL_LLM_KEY),
+        Some(t) => DatumWithOid::from(tenant::to_pg(t)),
+    };
+    let blob = key.map(|k| seal_internal(k, Purpose::LlmKey { tenant }).or_raise());
+    privileged::as_extension(|| -> std::result::Result<(), pgrx::spi::Error> {
+        match &blob {
+            Some(b) => Spi::run_with_args(upsert, &[row_key(), DatumWithOid::from(b.as_slice())]),
+            None => Spi::run_with_args(delete, &[row_key()]),
+        }
+    })
+    .map_err(DbragError::from)
+    .or_raise();
+    let event = if key.is_some() {
+        "llm_key_set"
+    } else {
+        "llm_key_removed"
+    };
+    let scope = if tenant.is_some() { "tenant" } else { "global" };
+    audit::record(
+        event,
+        tenant.map(|t| t.to_string()).as_deref(),
+        json!({ "scope": scope }),
+    );
 }
 
 /// `dbrag.llm_api_key_status()`: which key the tenant in force would use

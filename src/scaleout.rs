@@ -17,6 +17,8 @@ use std::ffi::{c_char, c_int, CStr, CString};
 use dbrag_core::node_assertion::{self, AssertionError};
 use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
 use pgrx::pg_sys;
+use pgrx::pg_sys::GucAction::{GUC_ACTION_LOCAL, GUC_ACTION_SAVE};
+use pgrx::pg_sys::GucContext::{PGC_SUSET, PGC_USERSET};
 use pgrx::prelude::*;
 use pgrx::PgList;
 use serde_json::json;
@@ -67,14 +69,17 @@ pub fn citus_loaded() -> bool {
     loaded
 }
 
-/// Set one of Citus's settings (registered whenever `citus_loaded()`) for
-/// this transaction or the caller's nest level; a refusal is an ERROR.
+/// Set one of Citus's settings for this transaction or the caller's nest
+/// level, when Citus is loaded (it registers them); a refusal is an ERROR.
 fn set_citus_setting(
     name: &CStr,
     value: &CStr,
     context: pg_sys::GucContext::Type,
     action: pg_sys::GucAction::Type,
 ) {
+    if !citus_loaded() {
+        return;
+    }
     // SAFETY: static C strings naming a setting Citus registered.
     unsafe {
         pg_sys::set_config_option(
@@ -123,16 +128,9 @@ fn now_unix() -> i64 {
 /// distributed queries there by default; a reference table's rows are on
 /// every node, so the lookup is local and exact.
 pub fn allow_nested_reads() {
-    if !citus_loaded() {
-        return;
-    }
     // Saved at the caller's nest level.
-    set_citus_setting(
-        c"citus.allow_nested_distributed_execution",
-        c"on",
-        pg_sys::GucContext::PGC_SUSET,
-        pg_sys::GucAction::GUC_ACTION_SAVE,
-    );
+    let name = c"citus.allow_nested_distributed_execution";
+    set_citus_setting(name, c"on", PGC_SUSET, GUC_ACTION_SAVE);
 }
 
 /// For the rest of the transaction, let Citus reach the coordinator's own
@@ -142,15 +140,8 @@ pub fn allow_nested_reads() {
 /// earlier statement of the transaction (a tenant or catalog lookup) ran
 /// locally. Must run before the first lookup of the call.
 pub fn keep_execution_remote() {
-    if !citus_loaded() {
-        return;
-    }
-    set_citus_setting(
-        c"citus.enable_local_execution",
-        c"off",
-        pg_sys::GucContext::PGC_USERSET,
-        pg_sys::GucAction::GUC_ACTION_LOCAL,
-    );
+    let name = c"citus.enable_local_execution";
+    set_citus_setting(name, c"off", PGC_USERSET, GUC_ACTION_LOCAL);
 }
 
 /// Before `set_tenant` looks anything up: in a transaction block on Citus,
