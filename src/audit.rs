@@ -151,8 +151,7 @@ pub fn insert_row(table: &str, row: &Value) {
 /// it within [`WAIT_LIMIT`]; then the event goes to the server log.
 pub fn write_durable(table: &str, row: Value) {
     let payload = fit_payload(json!({"table": table, "row": row}));
-    // SAFETY: set once in the postmaster before any backend forks.
-    if unsafe { QUEUE.is_null() } {
+    if QUEUE.get().is_null() {
         // Not preloaded: no queue in shared memory. The library warns about
         // that when it loads; a one-off worker keeps the row durable.
         write_durable_oneshot(&payload);
@@ -217,35 +216,20 @@ struct Queue {
     slots: [Slot; SLOTS],
 }
 
-static mut QUEUE: *mut Queue = std::ptr::null_mut();
-
-const QUEUE_NAME: &std::ffi::CStr = c"pg_dbrag audit queue";
-
-static SEGMENT: shmem::Segment = shmem::Segment {
-    name: QUEUE_NAME,
-    size: std::mem::size_of::<Queue>(),
-    init: init_queue,
-    attach: attach_queue,
-};
+static QUEUE: shmem::Segment<Queue> = shmem::Segment::new(c"pg_dbrag audit queue", init_queue);
 
 /// Reserve the queue; called from `_PG_init` while preloading only.
 pub fn init() {
-    shmem::register(&SEGMENT);
+    QUEUE.register();
 }
 
-unsafe fn init_queue(p: *mut u8, lock: *mut pg_sys::LWLock) {
-    // SAFETY: `p` is the zeroed queue, created by shmem_startup.
+unsafe fn init_queue(q: *mut Queue, lock: *mut pg_sys::LWLock) {
+    // SAFETY: `q` is the zeroed queue, created by shmem_startup.
     unsafe {
-        let q = p.cast::<Queue>();
         (*q).lock = lock;
         pg_sys::ConditionVariableInit(&raw mut (*q).work_cv);
         pg_sys::ConditionVariableInit(&raw mut (*q).done_cv);
     }
-}
-
-unsafe fn attach_queue(p: *mut u8) {
-    // SAFETY: set in each process before the queue is used.
-    unsafe { QUEUE = p.cast() }
 }
 
 /// Run `f` on the queue under its lock. `f` must not raise.
@@ -253,7 +237,7 @@ fn locked<R>(f: impl FnOnce(&mut Queue) -> R) -> R {
     // SAFETY: QUEUE is non-null here (checked by callers); the lock is held
     // for the duration of `f`, which is plain Rust that touches only the queue.
     unsafe {
-        let q = QUEUE;
+        let q = QUEUE.get();
         pg_sys::LWLockAcquire((*q).lock, pg_sys::LWLockMode::LW_EXCLUSIVE);
         let r = f(&mut *q);
         pg_sys::LWLockRelease((*q).lock);
@@ -265,7 +249,7 @@ fn sleep_on(cv: fn(*mut Queue) -> *mut pg_sys::ConditionVariable, ms: i64) {
     // SAFETY: a condition variable in our shared struct; the sleep checks for
     // interrupts, so cancel and terminate still work while waiting.
     unsafe {
-        pg_sys::ConditionVariableTimedSleep(cv(QUEUE), ms, pg_sys::PG_WAIT_EXTENSION);
+        pg_sys::ConditionVariableTimedSleep(cv(QUEUE.get()), ms, pg_sys::PG_WAIT_EXTENSION);
     }
 }
 
@@ -281,7 +265,7 @@ fn done_cv(q: *mut Queue) -> *mut pg_sys::ConditionVariable {
 
 fn broadcast(cv: fn(*mut Queue) -> *mut pg_sys::ConditionVariable) {
     // SAFETY: a condition variable in our shared struct.
-    unsafe { pg_sys::ConditionVariableBroadcast(cv(QUEUE)) };
+    unsafe { pg_sys::ConditionVariableBroadcast(cv(QUEUE.get())) };
 }
 
 /// The row as JSON text of at most [`SLOT_BYTES`]: the longest text values
@@ -526,7 +510,7 @@ pub extern "C-unwind" fn pg_dbrag_audit_writer_main(arg: pg_sys::Datum) {
     let generation: u64 = BackgroundWorker::get_extra().parse().unwrap_or(0);
     // SAFETY: registered before any work; runs on proc_exit, normal or not.
     unsafe {
-        if QUEUE.is_null() {
+        if QUEUE.get().is_null() {
             return;
         }
         pg_sys::on_shmem_exit(Some(writer_exit), pg_sys::Datum::from(generation as usize));
@@ -644,8 +628,7 @@ fn audit_queue_status() -> pgrx::JsonB {
             "permission denied: dbrag.audit_queue_status requires dbrag_admin",
         );
     }
-    // SAFETY: set once in the postmaster.
-    if unsafe { QUEUE.is_null() } {
+    if QUEUE.get().is_null() {
         return pgrx::JsonB(json!({"shared_memory": false}));
     }
     pgrx::JsonB(locked(|q| {

@@ -60,35 +60,20 @@ struct Table {
     slots: [Slot; SLOTS],
 }
 
-static mut TABLE: *mut Table = std::ptr::null_mut();
-
-const TABLE_NAME: &std::ffi::CStr = c"pg_dbrag tenant budgets";
-
-static SEGMENT: shmem::Segment = shmem::Segment {
-    name: TABLE_NAME,
-    size: std::mem::size_of::<Table>(),
-    init: init_table,
-    attach: attach_table,
-};
+static TABLE: shmem::Segment<Table> = shmem::Segment::new(c"pg_dbrag tenant budgets", init_table);
 
 /// Reserve the table; called from `_PG_init` while preloading only.
 pub fn init() {
-    shmem::register(&SEGMENT);
+    TABLE.register();
 }
 
-unsafe fn init_table(p: *mut u8, lock: *mut pg_sys::LWLock) {
-    // SAFETY: `p` is the zeroed table, created by shmem_startup.
-    unsafe { (*p.cast::<Table>()).lock = lock }
-}
-
-unsafe fn attach_table(p: *mut u8) {
-    // SAFETY: set in each process before the table is used.
-    unsafe { TABLE = p.cast() }
+unsafe fn init_table(t: *mut Table, lock: *mut pg_sys::LWLock) {
+    // SAFETY: `t` is the zeroed table, created by shmem_startup.
+    unsafe { (*t).lock = lock }
 }
 
 fn available() -> bool {
-    // SAFETY: set once in the postmaster before any backend forks.
-    unsafe { !TABLE.is_null() }
+    !TABLE.get().is_null()
 }
 
 /// Run `f` on the table under its lock. `f` must not raise.
@@ -96,7 +81,7 @@ fn locked<R>(f: impl FnOnce(&mut Table) -> R) -> R {
     // SAFETY: TABLE is non-null (callers check `available`); the lock is held
     // for the duration of `f`, plain Rust that touches only the table.
     unsafe {
-        let t = TABLE;
+        let t = TABLE.get();
         pg_sys::LWLockAcquire((*t).lock, pg_sys::LWLockMode::LW_EXCLUSIVE);
         let r = f(&mut *t);
         pg_sys::LWLockRelease((*t).lock);

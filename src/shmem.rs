@@ -1,39 +1,85 @@
 //! Shared-memory structs of the preloaded library (the audit queue, the
 //! tenant budgets): one place chains PostgreSQL's shmem_request and
 //! shmem_startup hooks and runs the documented protocol for each struct.
-//! A module describes its struct as a [`Segment`] and calls [`register`]
+//! A module declares its struct as a static [`Segment`] and registers it
 //! from its `init`, which `_PG_init` calls while preloading.
 
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 use std::ffi::CStr;
+use std::sync::atomic::{AtomicPtr, Ordering};
 use std::sync::Mutex;
 
-/// One struct in shared memory, with a named LWLock tranche of one lock.
-pub struct Segment {
+/// One struct `T` in shared memory, with a named LWLock tranche of one lock:
+/// `static X: Segment<T> = Segment::new(c"name", init);`, then
+/// `X.register()` from `_PG_init` and `X.get()` to reach it.
+pub struct Segment<T: 'static> {
     /// Its ShmemIndex name, also the name of its lock's tranche.
-    pub name: &'static CStr,
-    pub size: usize,
+    name: &'static CStr,
     /// Called once, in the postmaster, on the zeroed struct with its lock.
-    pub init: unsafe fn(*mut u8, *mut pg_sys::LWLock),
-    /// Called in every process with the struct's address.
-    pub attach: unsafe fn(*mut u8),
+    init: unsafe fn(*mut T, *mut pg_sys::LWLock),
+    ptr: AtomicPtr<T>,
 }
 
-static SEGMENTS: Mutex<Vec<&'static Segment>> = Mutex::new(Vec::new());
+impl<T> Segment<T> {
+    pub const fn new(name: &'static CStr, init: unsafe fn(*mut T, *mut pg_sys::LWLock)) -> Self {
+        Segment {
+            name,
+            init,
+            ptr: AtomicPtr::new(std::ptr::null_mut()),
+        }
+    }
+
+    /// The struct; null when the library was not preloaded.
+    pub fn get(&self) -> *mut T {
+        self.ptr.load(Ordering::Relaxed)
+    }
+
+    /// Reserve the struct; does nothing unless the library is being
+    /// preloaded (then `get` stays null).
+    pub fn register(&'static self) {
+        register(self);
+    }
+}
+
+/// What the hooks need of a segment, whatever its struct.
+trait Registered: Sync {
+    fn name(&self) -> &'static CStr;
+    fn size(&self) -> usize;
+    /// # Safety
+    /// `p` points to `size()` zeroed bytes of shared memory; `lock` is its lock.
+    unsafe fn create(&self, p: *mut u8, lock: *mut pg_sys::LWLock);
+    fn attach(&self, p: *mut u8);
+}
+
+impl<T> Registered for Segment<T> {
+    fn name(&self) -> &'static CStr {
+        self.name
+    }
+    fn size(&self) -> usize {
+        std::mem::size_of::<T>()
+    }
+    unsafe fn create(&self, p: *mut u8, lock: *mut pg_sys::LWLock) {
+        // SAFETY: as the caller promises.
+        unsafe { (self.init)(p.cast(), lock) }
+    }
+    fn attach(&self, p: *mut u8) {
+        self.ptr.store(p.cast(), Ordering::Relaxed);
+    }
+}
+
+static SEGMENTS: Mutex<Vec<&'static dyn Registered>> = Mutex::new(Vec::new());
 static mut PREV_SHMEM_STARTUP: pg_sys::shmem_startup_hook_type = None;
 static mut PREV_SHMEM_REQUEST: pg_sys::shmem_request_hook_type = None;
 
-fn segments() -> Vec<&'static Segment> {
+fn segments() -> Vec<&'static dyn Registered> {
     match SEGMENTS.lock() {
         Ok(s) => s.clone(),
         Err(poisoned) => poisoned.into_inner().clone(),
     }
 }
 
-/// Reserve `segment`; does nothing unless the library is being preloaded
-/// (then the struct is never attached and its module reports it missing).
-pub fn register(segment: &'static Segment) {
+fn register(segment: &'static dyn Registered) {
     // SAFETY: runs in the postmaster while preloading, single-threaded;
     // the hooks are chained once, by the first registration.
     unsafe {
@@ -62,8 +108,8 @@ unsafe extern "C-unwind" fn shmem_request() {
             prev();
         }
         for s in segments() {
-            pg_sys::RequestAddinShmemSpace(s.size);
-            pg_sys::RequestNamedLWLockTranche(s.name.as_ptr(), 1);
+            pg_sys::RequestAddinShmemSpace(s.size());
+            pg_sys::RequestNamedLWLockTranche(s.name().as_ptr(), 1);
         }
     }
 }
@@ -80,15 +126,13 @@ unsafe extern "C-unwind" fn shmem_startup() {
         pg_sys::LWLockAcquire(init_lock, pg_sys::LWLockMode::LW_EXCLUSIVE);
         for s in segments() {
             let mut found = false;
-            let p = pg_sys::ShmemInitStruct(s.name.as_ptr(), s.size, &mut found).cast::<u8>();
+            let p = pg_sys::ShmemInitStruct(s.name().as_ptr(), s.size(), &mut found).cast::<u8>();
             if !found {
-                std::ptr::write_bytes(p, 0, s.size);
-                (s.init)(
-                    p,
-                    &raw mut (*pg_sys::GetNamedLWLockTranche(s.name.as_ptr())).lock,
-                );
+                std::ptr::write_bytes(p, 0, s.size());
+                let lock = &raw mut (*pg_sys::GetNamedLWLockTranche(s.name().as_ptr())).lock;
+                s.create(p, lock);
             }
-            (s.attach)(p);
+            s.attach(p);
         }
         pg_sys::LWLockRelease(init_lock);
     }
