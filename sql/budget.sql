@@ -8,14 +8,7 @@ CREATE TABLE control_plane.tenant_budgets (
     updated_at       timestamptz NOT NULL DEFAULT pg_catalog.now()
 );
 SELECT pg_catalog.pg_extension_config_dump('control_plane.tenant_budgets', '');
-ALTER TABLE control_plane.tenant_budgets ENABLE ROW LEVEL SECURITY;
-ALTER TABLE control_plane.tenant_budgets FORCE ROW LEVEL SECURITY;
-CREATE POLICY dbrag_tenant_select ON control_plane.tenant_budgets FOR SELECT
-    USING (tenant_id = dbrag.current_tenant_id());
-CREATE POLICY dbrag_admin_select ON control_plane.tenant_budgets FOR SELECT TO dbrag_admin USING (true);
-CREATE POLICY dbrag_admin_insert ON control_plane.tenant_budgets FOR INSERT TO dbrag_admin WITH CHECK (true);
-CREATE POLICY dbrag_admin_update ON control_plane.tenant_budgets FOR UPDATE TO dbrag_admin USING (true) WITH CHECK (true);
-CREATE POLICY dbrag_admin_delete ON control_plane.tenant_budgets FOR DELETE TO dbrag_admin USING (true);
+SELECT dbrag._tenant_read_policies('control_plane.tenant_budgets', 'tenant_id');
 GRANT SELECT ON control_plane.tenant_budgets TO PUBLIC;
 
 -- dbrag.set_tenant_budget(tenant, calls_per_minute, tokens_per_day): operators only.

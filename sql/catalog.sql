@@ -265,6 +265,7 @@ DECLARE
     n_terms integer;
     score_sql text := '0';
     scan_sql text;
+    merge_sql text;
     done boolean[];
     top_s text[] := '{}';
     top_t text[] := '{}';
@@ -349,25 +350,31 @@ BEGIN
     -- the question also needs (order_items, whose columns hold its words).
     -- When all the question's tables fit in one batch, the first list alone
     -- (cheaper for the many small tenants; the second stays empty).
+    -- A list of the best m so far ($10) merged with new rows: the list is
+    -- the arrays $%1$s, $%2$s, $%3$s (schemas, tables, scores), %4$s the rows.
+    merge_sql := $q$
+                SELECT d.s, d.tn, d.sc
+                FROM (SELECT DISTINCT ON (u.s, u.tn) u.s, u.tn, u.sc
+                      FROM (SELECT * FROM ROWS FROM (pg_catalog.unnest($%1$s::text[]), pg_catalog.unnest($%2$s::text[]),
+                                                     pg_catalog.unnest($%3$s::float8[])) p(s, tn, sc)
+                            UNION ALL
+                            (%4$s)) u
+                      ORDER BY u.s, u.tn) d
+                ORDER BY d.sc DESC, d.tn, d.s LIMIT $10$q$;
     IF (SELECT pg_catalog.sum(x) FROM pg_catalog.unnest(df) x) <= batch_rows THEN
         scan_sql := pg_catalog.format($q$
         SELECT pg_catalog.array_agg(f.s ORDER BY f.sc DESC, f.tn, f.s),
                pg_catalog.array_agg(f.tn ORDER BY f.sc DESC, f.tn, f.s),
                pg_catalog.array_agg(f.sc ORDER BY f.sc DESC, f.tn, f.s),
                $16::text[], $17::text[], $18::float8[]
-        FROM (SELECT d.s, d.tn, d.sc
-              FROM (SELECT DISTINCT ON (u.s, u.tn) u.s, u.tn, u.sc
-                    FROM (SELECT * FROM ROWS FROM (pg_catalog.unnest($12::text[]), pg_catalog.unnest($13::text[]), pg_catalog.unnest($14::float8[])) p(s, tn, sc)
-                          UNION ALL
-                          (SELECT c.schema_name, c.table_name, (%s)::float8
-                           FROM (SELECT c0.schema_name, c0.table_name, c0.search_vector
-                                 FROM control_plane.table_metadata_catalog c0
-                                 WHERE c0.tenant_id = $7 AND c0.connection_id = $8 AND c0.search_vector @@ $9
-                                 LIMIT $11) c
-                           ORDER BY 3 DESC, 2, 1 LIMIT $10)) u
-                    ORDER BY u.s, u.tn) d
-              ORDER BY d.sc DESC, d.tn, d.s LIMIT $10) f
-        $q$, score_sql);
+        FROM (%s) f
+        $q$, pg_catalog.format(merge_sql, 12, 13, 14, pg_catalog.format($q$
+                          SELECT c.schema_name, c.table_name, (%s)::float8
+                          FROM (SELECT c0.schema_name, c0.table_name, c0.search_vector
+                                FROM control_plane.table_metadata_catalog c0
+                                WHERE c0.tenant_id = $7 AND c0.connection_id = $8 AND c0.search_vector @@ $9
+                                LIMIT $11) c
+                          ORDER BY 3 DESC, 2, 1 LIMIT $10$q$, score_sql)));
     ELSE
         scan_sql := pg_catalog.format($q$
             WITH b AS MATERIALIZED (
@@ -376,24 +383,8 @@ BEGIN
                       FROM control_plane.table_metadata_catalog c0
                       WHERE c0.tenant_id = $7 AND c0.connection_id = $8 AND c0.search_vector @@ $9
                       LIMIT $11) c
-            ), best AS (
-                SELECT d.s, d.tn, d.sc
-                FROM (SELECT DISTINCT ON (u.s, u.tn) u.s, u.tn, u.sc
-                      FROM (SELECT * FROM ROWS FROM (pg_catalog.unnest($12::text[]), pg_catalog.unnest($13::text[]),
-                                                     pg_catalog.unnest($14::float8[])) p(s, tn, sc)
-                            UNION ALL
-                            (SELECT b.s, b.tn, b.sc FROM b ORDER BY b.sc DESC, b.tn, b.s LIMIT $10)) u
-                      ORDER BY u.s, u.tn) d
-                ORDER BY d.sc DESC, d.tn, d.s LIMIT $10
-            ), unnamed AS (
-                SELECT d.s, d.tn, d.sc
-                FROM (SELECT DISTINCT ON (u.s, u.tn) u.s, u.tn, u.sc
-                      FROM (SELECT * FROM ROWS FROM (pg_catalog.unnest($16::text[]), pg_catalog.unnest($17::text[]),
-                                                     pg_catalog.unnest($18::float8[])) p(s, tn, sc)
-                            UNION ALL
-                            (SELECT b.s, b.tn, b.sc FROM b WHERE NOT b.named ORDER BY b.sc DESC, b.tn, b.s LIMIT $10)) u
-                      ORDER BY u.s, u.tn) d
-                ORDER BY d.sc DESC, d.tn, d.s LIMIT $10
+            ), best AS (%s
+            ), unnamed AS (%s
             )
             SELECT (SELECT pg_catalog.array_agg(x.s ORDER BY x.sc DESC, x.tn, x.s) FROM best x),
                    (SELECT pg_catalog.array_agg(x.tn ORDER BY x.sc DESC, x.tn, x.s) FROM best x),
@@ -401,7 +392,11 @@ BEGIN
                    (SELECT pg_catalog.array_agg(x.s ORDER BY x.sc DESC, x.tn, x.s) FROM unnamed x),
                    (SELECT pg_catalog.array_agg(x.tn ORDER BY x.sc DESC, x.tn, x.s) FROM unnamed x),
                    (SELECT pg_catalog.array_agg(x.sc ORDER BY x.sc DESC, x.tn, x.s) FROM unnamed x)
-            $q$, score_sql);
+            $q$, score_sql,
+            pg_catalog.format(merge_sql, 12, 13, 14,
+                'SELECT b.s, b.tn, b.sc FROM b ORDER BY b.sc DESC, b.tn, b.s LIMIT $10'),
+            pg_catalog.format(merge_sql, 16, 17, 18,
+                'SELECT b.s, b.tn, b.sc FROM b WHERE NOT b.named ORDER BY b.sc DESC, b.tn, b.s LIMIT $10'));
     END IF;
     -- Seed: tables holding every term (all-terms before any-term); a bounded
     -- sample, it only raises the bar early. Not needed when one batch takes

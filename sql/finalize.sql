@@ -19,6 +19,7 @@ REVOKE EXECUTE ON FUNCTION dbrag.set_tenant_status(uuid, text) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION dbrag.issue_token(uuid, integer, text) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION dbrag._audit(text, uuid, jsonb) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION dbrag._tenant_policies(regclass, name, boolean) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION dbrag._tenant_read_policies(regclass, name) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION dbrag.create_tenant(text, text, text),
     dbrag.add_tenant_member(uuid, regrole, text), dbrag.remove_tenant_member(uuid, regrole),
     dbrag.set_tenant_status(uuid, text), dbrag.issue_token(uuid, integer, text),

@@ -36,6 +36,20 @@ BEGIN
 END
 $$;
 
+-- A table tenants only read (their own rows) and operators write: forced
+-- RLS, dbrag_tenant_select and dbrag_admin's four policies.
+CREATE FUNCTION dbrag._tenant_read_policies(tbl regclass, tenant_column name)
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    cmd text;
+BEGIN
+    PERFORM dbrag._tenant_policies(tbl, tenant_column, true);
+    FOREACH cmd IN ARRAY ARRAY['insert', 'update', 'delete'] LOOP
+        EXECUTE pg_catalog.format('DROP POLICY %I ON %s', 'dbrag_tenant_' || cmd, tbl);
+    END LOOP;
+END
+$$;
+
 SELECT dbrag._tenant_policies(t, 'tenant_id', true)
 FROM unnest(ARRAY[
     'control_plane.tenant_members',
@@ -47,14 +61,7 @@ FROM unnest(ARRAY[
 ]::regclass[]) AS t;
 
 -- The tenant registry: a tenant reads its own row; only operators write.
-ALTER TABLE control_plane.tenants ENABLE ROW LEVEL SECURITY;
-ALTER TABLE control_plane.tenants FORCE ROW LEVEL SECURITY;
-CREATE POLICY dbrag_tenant_select ON control_plane.tenants FOR SELECT
-    USING (tenant_id = dbrag.current_tenant_id());
-CREATE POLICY dbrag_admin_select ON control_plane.tenants FOR SELECT TO dbrag_admin USING (true);
-CREATE POLICY dbrag_admin_insert ON control_plane.tenants FOR INSERT TO dbrag_admin WITH CHECK (true);
-CREATE POLICY dbrag_admin_update ON control_plane.tenants FOR UPDATE TO dbrag_admin USING (true) WITH CHECK (true);
-CREATE POLICY dbrag_admin_delete ON control_plane.tenants FOR DELETE TO dbrag_admin USING (true);
+SELECT dbrag._tenant_read_policies('control_plane.tenants', 'tenant_id');
 
 -- system_config is platform-wide: operators only.
 ALTER TABLE control_plane.system_config ENABLE ROW LEVEL SECURITY;

@@ -258,6 +258,11 @@ AS 'MODULE_PATHNAME', 'feedback_wrapper';
 -- with a budget gets 55000 at a model call rather than an unenforced limit.
 -- ===========================================================================
 
+-- dbrag._tenant_read_policies(tbl, tenant_column): the policies of a table
+-- tenants only read (here tenant_budgets; tenants keeps the same ones).
+-- @function dbrag._tenant_read_policies
+-- @statements sql/finalize.sql: REVOKE EXECUTE ON FUNCTION dbrag._tenant_read_policies
+
 -- @statements sql/budget.sql: CREATE TABLE control_plane.tenant_budgets .. GRANT EXECUTE ON FUNCTION dbrag.set_tenant_budget
 
 GRANT ALL ON control_plane.tenant_budgets TO dbrag_admin;
