@@ -317,6 +317,31 @@ pub fn register() {
     unsafe { pg_sys::MarkGUCPrefixReserved(c"dbrag".as_ptr()) };
 }
 
+/// Set `name` as a session-level source with the rights of `context`, for
+/// as long as `action` says (SET: the session, LOCAL: the transaction,
+/// SAVE: the current GUC nest level). A refusal is an ERROR.
+pub fn set(
+    name: &CStr,
+    value: &CStr,
+    context: pg_sys::GucContext::Type,
+    action: pg_sys::GucAction::Type,
+) {
+    // SAFETY: NUL-terminated strings; set_config_option reports a refusal
+    // or an unknown name as an ERROR, which the FFI boundary carries.
+    unsafe {
+        pg_sys::set_config_option(
+            name.as_ptr(),
+            value.as_ptr(),
+            context,
+            pg_sys::GucSource::PGC_S_SESSION,
+            action,
+            true,
+            pg_sys::PGERROR as i32,
+            false,
+        );
+    }
+}
+
 /// Write the tenant setting as the extension (the only writer).
 pub fn write_tenant_setting(value: &str, is_local: bool) {
     let value = CString::new(value).unwrap_or_default();
@@ -325,19 +350,8 @@ pub fn write_tenant_setting(value: &str, is_local: bool) {
     } else {
         pg_sys::GucAction::GUC_ACTION_SET
     };
-    // SAFETY: a registered setting; PGC_SUSET asserts the extension's own right.
-    unsafe {
-        pg_sys::set_config_option(
-            TENANT_GUC.as_ptr(),
-            value.as_ptr(),
-            pg_sys::GucContext::PGC_SUSET,
-            pg_sys::GucSource::PGC_S_SESSION,
-            action,
-            true,
-            pg_sys::PGERROR as i32,
-            false,
-        );
-    }
+    // PGC_SUSET asserts the extension's own right.
+    set(TENANT_GUC, &value, pg_sys::GucContext::PGC_SUSET, action);
 }
 
 /// `app.current_tenant_id` as a client set it (compatibility mode only).

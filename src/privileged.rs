@@ -12,21 +12,16 @@ use pgrx::pg_sys;
 /// Open a GUC nest level with `search_path` set to `path`; undone by
 /// [`restore_settings`] (or by transaction / subtransaction abort).
 pub fn push_search_path(path: &std::ffi::CStr) -> i32 {
-    // SAFETY: GUC_ACTION_SAVE is allowed in parallel mode and undone by AtEOXact_GUC.
-    unsafe {
-        let level = pg_sys::NewGUCNestLevel();
-        pg_sys::set_config_option(
-            c"search_path".as_ptr(),
-            path.as_ptr(),
-            pg_sys::GucContext::PGC_USERSET,
-            pg_sys::GucSource::PGC_S_SESSION,
-            pg_sys::GucAction::GUC_ACTION_SAVE,
-            true,
-            0,
-            false,
-        );
-        level
-    }
+    // SAFETY: a plain call; GUC_ACTION_SAVE is allowed in parallel mode and
+    // undone by AtEOXact_GUC.
+    let level = unsafe { pg_sys::NewGUCNestLevel() };
+    crate::gucs::set(
+        c"search_path",
+        path,
+        pg_sys::GucContext::PGC_USERSET,
+        pg_sys::GucAction::GUC_ACTION_SAVE,
+    );
+    level
 }
 
 /// Close a nest level opened by [`push_search_path`].

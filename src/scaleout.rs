@@ -77,21 +77,8 @@ fn set_citus_setting(
     context: pg_sys::GucContext::Type,
     action: pg_sys::GucAction::Type,
 ) {
-    if !citus_loaded() {
-        return;
-    }
-    // SAFETY: static C strings naming a setting Citus registered.
-    unsafe {
-        pg_sys::set_config_option(
-            name.as_ptr(),
-            value.as_ptr(),
-            context,
-            pg_sys::GucSource::PGC_S_SESSION,
-            action,
-            true,
-            pg_sys::PGERROR as i32,
-            false,
-        );
+    if citus_loaded() {
+        gucs::set(name, value, context, action);
     }
 }
 
@@ -460,19 +447,8 @@ fn wanted_assertion() -> Option<String> {
 
 fn set_local_assertion(value: &str) {
     let Ok(v) = CString::new(value) else { return };
-    // SAFETY: our registered setting, for this transaction.
-    unsafe {
-        pg_sys::set_config_option(
-            ASSERTION_GUC.as_ptr(),
-            v.as_ptr(),
-            pg_sys::GucContext::PGC_USERSET,
-            pg_sys::GucSource::PGC_S_SESSION,
-            pg_sys::GucAction::GUC_ACTION_LOCAL,
-            true,
-            pg_sys::PGERROR as i32,
-            false,
-        );
-    }
+    // Our registered setting, for this transaction.
+    gucs::set(ASSERTION_GUC, &v, PGC_USERSET, GUC_ACTION_LOCAL);
 }
 
 /// Give the workers of this transaction the tenant in force (or take it

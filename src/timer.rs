@@ -34,23 +34,38 @@ extern "C-unwind" {
 static TIMEOUT_ID: AtomicI32 = AtomicI32::new(-1);
 static FIRED: AtomicBool = AtomicBool::new(false);
 
-/// Runs in the SIGALRM handler: only flags, as StatementCancelHandler does.
+/// In the SIGALRM handler: say the cancel is ours (`fired`) and request it,
+/// with flags only, as StatementCancelHandler does.
+unsafe fn cancel_from_handler(fired: &AtomicBool) {
+    fired.store(true, Ordering::SeqCst);
+    // SAFETY: plain stores and SetLatch, which is async-signal-safe.
+    unsafe {
+        pg_sys::InterruptPending = 1;
+        pg_sys::QueryCancelPending = 1;
+        pg_sys::SetLatch(pg_sys::MyLatch);
+    }
+}
+
+/// The user timeout of `handler`, registered on first use in this backend.
+fn registered(id: &AtomicI32, handler: unsafe extern "C-unwind" fn()) -> i32 {
+    let known = id.load(Ordering::Relaxed);
+    if known >= 0 {
+        return known;
+    }
+    // SAFETY: registering a handler once per backend, outside signal context.
+    let new = unsafe { RegisterTimeout(USER_TIMEOUT, Some(handler)) };
+    id.store(new, Ordering::Relaxed);
+    new
+}
+
+/// Runs in the SIGALRM handler.
 unsafe extern "C-unwind" fn on_deadline() {
-    FIRED.store(true, Ordering::SeqCst);
-    pg_sys::InterruptPending = 1;
-    pg_sys::QueryCancelPending = 1;
-    pg_sys::SetLatch(pg_sys::MyLatch);
+    // SAFETY: signal context, which cancel_from_handler is written for.
+    unsafe { cancel_from_handler(&FIRED) }
 }
 
 fn timeout_id() -> i32 {
-    let id = TIMEOUT_ID.load(Ordering::Relaxed);
-    if id >= 0 {
-        return id;
-    }
-    // SAFETY: registering a handler once per backend, outside signal context.
-    let id = unsafe { RegisterTimeout(USER_TIMEOUT, Some(on_deadline)) };
-    TIMEOUT_ID.store(id, Ordering::Relaxed);
-    id
+    registered(&TIMEOUT_ID, on_deadline)
 }
 
 /// An armed deadline; disarmed when dropped. It also holds a memory watch.
@@ -168,22 +183,13 @@ unsafe extern "C-unwind" fn on_memory_check() {
     }
     let grown = now - MEM_BASE_PAGES.load(Ordering::SeqCst);
     if grown > MEM_LIMIT_PAGES.load(Ordering::SeqCst) {
-        MEM_FIRED.store(true, Ordering::SeqCst);
-        pg_sys::InterruptPending = 1;
-        pg_sys::QueryCancelPending = 1;
-        pg_sys::SetLatch(pg_sys::MyLatch);
+        // SAFETY: signal context, which cancel_from_handler is written for.
+        unsafe { cancel_from_handler(&MEM_FIRED) }
     }
 }
 
 fn memory_timeout_id() -> i32 {
-    let id = MEM_TIMEOUT_ID.load(Ordering::Relaxed);
-    if id >= 0 {
-        return id;
-    }
-    // SAFETY: registering a handler once per backend, outside signal context.
-    let id = unsafe { RegisterTimeout(USER_TIMEOUT, Some(on_memory_check)) };
-    MEM_TIMEOUT_ID.store(id, Ordering::Relaxed);
-    id
+    registered(&MEM_TIMEOUT_ID, on_memory_check)
 }
 
 /// The memory bound in force while it lives; disarmed when dropped. A
