@@ -40,13 +40,10 @@ $$;
 -- RLS, dbrag_tenant_select and dbrag_admin's four policies.
 CREATE FUNCTION dbrag._tenant_read_policies(tbl regclass, tenant_column name)
 RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    cmd text;
 BEGIN
     PERFORM dbrag._tenant_policies(tbl, tenant_column, true);
-    FOREACH cmd IN ARRAY ARRAY['insert', 'update', 'delete'] LOOP
-        EXECUTE pg_catalog.format('DROP POLICY %I ON %s', 'dbrag_tenant_' || cmd, tbl);
-    END LOOP;
+    EXECUTE pg_catalog.format('DROP POLICY dbrag_tenant_insert ON %1$s; DROP POLICY dbrag_tenant_update ON %1$s; '
+                              'DROP POLICY dbrag_tenant_delete ON %1$s', tbl);
 END
 $$;
 

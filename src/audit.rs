@@ -195,7 +195,6 @@ struct Slot {
 
 #[repr(C)]
 struct Queue {
-    lock: *mut pg_sys::LWLock,
     /// Signalled when a row is queued (the writer sleeps on it).
     work_cv: pg_sys::ConditionVariable,
     /// Signalled when rows are finished or slots are freed (backends sleep on it).
@@ -216,33 +215,23 @@ struct Queue {
     slots: [Slot; SLOTS],
 }
 
-static QUEUE: shmem::Segment<Queue> = shmem::Segment::new(c"pg_dbrag audit queue", init_queue);
+/// Reserved by [`init`]; null when the library was not preloaded.
+static QUEUE: shmem::Segment<Queue> = shmem::Segment::new(c"pg_dbrag audit queue", |q| {
+    // SAFETY: `q` is the zeroed queue, just created.
+    unsafe {
+        pg_sys::ConditionVariableInit(&raw mut (*q).work_cv);
+        pg_sys::ConditionVariableInit(&raw mut (*q).done_cv);
+    }
+});
 
-/// Reserve the queue; called from `_PG_init` while preloading only.
+/// Called from `_PG_init`; reserves the queue while preloading only.
 pub fn init() {
     QUEUE.register();
 }
 
-unsafe fn init_queue(q: *mut Queue, lock: *mut pg_sys::LWLock) {
-    // SAFETY: `q` is the zeroed queue, created by shmem_startup.
-    unsafe {
-        (*q).lock = lock;
-        pg_sys::ConditionVariableInit(&raw mut (*q).work_cv);
-        pg_sys::ConditionVariableInit(&raw mut (*q).done_cv);
-    }
-}
-
 /// Run `f` on the queue under its lock. `f` must not raise.
 fn locked<R>(f: impl FnOnce(&mut Queue) -> R) -> R {
-    // SAFETY: QUEUE is non-null here (checked by callers); the lock is held
-    // for the duration of `f`, which is plain Rust that touches only the queue.
-    unsafe {
-        let q = QUEUE.get();
-        pg_sys::LWLockAcquire((*q).lock, pg_sys::LWLockMode::LW_EXCLUSIVE);
-        let r = f(&mut *q);
-        pg_sys::LWLockRelease((*q).lock);
-        r
-    }
+    QUEUE.locked(f)
 }
 
 fn sleep_on(cv: fn(*mut Queue) -> *mut pg_sys::ConditionVariable, ms: i64) {

@@ -53,23 +53,19 @@ struct Slot {
 
 #[repr(C)]
 struct Table {
-    lock: *mut pg_sys::LWLock,
     /// Slots `0..used` are in use (a lookup scans only those); a slot is
     /// reused in place, never freed.
     used: u32,
     slots: [Slot; SLOTS],
 }
 
-static TABLE: shmem::Segment<Table> = shmem::Segment::new(c"pg_dbrag tenant budgets", init_table);
+/// Reserved by [`init`]; null when the library was not preloaded. Zeroed
+/// is its initial state.
+static TABLE: shmem::Segment<Table> = shmem::Segment::new(c"pg_dbrag tenant budgets", |_| {});
 
 /// Reserve the table; called from `_PG_init` while preloading only.
 pub fn init() {
     TABLE.register();
-}
-
-unsafe fn init_table(t: *mut Table, lock: *mut pg_sys::LWLock) {
-    // SAFETY: `t` is the zeroed table, created by shmem_startup.
-    unsafe { (*t).lock = lock }
 }
 
 fn available() -> bool {
@@ -78,15 +74,7 @@ fn available() -> bool {
 
 /// Run `f` on the table under its lock. `f` must not raise.
 fn locked<R>(f: impl FnOnce(&mut Table) -> R) -> R {
-    // SAFETY: TABLE is non-null (callers check `available`); the lock is held
-    // for the duration of `f`, plain Rust that touches only the table.
-    unsafe {
-        let t = TABLE.get();
-        pg_sys::LWLockAcquire((*t).lock, pg_sys::LWLockMode::LW_EXCLUSIVE);
-        let r = f(&mut *t);
-        pg_sys::LWLockRelease((*t).lock);
-        r
-    }
+    TABLE.locked(f)
 }
 
 fn now_unix() -> i64 {

@@ -10,19 +10,27 @@ use std::ffi::CStr;
 use std::sync::atomic::{AtomicPtr, Ordering};
 use std::sync::Mutex;
 
-/// One struct `T` in shared memory, with a named LWLock tranche of one lock:
-/// `static X: Segment<T> = Segment::new(c"name", init);`, then
-/// `X.register()` from `_PG_init` and `X.get()` to reach it.
+/// One struct `T` in shared memory with a lock of its own (a named LWLock
+/// tranche of one): `static X: Segment<T> = Segment::new(c"name", init);`,
+/// then `X.register()` from `_PG_init`, `X.get()` to reach it and
+/// `X.locked(f)` to work on it under its lock.
 pub struct Segment<T: 'static> {
     /// Its ShmemIndex name, also the name of its lock's tranche.
     name: &'static CStr,
-    /// Called once, in the postmaster, on the zeroed struct with its lock.
-    init: unsafe fn(*mut T, *mut pg_sys::LWLock),
-    ptr: AtomicPtr<T>,
+    /// Called once, in the postmaster, on the zeroed struct.
+    init: unsafe fn(*mut T),
+    ptr: AtomicPtr<Shared<T>>,
+}
+
+/// What shared memory holds for a segment: its lock, then the struct.
+#[repr(C)]
+struct Shared<T> {
+    lock: *mut pg_sys::LWLock,
+    value: T,
 }
 
 impl<T> Segment<T> {
-    pub const fn new(name: &'static CStr, init: unsafe fn(*mut T, *mut pg_sys::LWLock)) -> Self {
+    pub const fn new(name: &'static CStr, init: unsafe fn(*mut T)) -> Self {
         Segment {
             name,
             init,
@@ -32,7 +40,30 @@ impl<T> Segment<T> {
 
     /// The struct; null when the library was not preloaded.
     pub fn get(&self) -> *mut T {
-        self.ptr.load(Ordering::Relaxed)
+        let p = self.ptr.load(Ordering::Relaxed);
+        if p.is_null() {
+            return std::ptr::null_mut();
+        }
+        // SAFETY: a non-null pointer is the attached struct.
+        unsafe { &raw mut (*p).value }
+    }
+
+    /// Run `f` on the struct under its lock (exclusive). `f` must not raise.
+    /// An internal error when the library was not preloaded: callers check
+    /// `get().is_null()` first.
+    pub fn locked<R>(&self, f: impl FnOnce(&mut T) -> R) -> R {
+        let p = self.ptr.load(Ordering::Relaxed);
+        if p.is_null() {
+            pgrx::error!("{} is not in shared memory", self.name.to_string_lossy());
+        }
+        // SAFETY: the attached struct; the lock is held for the duration of
+        // `f`, plain Rust that touches only the struct.
+        unsafe {
+            pg_sys::LWLockAcquire((*p).lock, pg_sys::LWLockMode::LW_EXCLUSIVE);
+            let r = f(&mut (*p).value);
+            pg_sys::LWLockRelease((*p).lock);
+            r
+        }
     }
 
     /// Reserve the struct; does nothing unless the library is being
@@ -57,11 +88,15 @@ impl<T> Registered for Segment<T> {
         self.name
     }
     fn size(&self) -> usize {
-        std::mem::size_of::<T>()
+        std::mem::size_of::<Shared<T>>()
     }
     unsafe fn create(&self, p: *mut u8, lock: *mut pg_sys::LWLock) {
         // SAFETY: as the caller promises.
-        unsafe { (self.init)(p.cast(), lock) }
+        unsafe {
+            let s = p.cast::<Shared<T>>();
+            (*s).lock = lock;
+            (self.init)(&raw mut (*s).value);
+        }
     }
     fn attach(&self, p: *mut u8) {
         self.ptr.store(p.cast(), Ordering::Relaxed);
