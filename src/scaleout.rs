@@ -298,13 +298,16 @@ fn forwarded_in_this_transaction() -> bool {
 /// Whether a plan holds one of Citus's distributed scans.
 unsafe fn plan_is_distributed(stmt: *mut pg_sys::PlannedStmt) -> bool {
     // SAFETY: a planned statement's tree, read only.
+    unsafe { has_citus_scan((*stmt).planTree, 0) || any_citus_scan((*stmt).subplans, 0) }
+}
+
+/// Whether a plan of `plans`, a List of plan trees, holds a Citus scan.
+unsafe fn any_citus_scan(plans: *mut pg_sys::List, depth: u32) -> bool {
+    // SAFETY: a List of Plan nodes of a valid plan tree (NULL is empty).
     unsafe {
-        if has_citus_scan((*stmt).planTree, 0) {
-            return true;
-        }
-        PgList::<pg_sys::Plan>::from_pg((*stmt).subplans)
+        PgList::<pg_sys::Plan>::from_pg(plans)
             .iter_ptr()
-            .any(|p| has_citus_scan(p, 0))
+            .any(|p| has_citus_scan(p, depth))
     }
 }
 
@@ -325,28 +328,17 @@ unsafe fn has_citus_scan(plan: *mut pg_sys::Plan, depth: u32) -> bool {
                         return true;
                     }
                 }
-                if PgList::<pg_sys::Plan>::from_pg((*scan).custom_plans)
-                    .iter_ptr()
-                    .any(|p| has_citus_scan(p, depth + 1))
-                {
+                if any_citus_scan((*scan).custom_plans, depth + 1) {
                     return true;
                 }
             }
             pg_sys::NodeTag::T_Append => {
-                let a = plan as *mut pg_sys::Append;
-                if PgList::<pg_sys::Plan>::from_pg((*a).appendplans)
-                    .iter_ptr()
-                    .any(|p| has_citus_scan(p, depth + 1))
-                {
+                if any_citus_scan((*plan.cast::<pg_sys::Append>()).appendplans, depth + 1) {
                     return true;
                 }
             }
             pg_sys::NodeTag::T_MergeAppend => {
-                let a = plan as *mut pg_sys::MergeAppend;
-                if PgList::<pg_sys::Plan>::from_pg((*a).mergeplans)
-                    .iter_ptr()
-                    .any(|p| has_citus_scan(p, depth + 1))
-                {
+                if any_citus_scan((*plan.cast::<pg_sys::MergeAppend>()).mergeplans, depth + 1) {
                     return true;
                 }
             }
