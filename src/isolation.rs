@@ -113,27 +113,17 @@ fn _isolation_guarded(
         )
         .unwrap_or(pg_sys::InvalidOid);
         // The table first, then its partitions and children, depth first.
-        let rels = Spi::connect(|client| {
-            let rows = client.select(
-                "WITH RECURSIVE d(rel, path) AS ( \
-                     SELECT $1::pg_catalog.oid, ARRAY[$1::pg_catalog.oid] \
-                     UNION ALL \
-                     SELECT h.inhrelid, d.path OPERATOR(pg_catalog.||) h.inhrelid \
-                     FROM d JOIN pg_catalog.pg_inherits h ON h.inhparent OPERATOR(pg_catalog.=) d.rel \
-                     JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) h.inhrelid \
-                     WHERE c.relkind IN ('r', 'p')) \
-                 SELECT rel FROM d ORDER BY path",
-                None,
-                &[DatumWithOid::from(tbl)],
-            )?;
-            let mut out = Vec::new();
-            for row in rows {
-                if let Some(r) = row.get::<pg_sys::Oid>(1)? {
-                    out.push(r);
-                }
-            }
-            Ok::<_, pgrx::spi::Error>(out)
-        });
+        let rels = privileged::column::<pg_sys::Oid>(
+            "WITH RECURSIVE d(rel, path) AS ( \
+                 SELECT $1::pg_catalog.oid, ARRAY[$1::pg_catalog.oid] \
+                 UNION ALL \
+                 SELECT h.inhrelid, d.path OPERATOR(pg_catalog.||) h.inhrelid \
+                 FROM d JOIN pg_catalog.pg_inherits h ON h.inhparent OPERATOR(pg_catalog.=) d.rel \
+                 JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) h.inhrelid \
+                 WHERE c.relkind IN ('r', 'p')) \
+             SELECT rel FROM d ORDER BY path",
+            &[DatumWithOid::from(tbl)],
+        );
         // The tables that get the policies: never an empty list in place
         // of a failure.
         let rels: Vec<pg_sys::Oid> = crate::error::spi_or_raise(rels, "the table's partitions");

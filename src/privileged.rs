@@ -7,7 +7,9 @@
 //! operators or functions (CVE-2018-1058 class). Only fixed SQL text with
 //! bound arguments runs here, never text from a client.
 
+use pgrx::datum::DatumWithOid;
 use pgrx::pg_sys;
+use pgrx::prelude::*;
 
 /// Open a GUC nest level with `search_path` set to `path`; undone by
 /// [`restore_settings`] (or by transaction / subtransaction abort).
@@ -89,4 +91,22 @@ pub fn current_user_has_role(name: &std::ffi::CStr) -> bool {
 /// Whether the effective user is a platform operator: superuser or `dbrag_admin`.
 pub fn is_platform_admin() -> bool {
     current_user_has_role(c"dbrag_admin")
+}
+
+/// The values of the first column of a fixed query's rows, in order, NULLs
+/// left out. Whose rights it runs with is the caller's choice (wrap it in
+/// [`as_extension`] for the extension's).
+pub fn column<T: IntoDatum + FromDatum>(
+    sql: &str,
+    args: &[DatumWithOid],
+) -> Result<Vec<T>, pgrx::spi::Error> {
+    Spi::connect(|client| {
+        let mut out = Vec::new();
+        for row in client.select(sql, None, args)? {
+            if let Some(v) = row.get::<T>(1)? {
+                out.push(v);
+            }
+        }
+        Ok(out)
+    })
 }

@@ -134,22 +134,12 @@ fn membership_tenant(member: pg_sys::Oid) -> Option<uuid::Uuid> {
 
 fn membership_tenant_uncached(member: pg_sys::Oid) -> Option<uuid::Uuid> {
     let found = privileged::as_extension(|| {
-        Spi::connect(|client| {
-            let rows = client.select(
-                "SELECT m.tenant_id FROM control_plane.tenant_members m \
-                 JOIN control_plane.tenants t ON t.tenant_id = m.tenant_id \
-                 WHERE m.member = $1::pg_catalog.oid::pg_catalog.regrole AND t.status = 'active' LIMIT 2",
-                None,
-                &[DatumWithOid::from(member)],
-            )?;
-            let mut out = Vec::new();
-            for row in rows {
-                if let Some(id) = row.get::<pgrx::Uuid>(1)? {
-                    out.push(id);
-                }
-            }
-            Ok::<_, pgrx::spi::Error>(out)
-        })
+        privileged::column::<pgrx::Uuid>(
+            "SELECT m.tenant_id FROM control_plane.tenant_members m \
+             JOIN control_plane.tenants t ON t.tenant_id = m.tenant_id \
+             WHERE m.member = $1::pg_catalog.oid::pg_catalog.regrole AND t.status = 'active' LIMIT 2",
+            &[DatumWithOid::from(member)],
+        )
     });
     let found: Vec<pgrx::Uuid> = crate::error::spi_or_raise(found, "the login role's tenants");
     if found.len() == 1 {
