@@ -23,7 +23,7 @@ use pgrx::pg_sys;
 use pgrx::prelude::*;
 use serde_json::{json, Value};
 
-use crate::privileged;
+use crate::pg::privileged;
 
 /// Events without a tenant of their own (a forged token names nobody we can
 /// trust) are filed under the platform's own tenant.
@@ -649,7 +649,7 @@ fn write_one(bytes: &[u8]) -> bool {
         return false;
     };
     let table = message["table"].as_str().unwrap_or_default().to_string();
-    let outcome = crate::subxact::run(|| {
+    let outcome = crate::pg::subxact::run(|| {
         insert_row(&table, &message["row"]);
         Ok::<(), ()>(())
     });

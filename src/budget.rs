@@ -28,7 +28,7 @@ use pgrx::prelude::*;
 use serde_json::json;
 
 use crate::error::{DbragError, Kind};
-use crate::privileged;
+use crate::pg::privileged;
 
 /// Tenants with a budget whose counters shared memory holds at once.
 pub const SLOTS: usize = 4096;

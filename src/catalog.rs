@@ -6,24 +6,24 @@
 //! the tenant's role may read (and RLS applies to the sampled rows). Writes
 //! run as the extension with the tenant id set explicitly. The search itself is `dbrag.search_catalog` in sql/catalog.sql.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use dbrag_core::introspect::{
+    entries_from_introspection, entries_with_samples, sampled_column, samples_from_rows,
+    TableEntry, SAMPLE_ROWS,
+};
+use dbrag_core::sql_text::quote_ident;
 
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
 use serde_json::{json, Map, Value};
-use sha2::{Digest, Sha256};
 
 use crate::connections::{self, Connection, EngineKind};
 use crate::error::{raise, Kind};
 use crate::gucs;
-use crate::privileged;
+use crate::pg::privileged;
 use crate::tenant;
 
-/// Sample values kept per column, and their longest length.
-const SAMPLES_PER_COLUMN: usize = 5;
-const SAMPLE_MAX_CHARS: usize = 80;
-/// Rows read per table to draw samples from.
-const SAMPLE_ROWS: i64 = 50;
 /// A NOTICE every this many tables during a sync.
 const PROGRESS_EVERY: usize = 100;
 
@@ -82,172 +82,6 @@ fn introspect_local_sql() -> String {
         )
 }
 
-/// What sync_catalog found for one table, ready to store.
-#[derive(Debug, Clone)]
-pub struct TableEntry {
-    pub schema_name: String,
-    pub table_name: String,
-    pub description: Option<String>,
-    pub column_descriptions: Map<String, Value>,
-    pub data_types: Map<String, Value>,
-    pub sample_values: Map<String, Value>,
-    pub relationships: Vec<Value>,
-    pub row_estimate: Option<i64>,
-    pub primary_key: Vec<String>,
-    pub column_order: Vec<String>,
-}
-
-impl TableEntry {
-    fn source_hash(&self) -> String {
-        let canonical = json!([
-            self.description,
-            self.column_descriptions,
-            self.data_types,
-            self.sample_values,
-            self.relationships,
-            self.row_estimate,
-            self.primary_key,
-            self.column_order,
-        ]);
-        hex::encode(Sha256::digest(canonical.to_string().as_bytes()))
-    }
-
-    fn to_row(&self) -> Value {
-        json!({
-            "schema_name": self.schema_name,
-            "table_name": self.table_name,
-            "table_description": self.description,
-            "column_descriptions": self.column_descriptions,
-            "data_types": self.data_types,
-            "sample_values": self.sample_values,
-            "relationships": self.relationships,
-            "row_estimate": self.row_estimate,
-            "primary_key": self.primary_key,
-            "column_order": self.column_order,
-            "source_hash": self.source_hash(),
-        })
-    }
-}
-
-pub use dbrag_core::words::looks_secret;
-
-/// Parse the introspection rows into entries (samples filled separately).
-pub fn entries_from_introspection(schema: &str, rows: &[String]) -> Vec<TableEntry> {
-    let mut entries: Vec<TableEntry> = Vec::new();
-    for raw in rows {
-        let Ok(v) = serde_json::from_str::<Value>(raw) else {
-            continue;
-        };
-        let Some(table) = v["table"].as_str() else {
-            continue;
-        };
-        let mut data_types = Map::new();
-        let mut column_descriptions = Map::new();
-        let mut column_order = Vec::new();
-        for col in v["columns"].as_array().into_iter().flatten() {
-            let Some(name) = col["name"].as_str() else {
-                continue;
-            };
-            column_order.push(name.to_string());
-            data_types.insert(name.to_string(), col["type"].clone());
-            if let Some(c) = col["comment"].as_str() {
-                column_descriptions.insert(name.to_string(), json!(c));
-            }
-        }
-        let relationships = v["foreign_keys"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|fk| {
-                json!({"dir": "out", "columns": fk["columns"], "schema": fk["schema"],
-                       "table": fk["table"], "other_columns": fk["other_columns"]})
-            })
-            .collect();
-        entries.push(TableEntry {
-            schema_name: schema.to_string(),
-            table_name: table.to_string(),
-            description: v["comment"].as_str().map(str::to_string),
-            column_descriptions,
-            data_types,
-            sample_values: Map::new(),
-            relationships,
-            row_estimate: v["row_estimate"].as_i64(),
-            primary_key: v["primary_key"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|c| c.as_str().map(str::to_string))
-                .collect(),
-            column_order,
-        });
-    }
-    add_incoming_relationships(&mut entries);
-    entries
-}
-
-/// Mirror each foreign key on the table it points to, so either end knows
-/// its join partners.
-fn add_incoming_relationships(entries: &mut [TableEntry]) {
-    let index: HashMap<(String, String), usize> = entries
-        .iter()
-        .enumerate()
-        .map(|(i, e)| ((e.schema_name.clone(), e.table_name.clone()), i))
-        .collect();
-    let mut incoming: Vec<(usize, Value)> = Vec::new();
-    for e in entries.iter() {
-        for rel in &e.relationships {
-            let key = (
-                rel["schema"].as_str().unwrap_or_default().to_string(),
-                rel["table"].as_str().unwrap_or_default().to_string(),
-            );
-            if let Some(&target) = index.get(&key) {
-                incoming.push((
-                    target,
-                    json!({"dir": "in", "columns": rel["other_columns"], "schema": e.schema_name,
-                           "table": e.table_name, "other_columns": rel["columns"]}),
-                ));
-            }
-        }
-    }
-    for (target, rel) in incoming {
-        entries[target].relationships.push(rel);
-    }
-}
-
-/// Distinct sample values per column from a few rows given as JSON objects.
-pub fn samples_from_rows(entry: &TableEntry, rows: &[Value]) -> Map<String, Value> {
-    let mut out = Map::new();
-    for column in entry.data_types.keys() {
-        if !sampled_column(entry, column) {
-            continue;
-        }
-        let mut seen: Vec<String> = Vec::new();
-        for row in rows {
-            let text = match &row[column] {
-                Value::Null => continue,
-                Value::String(s) => s.clone(),
-                other => other.to_string(),
-            };
-            let text: String = text.chars().take(SAMPLE_MAX_CHARS).collect();
-            // A NUL (MySQL and SQLite text may hold one) cannot be stored
-            // in jsonb: such a sample failed the whole sync with 22P05.
-            if text.contains('\0') {
-                continue;
-            }
-            if !text.trim().is_empty() && !seen.contains(&text) {
-                seen.push(text);
-            }
-            if seen.len() >= SAMPLES_PER_COLUMN {
-                break;
-            }
-        }
-        if !seen.is_empty() {
-            out.insert(column.clone(), json!(seen));
-        }
-    }
-    out
-}
-
 /// Introspect a local schema as the current role (the tenant's), with the
 /// values of its low-cardinality text columns (at most `budget`).
 fn introspect_local(schema: &str, budget: i64) -> Introspected {
@@ -283,7 +117,7 @@ fn introspect_local(schema: &str, budget: i64) -> Introspected {
     });
     let mut entries = entries_from_introspection(schema, &rows);
     // Sample rows can be wide: under dbrag.query_memory_limit (53200).
-    let values = crate::timer::within_memory_limit(|| {
+    let values = crate::pg::timer::within_memory_limit(|| {
         for (i, entry) in entries.iter_mut().enumerate() {
             entry.sample_values = sample_local(entry);
             if (i + 1) % PROGRESS_EVERY == 0 {
@@ -315,17 +149,17 @@ fn sample_local(entry: &TableEntry) -> Map<String, Value> {
         quote_ident(&entry.schema_name),
         quote_ident(&entry.table_name)
     );
-    let rows = crate::subxact::run(|| {
+    let rows = crate::pg::subxact::run(|| {
         Spi::connect(|client| {
             let mut out = Vec::new();
             // As text: a row with a number beyond an f64 or JSON nested
             // over 128 levels made pgrx's JsonB panic and sync_catalog fail
-            // with XX000. Such a row now gives no samples (crate::jsonb).
+            // with XX000. Such a row now gives no samples (crate::pg::jsonb).
             for row in client.select(&sql, None, &[])? {
                 if let Some(j) = row
                     .get::<String>(1)?
                     .as_deref()
-                    .and_then(crate::jsonb::from_text)
+                    .and_then(crate::pg::jsonb::from_text)
                 {
                     out.push(j);
                 }
@@ -343,7 +177,7 @@ fn sample_local(entry: &TableEntry) -> Map<String, Value> {
             );
             Vec::new()
         }
-        Err(caught) => match crate::subxact::report_of(&caught) {
+        Err(caught) => match crate::pg::subxact::report_of(&caught) {
             Some((code, message)) if !crate::guard::must_rethrow(code) => {
                 notice!(
                     "sync_catalog: no samples of {}.{}: {message}",
@@ -356,21 +190,6 @@ fn sample_local(entry: &TableEntry) -> Map<String, Value> {
         },
     };
     samples_from_rows(entry, &rows)
-}
-
-/// Whether a column's values are sampled: not secret-looking by name, not
-/// binary, JSON or a text-search vector.
-pub(crate) fn sampled_column(entry: &TableEntry, column: &str) -> bool {
-    if looks_secret(column) {
-        return false;
-    }
-    let kind = entry.data_types[column].as_str().unwrap_or_default();
-    !(kind.starts_with("bytea") || kind.contains("json") || kind.starts_with("tsvector"))
-}
-
-/// A quoted identifier, as quote_ident() would write it.
-pub fn quote_ident(ident: &str) -> String {
-    format!("\"{}\"", ident.replace('"', "\"\""))
 }
 
 /// Introspect a remote PostgreSQL schema over one session: the same
@@ -448,22 +267,6 @@ fn introspect_as_tenant(conn: &Connection, budget: i64) -> Introspected {
             (entries, values)
         }
     }
-}
-
-/// Entries from introspection texts plus sample rows per table.
-fn entries_with_samples(
-    schema: &str,
-    tables: &[String],
-    samples: Vec<(String, Vec<Value>)>,
-) -> Vec<TableEntry> {
-    let mut entries = entries_from_introspection(schema, tables);
-    let samples: HashMap<String, Vec<Value>> = samples.into_iter().collect();
-    for entry in entries.iter_mut() {
-        if let Some(rows) = samples.get(&entry.table_name) {
-            entry.sample_values = samples_from_rows(entry, rows);
-        }
-    }
-    entries
 }
 
 /// Introspect a MySQL/MariaDB database through information_schema, on the
@@ -668,9 +471,4 @@ fn sync_catalog(
 fn identifier_words(ident: &str) -> String {
     let ident = crate::error::bounded(ident, "identifier", crate::error::limits::IDENTIFIER);
     dbrag_core::identifier_words(ident)
-}
-
-/// A quoted literal, as quote_literal() would write it (standard strings).
-pub fn quote_literal(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
 }

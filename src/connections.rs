@@ -17,7 +17,7 @@ use crate::audit;
 use crate::crypto::{self, Purpose};
 use crate::error::{raise, required, DbragError, Kind, OrRaise, Result};
 use crate::gucs;
-use crate::privileged;
+use crate::pg::privileged;
 pub use crate::remote::RemoteRows;
 use crate::remote::{self, Session};
 use crate::tenant;

@@ -16,7 +16,7 @@ use std::cell::RefCell;
 
 use crate::connections::Connection;
 use crate::error::{required, DbragError, Kind};
-use crate::privileged;
+use crate::pg::privileged;
 use crate::tenant;
 
 /// Most earlier turns read for a prompt (the prompt's budget may show fewer).
@@ -156,10 +156,10 @@ pub fn remember(
 /// explain_sql, while the same tenant is in force (NULL otherwise, so a
 /// pooled connection handed to another tenant shows it nothing).
 #[pg_extern(volatile, parallel_unsafe)]
-fn last_answer() -> Option<crate::jsonb::JsonbText> {
+fn last_answer() -> Option<crate::pg::jsonb::JsonbText> {
     let current = tenant::current()?;
     LAST.with(|l| match &*l.borrow() {
-        Some((t, v)) if *t == current => Some(crate::jsonb::JsonbText(v.to_string())),
+        Some((t, v)) if *t == current => Some(crate::pg::jsonb::JsonbText(v.to_string())),
         _ => None,
     })
 }

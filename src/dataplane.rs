@@ -15,7 +15,7 @@ use serde_json::Value;
 use crate::connections::{self, Connection, EngineKind};
 use crate::error::{raise, required, DbragError, Kind, OrRaise, Result};
 use crate::gucs;
-use crate::privileged;
+use crate::pg::privileged;
 use crate::tenant;
 use crate::{mysql, sqlite};
 
@@ -28,14 +28,6 @@ pub struct JsonRows {
     pub rows: Vec<Value>,
     /// More rows existed than were read.
     pub truncated: bool,
-}
-
-/// Whether PostgreSQL has an interrupt waiting (a cancel, a timeout, a
-/// termination). Only reads a flag: safe from inside a C callback, where
-/// serving the interrupt (a longjmp) would not be.
-pub fn interrupt_pending() -> bool {
-    // SAFETY: a sig_atomic_t the signal handlers set; a volatile read.
-    unsafe { std::ptr::read_volatile(&raw const pg_sys::InterruptPending) != 0 }
 }
 
 fn dialect_of(conn: &Connection) -> Result<(Dialect, String)> {
@@ -135,7 +127,7 @@ pub fn execute_read_only(
                 session.max_result_bytes = max_bytes;
                 let r = session.query_read_only(&wrapped, &[], timeout_ms)?;
                 // jsonb text as the remote printed it, never parsed here:
-                // jsonb_in checks it on the way out (crate::jsonb::JsonbText).
+                // jsonb_in checks it on the way out (crate::pg::jsonb::JsonbText).
                 let mut rows: Vec<String> = r
                     .rows
                     .into_iter()
@@ -223,7 +215,7 @@ fn _dataplane_query(
     sql: Option<&str>,
     max_rows: default!(Option<i32>, 100),
     timeout_ms: default!(Option<i32>, "NULL"),
-) -> SetOfIterator<'static, crate::jsonb::JsonbText> {
+) -> SetOfIterator<'static, crate::pg::jsonb::JsonbText> {
     // SAFETY: a plain check of the current role.
     if !unsafe { pg_sys::superuser() } {
         raise(
@@ -253,7 +245,7 @@ fn _dataplane_query(
     if truncated {
         notice!("dbrag._dataplane_query: more rows existed than max_rows");
     }
-    SetOfIterator::new(rows.into_iter().map(crate::jsonb::JsonbText))
+    SetOfIterator::new(rows.into_iter().map(crate::pg::jsonb::JsonbText))
 }
 
 /// `dbrag._dataplane_check(connection, sql)`: the statement the guard would

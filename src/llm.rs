@@ -34,7 +34,7 @@ use serde_json::json;
 
 use crate::error::{required, DbragError, Kind, OrRaise};
 use crate::gucs;
-use crate::privileged;
+use crate::pg::privileged;
 
 /// How long the backend blocks between two interrupt checks.
 const POLL_SLICE: Duration = Duration::from_millis(20);
@@ -86,7 +86,7 @@ struct TenantOverrides {
 
 fn tenant_overrides(tenant: uuid::Uuid) -> Result<TenantOverrides, DbragError> {
     let id = pgrx::Uuid::from_bytes(*tenant.as_bytes());
-    // As text: pgrx's JsonB panics on some valid jsonb (crate::jsonb).
+    // As text: pgrx's JsonB panics on some valid jsonb (crate::pg::jsonb).
     // No such tenant: no overrides.
     let settings: Option<String> = crate::error::spi_row_or_raise(
         privileged::as_extension(|| {
@@ -106,7 +106,7 @@ fn tenant_overrides(tenant: uuid::Uuid) -> Result<TenantOverrides, DbragError> {
     let Some(settings) = settings else {
         return Ok(TenantOverrides::default());
     };
-    let Some(settings) = crate::jsonb::from_text(&settings) else {
+    let Some(settings) = crate::pg::jsonb::from_text(&settings) else {
         return Err(DbragError::new(
             Kind::BadArgument,
             "the tenant's settings cannot be read: JSON nested over 128 levels or a number beyond double precision",

@@ -1,5 +1,5 @@
 //! MySQL and MariaDB data planes. The client (the `mysql` crate, no TLS)
-//! runs in the data-plane helper process (crate::helper,
+//! runs in the data-plane helper process (crate::pg::helper,
 //! crates/dbrag-dataplane): a hostile server can end that process, never
 //! the backend. This side checks the connection's URI for the caller and
 //! turns calls into requests; see docs/engines.md.
@@ -9,8 +9,8 @@ use dbrag_core::frame::{Introspection, MysqlConn, Request, Rows};
 
 use crate::dataplane::JsonRows;
 use crate::error::{DbragError, Kind, Result};
-use crate::helper;
-use crate::remote::caller_is_superuser;
+use crate::pg::helper;
+use crate::pg::restricted::caller_is_superuser;
 
 const ENGINE: &str = "MySQL";
 

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use crate::connections::{self, Connection, EngineKind};
 use crate::error::{required, DbragError, Kind};
 use crate::gucs;
-use crate::privileged;
+use crate::pg::privileged;
 use crate::tenant;
 
 /// How many catalog hits the prompt starts from.
@@ -104,7 +104,7 @@ fn prompt_tables(
                 }
             }
             let mut out = Vec::new();
-            // As text: see crate::jsonb (pgrx's JsonB panics on some values).
+            // As text: see crate::pg::jsonb (pgrx's JsonB panics on some values).
             let sql = "SELECT pg_catalog.to_jsonb(m)::pg_catalog.text \
                    FROM ROWS FROM (pg_catalog.unnest($3::pg_catalog.text[]), pg_catalog.unnest($4::pg_catalog.text[])) \
                         WITH ORDINALITY AS k(schema_name, table_name, pos) \
@@ -125,7 +125,7 @@ fn prompt_tables(
                 if let Some(j) = row
                     .get::<String>(1)?
                     .as_deref()
-                    .and_then(crate::jsonb::from_text)
+                    .and_then(crate::pg::jsonb::from_text)
                 {
                     out.push(j);
                 }
@@ -551,14 +551,14 @@ fn execute_as_tenant(
     }
     // Rows as text, never through pgrx's JsonB: a row holding a number
     // beyond an f64 or JSON nested over 128 levels made it panic (XX000),
-    // and numerics lost digits on the way. See crate::jsonb.
+    // and numerics lost digits on the way. See crate::pg::jsonb.
     let wrapped = format!(
         "SELECT pg_catalog.to_jsonb(q)::pg_catalog.text FROM (\n{sql}\n) q LIMIT {}",
         max_rows + 1
     );
     let explain = format!("EXPLAIN (FORMAT JSON)\n{sql}\n");
-    let deadline = crate::timer::Deadline::arm(timeout);
-    let outcome = crate::subxact::run(|| {
+    let deadline = crate::pg::timer::Deadline::arm(timeout);
+    let outcome = crate::pg::subxact::run(|| {
         // SAFETY: saved at this subtransaction's nest level and restored
         // when it ends, committed or not (a LOCAL setting would outlive it).
         unsafe {
@@ -601,7 +601,9 @@ fn execute_as_tenant(
         })
     });
     let fired = deadline.fired();
-    let out_of_memory = deadline.memory_exceeded().then(crate::timer::memory_error);
+    let out_of_memory = deadline
+        .memory_exceeded()
+        .then(crate::pg::timer::memory_error);
     drop(deadline);
     match outcome {
         Ok(Ok(None)) => Err(ExecError::Fatal(
@@ -630,7 +632,7 @@ fn execute_as_tenant(
                     .hint("ask a narrower question, or raise dbrag.query_timeout_ms"),
                 ));
             }
-            match crate::subxact::report_of(&caught) {
+            match crate::pg::subxact::report_of(&caught) {
                 Some((pgrx::PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE, message)) => {
                     Err(ExecError::Fatal(DbragError::new(Kind::Forbidden, message)))
                 }
@@ -905,7 +907,7 @@ fn ask(
     max_rows: default!(Option<i32>, 1000),
     conversation: default!(Option<pgrx::Uuid>, "NULL"),
     explain: default!(Option<bool>, false),
-) -> SetOfIterator<'static, crate::jsonb::JsonbText> {
+) -> SetOfIterator<'static, crate::pg::jsonb::JsonbText> {
     let (rows, _) = answer_and_record(
         question,
         max_rows.unwrap_or(1000) as i64,
@@ -913,7 +915,7 @@ fn ask(
         conversation.map(tenant::from_pg),
         explain.unwrap_or(false),
     );
-    SetOfIterator::new(rows.into_iter().map(crate::jsonb::JsonbText))
+    SetOfIterator::new(rows.into_iter().map(crate::pg::jsonb::JsonbText))
 }
 
 // ---------------------------------------------------------------- explanations
@@ -1055,7 +1057,7 @@ pub fn describe_tables(conn: &Connection, tables: &[(String, String)]) {
     let t = tenant::to_pg(conn.tenant_id);
     let c = tenant::to_pg(conn.id);
     for (i, (schema, table)) in tables.iter().enumerate() {
-        // As text: see crate::jsonb (pgrx's JsonB panics on some values).
+        // As text: see crate::pg::jsonb (pgrx's JsonB panics on some values).
         let row: Option<String> = privileged::as_extension(|| {
             Spi::connect(|client| {
                 client
@@ -1076,7 +1078,7 @@ pub fn describe_tables(conn: &Connection, tables: &[(String, String)]) {
         })
         .ok()
         .flatten();
-        let Some(row) = row.as_deref().and_then(crate::jsonb::from_text) else {
+        let Some(row) = row.as_deref().and_then(crate::pg::jsonb::from_text) else {
             continue;
         };
         let ddl = dbrag_core::prompt::table_ddl(&table_from_catalog_row(&row));

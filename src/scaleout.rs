@@ -594,7 +594,7 @@ pub fn role_tenant(session_user: pg_sys::Oid) -> Option<uuid::Uuid> {
     if !name.starts_with("dbrag_tenant_") {
         return None;
     }
-    let tenant = crate::privileged::as_extension(|| {
+    let tenant = crate::pg::privileged::as_extension(|| {
         Spi::get_one_with_args::<pgrx::Uuid>(
             "SELECT tenant_id FROM control_plane.tenants WHERE tenant_role = $1::pg_catalog.name",
             &[pgrx::datum::DatumWithOid::from(name.as_str())],

@@ -3,7 +3,7 @@
 //! [`dbrag_core::dataplane_target::resolve_sqlite_path`] refuses `..`,
 //! absolute paths elsewhere and symlinks that lead out. The file is read by
 //! `rusqlite` with its bundled SQLite in the data-plane helper process
-//! (crate::helper, crates/dbrag-dataplane): a corrupt or crafted file can
+//! (crate::pg::helper, crates/dbrag-dataplane): a corrupt or crafted file can
 //! end that process, never the backend. See docs/engines.md.
 
 use std::path::PathBuf;
@@ -15,7 +15,7 @@ use serde_json::Value;
 use crate::dataplane::JsonRows;
 use crate::error::{DbragError, Kind, Result};
 use crate::gucs;
-use crate::helper;
+use crate::pg::helper;
 
 /// The schema name of the only database a connection reaches.
 pub const SCHEMA: &str = "main";

@@ -5,7 +5,7 @@
 //!
 //! Values are read where the samples are read, as the tenant's role
 //! (crate::catalog runs this inside crate::act_as), never from the columns
-//! the samples skip (crate::catalog::sampled_column: secret-looking names,
+//! the samples skip (crate::sampled_column: secret-looking names,
 //! binary and JSON columns). Every read is bounded: rows per table, columns
 //! per table, characters per value, distinct values per column, values per
 //! tenant.
@@ -17,11 +17,12 @@ use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
 use serde_json::Value;
 
-use crate::catalog::{self, TableEntry};
 use crate::connections::{Connection, EngineKind};
 use crate::error::{raise, DbragError, Kind};
-use crate::privileged;
+use crate::pg::privileged;
 use crate::tenant;
+use dbrag_core::introspect::{sampled_column, TableEntry};
+use dbrag_core::sql_text::{quote_ident, quote_literal, quote_mysql};
 
 /// Rows read per table to find a column's distinct values.
 pub const VALUE_ROWS: usize = 1000;
@@ -101,7 +102,7 @@ fn branches(
             if n >= MAX_COLUMNS_PER_TABLE {
                 break;
             }
-            if !e.data_types.contains_key(c) || !catalog::sampled_column(e, c) {
+            if !e.data_types.contains_key(c) || !sampled_column(e, c) {
                 continue;
             }
             let is_text = match text_columns {
@@ -117,10 +118,6 @@ fn branches(
     out
 }
 
-fn quote_mysql(ident: &str) -> String {
-    format!("`{}`", ident.replace('`', "``"))
-}
-
 /// One statement reading the distinct values of `part` (tagged by their
 /// position `b`): per column at most [`MAX_DISTINCT`] + 1 values of at most
 /// [`MAX_VALUE_CHARS`] + 1 characters, from at most [`VALUE_ROWS`] rows.
@@ -133,12 +130,12 @@ fn batch_sql(dialect: Dialect, entries: &[TableEntry], part: &[(usize, usize, St
             let e = &entries[*i];
             match dialect {
                 Dialect::Postgres => {
-                    let c = catalog::quote_ident(col);
+                    let c = quote_ident(col);
                     format!(
                         "SELECT {b} AS b, d.v FROM (SELECT DISTINCT pg_catalog.left(s.{c}::pg_catalog.text, {chars}) AS v \
                          FROM (SELECT {c} FROM {}.{} LIMIT {rows}) s WHERE s.{c} IS NOT NULL LIMIT {distinct}) d",
-                        catalog::quote_ident(&e.schema_name),
-                        catalog::quote_ident(&e.table_name)
+                        quote_ident(&e.schema_name),
+                        quote_ident(&e.table_name)
                     )
                 }
                 Dialect::Mysql => {
@@ -151,12 +148,12 @@ fn batch_sql(dialect: Dialect, entries: &[TableEntry], part: &[(usize, usize, St
                     )
                 }
                 Dialect::Sqlite => {
-                    let c = catalog::quote_ident(col);
+                    let c = quote_ident(col);
                     format!(
                         "SELECT {b} AS b, d.v FROM (SELECT DISTINCT substr(CAST(s.{c} AS TEXT), 1, {chars}) AS v \
                          FROM (SELECT {c} FROM {}.{} LIMIT {rows}) s WHERE s.{c} IS NOT NULL LIMIT {distinct}) d",
-                        catalog::quote_ident(crate::sqlite::SCHEMA),
-                        catalog::quote_ident(&e.table_name)
+                        quote_ident(crate::sqlite::SCHEMA),
+                        quote_ident(&e.table_name)
                     )
                 }
             }
@@ -268,7 +265,7 @@ pub fn collect_local(schema: &str, entries: &[TableEntry], budget: i64) -> Vec<F
     .unwrap_or_default();
     let todo = branches(entries, Some(&text));
     collect_with(Dialect::Postgres, entries, todo, budget, |sql| {
-        let outcome = crate::subxact::run(|| {
+        let outcome = crate::pg::subxact::run(|| {
             Spi::connect(|client| {
                 let mut out = Vec::new();
                 for row in client.select(sql, None, &[])? {
@@ -283,7 +280,7 @@ pub fn collect_local(schema: &str, entries: &[TableEntry], budget: i64) -> Vec<F
         match outcome {
             Ok(Ok(rows)) => Ok(rows),
             Ok(Err(e)) => Err(e.to_string()),
-            Err(caught) => match crate::subxact::report_of(&caught) {
+            Err(caught) => match crate::pg::subxact::report_of(&caught) {
                 Some((code, message)) if !crate::guard::must_rethrow(code) => Err(message),
                 _ => caught.rethrow(),
             },
@@ -677,7 +674,7 @@ pub fn prompt_line(m: &Match, default_schema: &str) -> String {
     } else {
         format!("{}.{}.{}", q(&m.schema), q(&m.table), q(&m.column))
     };
-    let mut line = format!("{} is a value of {table}", catalog::quote_literal(&m.value));
+    let mut line = format!("{} is a value of {table}", quote_literal(&m.value));
     if m.score < 1.0 {
         line.push_str(&format!(" (the question writes \"{}\")", m.said));
     }

@@ -12,7 +12,7 @@ use pgrx::prelude::*;
 use crate::connections::{self, Connection};
 use crate::error::{required, DbragError, Kind};
 use crate::nl2sql;
-use crate::privileged;
+use crate::pg::privileged;
 use crate::tenant;
 
 /// Longest SQL accepted, in characters (as `add_example`).
@@ -66,7 +66,7 @@ fn guard(conn: &Connection, sql: &str) {
 fn add_verified_query(question: Option<&str>, sql: Option<&str>) -> pgrx::Uuid {
     let question = nl2sql::check_question(question);
     let sql = check_sql(sql, "sql");
-    crate::act_as::refuse_if_restricted("dbrag.add_verified_query");
+    crate::pg::restricted::refuse_if_restricted("dbrag.add_verified_query");
     let conn = connections::active();
     guard(&conn, &sql);
     privileged::as_extension(|| {
@@ -185,7 +185,7 @@ fn feedback(
     let history_id = required(history_id, "history_id");
     let helpful = required(helpful, "helpful");
     let corrected = corrected_sql.map(|s| check_sql(Some(s), "corrected_sql"));
-    crate::act_as::refuse_if_restricted("dbrag.feedback");
+    crate::pg::restricted::refuse_if_restricted("dbrag.feedback");
     let t = tenant::require();
     let tp = tenant::to_pg(t);
     // (question, generated_sql, status, connection_id) of the row, if it is

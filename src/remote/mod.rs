@@ -94,22 +94,9 @@ pub fn parse(conninfo: &str) -> Result<Parsed> {
     Ok(Parsed { options })
 }
 
-/// Whether the caller may let libpq use the server's own identity: the login
-/// role and the current role must both be superusers (so neither a tenant
-/// running through the extension's privileged path nor a superuser who took
-/// a tenant's role with `SET ROLE` qualifies), and never while pg_dbrag
-/// works for a tenant (crate::act_as), whoever called.
-pub fn caller_is_superuser() -> bool {
-    if crate::act_as::acting_for_tenant() {
-        return false;
-    }
-    // SAFETY: plain catalog lookups on valid role oids.
-    unsafe { pg_sys::superuser() && pg_sys::superuser_arg(pg_sys::GetSessionUserId()) }
-}
-
 /// The checks of docs/connections-and-keys.md made before connecting.
 pub fn check_before_connect(parsed: &Parsed) -> Result<()> {
-    if caller_is_superuser() {
+    if crate::pg::restricted::caller_is_superuser() {
         return Ok(());
     }
     conninfo::check_unprivileged(&parsed.options).map(|_| ()).map_err(|e| {
@@ -293,7 +280,7 @@ impl Session {
     /// dbrag.query_memory_limit: a server can announce a long message
     /// during start-up too.
     pub fn connect(parsed: &Parsed, timeout_ms: i32) -> Result<Session> {
-        crate::timer::within_memory_limit(|| Self::connect_unwatched(parsed, timeout_ms))
+        crate::pg::timer::within_memory_limit(|| Self::connect_unwatched(parsed, timeout_ms))
     }
 
     fn connect_unwatched(parsed: &Parsed, timeout_ms: i32) -> Result<Session> {
@@ -368,7 +355,9 @@ impl Session {
             // SAFETY: as above.
             state = unsafe { pq::PQconnectPoll(conn) };
         }
-        if !caller_is_superuser() && unsafe { pq::PQconnectionUsedPassword(conn) } == 0 {
+        if !crate::pg::restricted::caller_is_superuser()
+            && unsafe { pq::PQconnectionUsedPassword(conn) } == 0
+        {
             return Err(DbragError::new(
                 Kind::Forbidden,
                 "connection refused: the remote server did not ask for the password",
@@ -649,7 +638,7 @@ impl Session {
         params: &[Option<&str>],
         timeout_ms: i32,
     ) -> Result<RemoteRows> {
-        crate::timer::within_memory_limit(|| {
+        crate::pg::timer::within_memory_limit(|| {
             self.query_read_only_unwatched(sql, params, timeout_ms)
         })
     }
