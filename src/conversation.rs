@@ -14,7 +14,7 @@ use pgrx::prelude::*;
 use serde_json::{json, Value};
 use std::cell::RefCell;
 
-use crate::connections::Connection;
+use crate::connection_store::Connection;
 use crate::error::{required, DbragError, Kind};
 use crate::pg::privileged;
 use crate::tenant;
@@ -79,7 +79,9 @@ pub fn search_text(question: &str, turns: &[PromptExample]) -> String {
         return question.to_string();
     };
     let s = format!("{question} {} {}", t.question, t.sql);
-    s.chars().take(crate::nl2sql::MAX_QUESTION_CHARS).collect()
+    s.chars()
+        .take(crate::question::MAX_QUESTION_CHARS)
+        .collect()
 }
 
 // ---------------------------------------------------------------- explanations

@@ -4,28 +4,33 @@
 
 use pgrx::prelude::*;
 
-mod act_as;
-mod audit;
-mod budget;
-mod catalog;
-mod connections;
-mod conversation;
-mod crypto;
-mod dataplane;
-mod error;
-mod guard;
-mod gucs;
-mod isolation;
-mod llm;
-mod mysql;
-mod nl2sql;
-mod pg;
-mod remote;
-mod scaleout;
-mod sqlite;
-mod tenant;
-mod value_index;
-mod verified;
+// The SQL surface, by the file that defines it (sql/*.sql wires the rest):
+mod audit; // dbrag.audit_queue_status; the audit log writers
+mod budget; // dbrag.budget_status: per-tenant model spend
+mod catalog; // dbrag.sync_catalog, dbrag.identifier_words
+mod connections; // dbrag.test/create/update/delete/activate_connection, _remote_query
+mod conversation; // dbrag.last_answer; the turns of a conversation
+mod crypto; // dbrag.encrypt, decrypt, rotate_key, set_llm_api_key, ...
+mod dataplane; // dbrag._dataplane_query, dbrag._dataplane_check
+mod guard; // dbrag._guard_check(_remote): PostgreSQL's parse-tree guard
+mod isolation; // dbrag.create/drop/adopt_tenant_schema, tenant roles
+mod llm; // dbrag._llm_complete, _llm_config; the model client
+mod nl2sql; // dbrag.ask, generate_sql, build_prompt, explain_sql
+mod tenant; // dbrag.set_tenant, reset_tenant, issue_token, current_tenant_id
+mod value_index; // dbrag.search_values; the value index
+mod verified; // dbrag.add_verified_query, dbrag.feedback
+
+// Below the SQL surface (docs/architecture.md, "Layers"):
+mod act_as; // work for a tenant, as its role
+mod connection_store; // rows of control_plane.tenant_databases
+mod describe; // catalog descriptions, catalog row → prompt table
+mod engine; // the data-plane abstraction: local, postgres, mysql, sqlite
+mod error; // error kinds and SQLSTATEs
+mod gucs; // dbrag.* settings
+mod pg; // PostgreSQL plumbing: privileged SQL, subtransactions, timers, helper process
+mod question; // the question argument's rules
+mod remote; // the libpq client
+mod scaleout; // Citus: node assertions, nested execution
 
 pgrx::pg_module_magic!();
 

@@ -534,3 +534,15 @@ REVOKE EXECUTE ON FUNCTION dbrag._llm_config(uuid) FROM PUBLIC;
     name = "llm_grants",
     requires = [llm_complete_sql, llm_config_sql]
 );
+
+/// The model settings and key for the tenant: a tenant that points its
+/// model elsewhere sends only its own key there, never the global one.
+pub fn tenant_config(tenant_id: uuid::Uuid) -> std::result::Result<ModelConfig, DbragError> {
+    let probe = config_for(tenant_id, None)?;
+    let key = if probe.url_is_tenant_override {
+        crate::crypto::tenant_llm_api_key(tenant_id)
+    } else {
+        crate::crypto::llm_api_key(Some(tenant_id))
+    };
+    config_for(tenant_id, key)
+}

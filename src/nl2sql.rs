@@ -1,70 +1,21 @@
 //! Natural language to SQL (docs/llm-and-guard.md): the prompt from the tenant's catalog,
 //! examples and documentation; the model call; the guard; execution.
 
-use dbrag_core::prompt::{PromptColumn, PromptExample, PromptForeignKey, PromptInput, PromptTable};
+use dbrag_core::prompt::{PromptExample, PromptInput, PromptTable};
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
 use serde_json::{json, Value};
 
-use crate::connections::{self, Connection, EngineKind};
-use crate::error::{required, DbragError, Kind};
+use crate::connection_store::{self as connections, Connection};
+use crate::engine::{Checked, RunError};
+use crate::error::{DbragError, Kind};
 use crate::gucs;
 use crate::pg::privileged;
+use crate::question::{check_question, MAX_QUESTION_CHARS};
 use crate::tenant;
 
 /// How many catalog hits the prompt starts from.
 const PROMPT_HITS: i32 = 12;
-/// Longest question accepted, in characters.
-pub const MAX_QUESTION_CHARS: usize = 8000;
-
-pub fn check_question(question: Option<&str>) -> String {
-    let q = required(question, "question");
-    // Bytes first: nothing is copied from a longer argument.
-    if q.len() > MAX_QUESTION_CHARS * 4 + 4096 {
-        DbragError::new(
-            Kind::BadArgument,
-            format!("question is longer than {MAX_QUESTION_CHARS} characters"),
-        )
-        .raise();
-    }
-    let q = q.trim().to_string();
-    if q.is_empty() {
-        DbragError::new(Kind::BadArgument, "question must not be empty").raise();
-    }
-    if q.chars().count() > MAX_QUESTION_CHARS {
-        DbragError::new(
-            Kind::BadArgument,
-            format!("question is longer than {MAX_QUESTION_CHARS} characters"),
-        )
-        .raise();
-    }
-    q
-}
-
-/// The SQL dialect the prompt names. A local connection is this server, so
-/// its real version; a remote PostgreSQL server's version is not known here.
-pub fn dialect(conn: &Connection) -> String {
-    match conn.kind {
-        EngineKind::Local => {
-            // SAFETY: GetConfigOption of a built-in setting returns a valid string.
-            let version = unsafe {
-                let p = pgrx::pg_sys::GetConfigOption(c"server_version".as_ptr(), true, false);
-                if p.is_null() {
-                    String::new()
-                } else {
-                    std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned()
-                }
-            };
-            // "15.20 (Debian 15.20-0+deb12u1)" → "15.20".
-            let version = version.split_whitespace().next().unwrap_or_default();
-            format!("PostgreSQL {version}").trim_end().to_string()
-        }
-        EngineKind::Postgres => "PostgreSQL".to_string(),
-        EngineKind::Mysql => "MySQL 8 / MariaDB".to_string(),
-        EngineKind::Sqlite => "SQLite 3".to_string(),
-    }
-}
-
 /// The tables the search ranks for this question, with their catalog rows;
 /// `named` (tables holding a value the question names, crate::value_index)
 /// go right after the search's direct hits when the search missed them.
@@ -135,82 +86,9 @@ fn prompt_tables(
         .unwrap_or_else(|e| {
             DbragError::new(Kind::Internal, format!("catalog search failed: {e}")).raise()
         });
-    rows.iter().map(table_from_catalog_row).collect()
-}
-
-fn table_from_catalog_row(m: &Value) -> PromptTable {
-    let schema = m["schema_name"].as_str().unwrap_or_default();
-    let name = m["table_name"].as_str().unwrap_or_default();
-    let q = dbrag_core::prompt::quote_if_needed;
-    // Columns in table order (column_order), any others after them.
-    let mut names: Vec<String> = m["column_order"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|v| v.as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default();
-    if let Some(types) = m["data_types"].as_object() {
-        for k in types.keys() {
-            if !names.contains(k) {
-                names.push(k.clone());
-            }
-        }
-    }
-    let columns = Some(&names)
-        .map(|names| {
-            names
-                .iter()
-                .filter(|col| m["data_types"].get(col.as_str()).is_some())
-                .map(|col| PromptColumn {
-                    name: col.clone(),
-                    data_type: m["data_types"][col].as_str().unwrap_or("text").to_string(),
-                    comment: m["column_descriptions"][col].as_str().map(str::to_string),
-                    samples: m["sample_values"][col]
-                        .as_array()
-                        .map(|a| {
-                            a.iter()
-                                .filter_map(|v| v.as_str().map(str::to_string))
-                                .collect()
-                        })
-                        .unwrap_or_default(),
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    let strings = |v: &Value| -> Vec<String> {
-        v.as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|x| x.as_str().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
-    let foreign_keys = m["relationships"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|r| r["dir"] == "out")
-        .map(|r| PromptForeignKey {
-            columns: strings(&r["columns"]),
-            target: format!(
-                "{}.{}",
-                q(r["schema"].as_str().unwrap_or_default()),
-                q(r["table"].as_str().unwrap_or_default())
-            ),
-            target_columns: strings(&r["other_columns"]),
-        })
-        .collect();
-    PromptTable {
-        qualified_name: format!("{}.{}", q(schema), q(name)),
-        description: m["table_description"].as_str().map(str::to_string),
-        row_estimate: m["row_estimate"].as_i64(),
-        columns,
-        primary_key: strings(&m["primary_key"]),
-        foreign_keys,
-    }
+    rows.iter()
+        .map(crate::describe::table_from_catalog_row)
+        .collect()
 }
 
 /// The tenant's most similar examples and documentation, as the extension
@@ -286,7 +164,7 @@ pub fn prompt_for(
     // The tenant's verified queries lead the examples (crate::verified).
     let examples = [crate::verified::prompt_examples(conn, question), examples].concat();
     let input = PromptInput {
-        dialect: dialect(conn),
+        dialect: crate::engine::open(conn).dialect(),
         default_schema: Some(conn.schema_name.clone()),
         question: question.to_string(),
         tables,
@@ -424,18 +302,6 @@ fn cached_sql(
     .flatten()
 }
 
-/// The model settings and key for the tenant: a tenant that points its
-/// model elsewhere sends only its own key there, never the global one.
-fn model_config(tenant_id: uuid::Uuid) -> Result<crate::llm::ModelConfig, DbragError> {
-    let probe = crate::llm::config_for(tenant_id, None)?;
-    let key = if probe.url_is_tenant_override {
-        crate::crypto::tenant_llm_api_key(tenant_id)
-    } else {
-        crate::crypto::llm_api_key(Some(tenant_id))
-    };
-    crate::llm::config_for(tenant_id, key)
-}
-
 /// Ask the model for SQL; the statement as the model wrote it.
 fn ask_model(
     conn: &Connection,
@@ -443,7 +309,8 @@ fn ask_model(
     retry: Option<(String, String)>,
     attempt: &mut Attempt,
 ) -> Result<String, Failure> {
-    let cfg = model_config(conn.tenant_id).map_err(|e| Failure::new("model_error", e))?;
+    let cfg =
+        crate::llm::tenant_config(conn.tenant_id).map_err(|e| Failure::new("model_error", e))?;
     let prompt = prompt_for(conn, question, retry, &attempt.turns);
     let reply = call_model(&cfg, &prompt.system, &prompt.user, attempt)?;
     dbrag_core::extract_sql(&reply.text).map_err(|e| {
@@ -457,202 +324,21 @@ fn ask_model(
     })
 }
 
-/// Relations of the connection's catalog that exist here, by oid.
-fn allowed_relations(conn: &Connection) -> std::collections::HashSet<pgrx::pg_sys::Oid> {
-    let tables = crate::dataplane::catalog_tables(conn);
-    crate::guard::relation_oids(tables.iter().map(|(s, t)| (s.as_str(), t.as_str())))
-}
-
-/// Check a statement for the connection: Ok(normalised SQL), or the
-/// failure (refused: no retry; invalid: the model may retry).
-pub(crate) enum Checked {
-    Ok(String),
-    Refused(DbragError),
-    Invalid(String),
-}
-
-pub(crate) fn check(conn: &Connection, role: pgrx::pg_sys::Oid, sql: &str) -> Checked {
-    use crate::guard::GuardError;
-    let result = match conn.kind {
-        EngineKind::Local => {
-            let allowed = allowed_relations(conn);
-            // Parse analysis may run the tenant's code (a type's input
-            // function on a literal): as the tenant's role, like the run.
-            crate::act_as::as_role(role, &conn.schema_name, || {
-                crate::guard::check_local(sql, &allowed)
-            })
-        }
-        EngineKind::Postgres => crate::guard::check_remote(
-            sql,
-            &crate::dataplane::catalog_tables(conn),
-            &conn.schema_name,
-        ),
-        EngineKind::Mysql | EngineKind::Sqlite => {
-            // sqlparser's tree in the engine's dialect (dbrag_core::dialect_guard).
-            return match crate::dataplane::check_dialect(
-                conn,
-                sql,
-                &crate::dataplane::catalog_tables(conn),
-            ) {
-                Err(e) => Checked::Refused(e),
-                Ok(Ok(normalized)) => Checked::Ok(normalized),
-                Ok(Err(dbrag_core::dialect_guard::GuardError::Syntax(m))) => Checked::Invalid(m),
-                Ok(Err(e)) => Checked::Refused(crate::dataplane::guard_error(e)),
-            };
-        }
-    };
-    match result {
-        Ok(stmt) => Checked::Ok(stmt.sql),
-        // A permission the caller lacks is not the model's to fix.
-        Err(GuardError::Invalid { sqlstate, message })
-            if sqlstate == pgrx::PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE =>
-        {
-            Checked::Refused(DbragError::new(Kind::Forbidden, message))
-        }
-        Err(GuardError::Invalid { message, .. }) => Checked::Invalid(message),
-        Err(e) => Checked::Refused(e.into()),
-    }
-}
-
 /// Plan and run a checked statement as the tenant's role (crate::act_as),
-/// read-only, under the deadline, at most `max_rows` rows, each as jsonb
-/// text (a cast to json on a tenant's type runs as the tenant's role too).
+/// read-only, under `dbrag.query_timeout_ms`, at most `max_rows` rows and
+/// [`MAX_ANSWER_BYTES`], each as jsonb text (a cast to json on a tenant's
+/// type runs as the tenant's role too).
 fn execute(
     conn: &Connection,
     role: pgrx::pg_sys::Oid,
     sql: &str,
     max_rows: i64,
-) -> Result<(Vec<String>, bool), ExecError> {
-    crate::act_as::as_role(role, &conn.schema_name, || {
-        execute_as_tenant(conn, sql, max_rows)
-    })
-}
-
-fn execute_as_tenant(
-    conn: &Connection,
-    sql: &str,
-    max_rows: i64,
-) -> Result<(Vec<String>, bool), ExecError> {
+) -> Result<(Vec<String>, bool), RunError> {
+    let mut engine = crate::engine::open(conn);
     let timeout = gucs::QUERY_TIMEOUT_MS.get();
-    if conn.kind != EngineKind::Local {
-        return crate::dataplane::execute_read_only(conn, sql, max_rows, MAX_ANSWER_BYTES, timeout)
-            .map_err(|e| match e.kind {
-                // Only the data plane's verdict on the statement is the
-                // model's to fix; a permission the role lacks is not (as
-                // for local connections below). Connect and authentication
-                // failures never reach the model (README.md, "Errors").
-                Kind::Statement
-                    if e.sqlstate() != pgrx::PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE =>
-                {
-                    ExecError::Retryable(e)
-                }
-                _ => ExecError::Fatal(e),
-            });
-    }
-    // Rows as text, never through pgrx's JsonB: a row holding a number
-    // beyond an f64 or JSON nested over 128 levels made it panic (XX000),
-    // and numerics lost digits on the way. See crate::pg::jsonb.
-    let wrapped = format!(
-        "SELECT pg_catalog.to_jsonb(q)::pg_catalog.text FROM (\n{sql}\n) q LIMIT {}",
-        max_rows + 1
-    );
-    let explain = format!("EXPLAIN (FORMAT JSON)\n{sql}\n");
-    let deadline = crate::pg::timer::Deadline::arm(timeout);
-    let outcome = crate::pg::subxact::run(|| {
-        // SAFETY: saved at this subtransaction's nest level and restored
-        // when it ends, committed or not (a LOCAL setting would outlive it).
-        unsafe {
-            pgrx::pg_sys::set_config_option(
-                c"transaction_read_only".as_ptr(),
-                c"on".as_ptr(),
-                pgrx::pg_sys::GucContext::PGC_USERSET,
-                pgrx::pg_sys::GucSource::PGC_S_SESSION,
-                pgrx::pg_sys::GucAction::GUC_ACTION_SAVE,
-                true,
-                0,
-                false,
-            );
-        }
-        Spi::connect_mut(|client| {
-            // EXPLAIN is not a plain SELECT, so it cannot go through the
-            // read-only SPI path; the transaction is read-only anyway.
-            client.update(&explain, None, &[])?;
-            // Row by row through a cursor, counting bytes: the row cap
-            // bounds rows, not their width (one row of to_jsonb text may
-            // reach 1 GB), and a select would hold all of them at once.
-            let mut rows = Vec::new();
-            let mut bytes = 0usize;
-            let mut cursor = client.try_open_cursor(&wrapped, &[])?;
-            loop {
-                let batch = cursor.fetch(1)?;
-                if batch.is_empty() {
-                    break;
-                }
-                for row in batch {
-                    let text = row.get::<String>(1)?.unwrap_or_else(|| "null".into());
-                    bytes += text.len();
-                    if bytes > MAX_ANSWER_BYTES {
-                        return Ok::<_, pgrx::spi::Error>(None);
-                    }
-                    rows.push(text);
-                }
-            }
-            Ok(Some(rows))
-        })
-    });
-    let fired = deadline.fired();
-    let out_of_memory = deadline
-        .memory_exceeded()
-        .then(crate::pg::timer::memory_error);
-    drop(deadline);
-    match outcome {
-        Ok(Ok(None)) => Err(ExecError::Fatal(
-            DbragError::new(
-                Kind::TooLarge,
-                format!("the answer is larger than {} MB", MAX_ANSWER_BYTES >> 20),
-            )
-            .hint("ask for fewer rows or columns (max_rows), or narrower values"),
-        )),
-        Ok(Ok(Some(mut rows))) => {
-            let truncated = rows.len() as i64 > max_rows;
-            rows.truncate(max_rows as usize);
-            Ok((rows, truncated))
-        }
-        Ok(Err(e)) => Err(ExecError::Retryable(DbragError::from(e))),
-        Err(caught) => {
-            if let Some(e) = out_of_memory {
-                return Err(ExecError::Fatal(e));
-            }
-            if fired {
-                return Err(ExecError::Fatal(
-                    DbragError::new(
-                        Kind::Timeout,
-                        format!("the generated statement took longer than {timeout} ms"),
-                    )
-                    .hint("ask a narrower question, or raise dbrag.query_timeout_ms"),
-                ));
-            }
-            match crate::pg::subxact::report_of(&caught) {
-                Some((pgrx::PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE, message)) => {
-                    Err(ExecError::Fatal(DbragError::new(Kind::Forbidden, message)))
-                }
-                Some((code, message)) if !crate::guard::must_rethrow(code) => {
-                    let mut e = DbragError::new(Kind::Statement, message);
-                    e.code = Some(code);
-                    Err(ExecError::Retryable(e))
-                }
-                _ => caught.rethrow(),
-            }
-        }
-    }
-}
-
-enum ExecError {
-    /// The statement failed in a way the model may fix: the model is sent
-    /// the error's message alone; after the last try the caller gets the
-    /// error with its own SQLSTATE.
-    Retryable(DbragError),
-    Fatal(DbragError),
+    crate::act_as::as_role(role, &conn.schema_name, || {
+        engine.run_read_only(sql, max_rows, MAX_ANSWER_BYTES, timeout)
+    })
 }
 
 /// Generate (or reuse) SQL, check it, and with `run` execute it; one retry
@@ -703,7 +389,7 @@ fn answer(
         };
         attempt.sql = Some(sql.clone());
         let last = round == RETRIES;
-        let checked = match check(conn, role, &sql) {
+        let checked = match crate::engine::check(conn, role, &sql) {
             Checked::Ok(s) => s,
             Checked::Refused(e) => return Err(Failure::new("refused", e)),
             Checked::Invalid(msg) if !last => {
@@ -736,7 +422,7 @@ fn answer(
                 }
                 return Ok(rows);
             }
-            Err(ExecError::Fatal(e)) => {
+            Err(RunError::Fatal(e)) => {
                 attempt.execution_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
                 let status = if e.kind == Kind::Timeout {
                     "timeout"
@@ -745,8 +431,8 @@ fn answer(
                 };
                 return Err(Failure::new(status, e));
             }
-            Err(ExecError::Retryable(e)) if !last => retry = Some((checked, e.message)),
-            Err(ExecError::Retryable(mut e)) => {
+            Err(RunError::Retryable(e)) if !last => retry = Some((checked, e.message)),
+            Err(RunError::Retryable(mut e)) => {
                 e.message = format!("the generated statement failed: {}", e.message);
                 return Err(Failure::new("error", e));
             }
@@ -978,9 +664,14 @@ fn call_model(
 
 /// The model's explanation of a statement the guard accepted.
 fn explain_checked(conn: &Connection, sql: &str, attempt: &mut Attempt) -> Result<String, Failure> {
-    let mut cfg = model_config(conn.tenant_id).map_err(|e| Failure::new("model_error", e))?;
+    let mut cfg =
+        crate::llm::tenant_config(conn.tenant_id).map_err(|e| Failure::new("model_error", e))?;
     cfg.max_tokens = cfg.max_tokens.min(crate::conversation::EXPLAIN_MAX_TOKENS);
-    let user = crate::conversation::explain_prompt(&dialect(conn), sql, &explain_tables(conn, sql));
+    let user = crate::conversation::explain_prompt(
+        &crate::engine::open(conn).dialect(),
+        sql,
+        &explain_tables(conn, sql),
+    );
     let reply = call_model(&cfg, crate::conversation::EXPLAIN_SYSTEM, &user, attempt)?;
     dbrag_core::prompt::clean_explanation(&reply.text).ok_or_else(|| {
         Failure::new(
@@ -1010,7 +701,7 @@ fn explain_sql(sql: Option<&str>) -> Option<String> {
         ..Attempt::default()
     };
     let history_id = uuid::Uuid::new_v4();
-    let outcome = match check(&conn, role, &sql) {
+    let outcome = match crate::engine::check(&conn, role, &sql) {
         Checked::Ok(checked) => {
             attempt.sql = Some(checked.clone());
             explain_checked(&conn, &checked, &mut attempt)
@@ -1035,89 +726,5 @@ fn explain_sql(sql: Option<&str>) -> Option<String> {
             Some(text)
         }
         Err(f) => record_failure(&conn, history_id, None, &attempt, f),
-    }
-}
-
-// ---------------------------------------------------------------- catalog descriptions
-
-const DESCRIBE_SYSTEM: &str =
-    "You document database tables for analysts who ask questions in plain language.\n\
-Answer with one JSON object and nothing else: {\"table\": \"<one sentence: what a row is>\", \
-\"columns\": {\"<column>\": \"<a few words>\"}}. Mention synonyms an analyst might use.";
-
-/// `sync_catalog(describe => true)`: the model writes a description for each
-/// table this sync wrote, and for its columns. Comments from the database
-/// win over the model's words; a table whose answer is unusable keeps none,
-/// with a WARNING, and the sync still succeeds.
-pub fn describe_tables(conn: &Connection, tables: &[(String, String)]) {
-    if tables.is_empty() {
-        return;
-    }
-    let cfg = model_config(conn.tenant_id).unwrap_or_else(|e| e.raise());
-    let t = tenant::to_pg(conn.tenant_id);
-    let c = tenant::to_pg(conn.id);
-    for (i, (schema, table)) in tables.iter().enumerate() {
-        // As text: see crate::pg::jsonb (pgrx's JsonB panics on some values).
-        let row: Option<String> = privileged::as_extension(|| {
-            Spi::connect(|client| {
-                client
-                    .select(
-                        "SELECT pg_catalog.to_jsonb(m)::pg_catalog.text FROM control_plane.table_metadata_catalog m \
-                         WHERE tenant_id = $1 AND connection_id = $2 AND schema_name = $3 AND table_name = $4",
-                        Some(1),
-                        &[
-                            DatumWithOid::from(t),
-                            DatumWithOid::from(c),
-                            DatumWithOid::from(schema.as_str()),
-                            DatumWithOid::from(table.as_str()),
-                        ],
-                    )?
-                    .first()
-                    .get_one::<String>()
-            })
-        })
-        .ok()
-        .flatten();
-        let Some(row) = row.as_deref().and_then(crate::pg::jsonb::from_text) else {
-            continue;
-        };
-        let ddl = dbrag_core::prompt::table_ddl(&table_from_catalog_row(&row));
-        let reply = crate::llm::complete(&cfg, DESCRIBE_SYSTEM, &ddl).unwrap_or_else(|e| e.raise());
-        let Some((table_text, columns)) = dbrag_core::prompt::parse_descriptions(&reply.text)
-        else {
-            warning!(
-                "sync_catalog: the model's description of {schema}.{table} was not JSON; kept none"
-            );
-            continue;
-        };
-        let generated: serde_json::Map<String, Value> = columns
-            .into_iter()
-            .filter(|(col, _)| row["data_types"].get(col).is_some())
-            .map(|(col, d)| (col, Value::String(d)))
-            .collect();
-        privileged::as_extension(|| {
-            Spi::run_with_args(
-                "UPDATE control_plane.table_metadata_catalog \
-                 SET table_description = COALESCE(table_description, $5), \
-                     column_descriptions = $6::jsonb OPERATOR(pg_catalog.||) column_descriptions \
-                 WHERE tenant_id = $1 AND connection_id = $2 AND schema_name = $3 AND table_name = $4",
-                &[
-                    DatumWithOid::from(t),
-                    DatumWithOid::from(c),
-                    DatumWithOid::from(schema.as_str()),
-                    DatumWithOid::from(table.as_str()),
-                    DatumWithOid::from(table_text),
-                    DatumWithOid::from(pgrx::JsonB(Value::Object(generated))),
-                ],
-            )
-        })
-        .unwrap_or_else(|e| DbragError::from(e).raise());
-        if (i + 1) % 10 == 0 {
-            notice!(
-                "sync_catalog: described {} tables of {}",
-                i + 1,
-                tables.len()
-            );
-        }
     }
 }

@@ -17,7 +17,7 @@ use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
 use serde_json::Value;
 
-use crate::connections::{Connection, EngineKind};
+use crate::connection_store::Connection;
 use crate::error::{raise, DbragError, Kind};
 use crate::pg::privileged;
 use crate::tenant;
@@ -82,8 +82,9 @@ fn texty(data_type: &str) -> bool {
         .any(|k| t.contains(k))
 }
 
+/// Whose SQL a batch is written in.
 #[derive(Clone, Copy, PartialEq)]
-enum Dialect {
+pub enum Dialect {
     Postgres,
     Mysql,
     Sqlite,
@@ -91,7 +92,7 @@ enum Dialect {
 
 /// The columns to read: (entry index, column), at most
 /// [`MAX_COLUMNS_PER_TABLE`] per table, only sampled text columns.
-fn branches(
+pub fn branches(
     entries: &[TableEntry],
     text_columns: Option<&HashSet<(String, String)>>,
 ) -> Vec<(usize, String)> {
@@ -152,7 +153,7 @@ fn batch_sql(dialect: Dialect, entries: &[TableEntry], part: &[(usize, usize, St
                     format!(
                         "SELECT {b} AS b, d.v FROM (SELECT DISTINCT substr(CAST(s.{c} AS TEXT), 1, {chars}) AS v \
                          FROM (SELECT {c} FROM {}.{} LIMIT {rows}) s WHERE s.{c} IS NOT NULL LIMIT {distinct}) d",
-                        quote_ident(crate::sqlite::SCHEMA),
+                        quote_ident(dbrag_core::dataplane_target::SQLITE_SCHEMA),
                         quote_ident(&e.table_name)
                     )
                 }
@@ -163,17 +164,17 @@ fn batch_sql(dialect: Dialect, entries: &[TableEntry], part: &[(usize, usize, St
 }
 
 /// Most rows one batch can return.
-const BATCH_ROWS: usize = BATCH * (MAX_DISTINCT + 1);
+pub const BATCH_ROWS: usize = BATCH * (MAX_DISTINCT + 1);
 /// Most bytes of JSON one batch can return (4 bytes a character, framing).
-const BATCH_BYTES: usize = BATCH_ROWS * ((MAX_VALUE_CHARS + 1) * 4 + 64);
+pub const BATCH_BYTES: usize = BATCH_ROWS * ((MAX_VALUE_CHARS + 1) * 4 + 64);
 
 /// What one statement returned: (branch, value) pairs, or why it failed
 /// (the statement's own error: retried column by column).
-type BatchResult = std::result::Result<Vec<(usize, String)>, String>;
+pub type BatchResult = std::result::Result<Vec<(usize, String)>, String>;
 
 /// Read the values of `branches` in batches through `run`, keep the
 /// low-cardinality columns, stop at `budget` values.
-fn collect_with(
+pub fn collect_with(
     dialect: Dialect,
     entries: &[TableEntry],
     branches: Vec<(usize, String)>,
@@ -246,97 +247,8 @@ pub const TEXT_COLUMNS_SQL: &str = "SELECT c.relname::pg_catalog.text, a.attname
      JOIN pg_catalog.pg_type t ON t.oid = a.atttypid \
      WHERE n.nspname = $1 AND a.attnum > 0 AND NOT a.attisdropped AND t.typcategory IN ('S', 'E')";
 
-/// Values of a local schema's tables, read as the current role (the
-/// tenant's) through SPI; a failing statement is rolled back alone.
-pub fn collect_local(schema: &str, entries: &[TableEntry], budget: i64) -> Vec<Found> {
-    if budget <= 0 || entries.is_empty() {
-        return Vec::new();
-    }
-    let text: HashSet<(String, String)> = Spi::connect(|client| {
-        let mut out = HashSet::new();
-        for row in client.select(TEXT_COLUMNS_SQL, None, &[DatumWithOid::from(schema)])? {
-            out.insert((
-                row.get::<String>(1)?.unwrap_or_default(),
-                row.get::<String>(2)?.unwrap_or_default(),
-            ));
-        }
-        Ok::<_, pgrx::spi::Error>(out)
-    })
-    .unwrap_or_default();
-    let todo = branches(entries, Some(&text));
-    collect_with(Dialect::Postgres, entries, todo, budget, |sql| {
-        let outcome = crate::pg::subxact::run(|| {
-            Spi::connect(|client| {
-                let mut out = Vec::new();
-                for row in client.select(sql, None, &[])? {
-                    let b: i32 = row.get(1)?.unwrap_or(-1);
-                    if let (Ok(b), Some(v)) = (usize::try_from(b), row.get::<String>(2)?) {
-                        out.push((b, v));
-                    }
-                }
-                Ok::<_, pgrx::spi::Error>(out)
-            })
-        });
-        match outcome {
-            Ok(Ok(rows)) => Ok(rows),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(caught) => match crate::pg::subxact::report_of(&caught) {
-                Some((code, message)) if !crate::guard::must_rethrow(code) => Err(message),
-                _ => caught.rethrow(),
-            },
-        }
-    })
-}
-
-/// Values of a remote PostgreSQL schema over the sync's own session.
-pub fn collect_postgres(
-    session: &mut crate::remote::Session,
-    schema: &str,
-    entries: &[TableEntry],
-    budget: i64,
-    timeout_ms: i32,
-) -> Vec<Found> {
-    if budget <= 0 || entries.is_empty() {
-        return Vec::new();
-    }
-    let text: HashSet<(String, String)> =
-        match session.query_read_only(TEXT_COLUMNS_SQL, &[Some(schema)], timeout_ms) {
-            Ok(r) => r
-                .rows
-                .into_iter()
-                .filter_map(|row| {
-                    let mut it = row.into_iter();
-                    Some((it.next()??, it.next()??))
-                })
-                .collect(),
-            Err(e) if matches!(e.kind, Kind::Remote | Kind::Statement) => HashSet::new(),
-            Err(e) => e.raise(),
-        };
-    let todo = branches(entries, Some(&text));
-    collect_with(
-        Dialect::Postgres,
-        entries,
-        todo,
-        budget,
-        |sql| match session.query_read_only(sql, &[], timeout_ms) {
-            Ok(r) => Ok(r
-                .rows
-                .into_iter()
-                .filter_map(|row| {
-                    let mut it = row.into_iter();
-                    let b = it.next()??.parse::<usize>().ok()?;
-                    Some((b, it.next()??))
-                })
-                .collect()),
-            // A rejected statement (a table the account may not read) or a
-            // remote that broke off: retried column by column, then skipped.
-            Err(e) if matches!(e.kind, Kind::Remote | Kind::Statement) => Err(e.to_string()),
-            Err(e) => e.raise(),
-        },
-    )
-}
-
-fn json_rows(rows: Vec<Value>) -> Vec<(usize, String)> {
+/// (branch, value) pairs of a batch read as JSON objects {b, v}.
+pub fn json_rows(rows: Vec<Value>) -> Vec<(usize, String)> {
     rows.into_iter()
         .filter_map(|r| {
             let b = match &r["b"] {
@@ -354,52 +266,15 @@ fn json_rows(rows: Vec<Value>) -> Vec<(usize, String)> {
         .collect()
 }
 
-/// Values of a MySQL or SQLite connection, one helper call per batch.
-pub fn collect_dataplane(conn: &Connection, entries: &[TableEntry], budget: i64) -> Vec<Found> {
-    if budget <= 0 || entries.is_empty() {
-        return Vec::new();
-    }
-    let todo = branches(entries, None);
-    if todo.is_empty() {
-        return Vec::new();
-    }
-    let connect_ms = crate::gucs::REMOTE_CONNECT_TIMEOUT_MS.get();
-    let timeout_ms = crate::gucs::QUERY_TIMEOUT_MS.get();
-    let outcome = |r: crate::error::Result<crate::dataplane::JsonRows>| match r {
-        Ok(rows) => Ok(json_rows(rows.rows)),
+/// A helper-process batch (MySQL, SQLite): its rows, or the statement's
+/// own failure (retried column by column); any other failure is raised.
+pub fn helper_batch(r: crate::error::Result<Vec<Value>>) -> BatchResult {
+    match r {
+        Ok(rows) => Ok(json_rows(rows)),
         Err(e) if matches!(e.kind, Kind::Remote | Kind::Statement | Kind::TooLarge) => {
             Err(e.to_string())
         }
         Err(e) => e.raise(),
-    };
-    match conn.kind {
-        EngineKind::Mysql => {
-            let target = crate::dataplane::mysql_target(conn).unwrap_or_else(|e| e.raise());
-            collect_with(Dialect::Mysql, entries, todo, budget, |sql| {
-                outcome(crate::mysql::query(
-                    &target,
-                    &conn.schema_name,
-                    sql.to_string(),
-                    BATCH_ROWS,
-                    BATCH_BYTES,
-                    connect_ms,
-                    timeout_ms,
-                ))
-            })
-        }
-        EngineKind::Sqlite => {
-            let path = crate::dataplane::sqlite_path(conn).unwrap_or_else(|e| e.raise());
-            collect_with(Dialect::Sqlite, entries, todo, budget, |sql| {
-                outcome(crate::sqlite::query(
-                    &path,
-                    sql,
-                    BATCH_ROWS,
-                    BATCH_BYTES,
-                    timeout_ms,
-                ))
-            })
-        }
-        _ => Vec::new(),
     }
 }
 
@@ -699,7 +574,7 @@ fn search_values(
         name!(score, f32),
     ),
 > {
-    let question = crate::nl2sql::check_question(question);
+    let question = crate::question::check_question(question);
     let k = k.unwrap_or(10);
     if !(1..=1000).contains(&k) {
         DbragError::new(Kind::BadArgument, "k must be between 1 and 1000").raise();

@@ -11,6 +11,47 @@ use sha2::{Digest, Sha256};
 
 use crate::words::looks_secret;
 
+/// One JSON object per table of a schema: columns, keys, comments, estimate.
+/// The same text runs through SPI (local connections, restricted to what
+/// the role may read) and on a remote PostgreSQL server.
+pub const INTROSPECT_SQL: &str = r#"
+SELECT pg_catalog.json_build_object(
+  'table', c.relname,
+  'kind', c.relkind::text,
+  'comment', pg_catalog.obj_description(c.oid, 'pg_class'),
+  'row_estimate', CASE WHEN c.reltuples < 0 THEN NULL ELSE c.reltuples::bigint END,
+  'columns', (SELECT pg_catalog.json_agg(pg_catalog.json_build_object(
+                 'name', a.attname,
+                 'type', pg_catalog.format_type(a.atttypid, a.atttypmod),
+                 'comment', pg_catalog.col_description(c.oid, a.attnum)) ORDER BY a.attnum)
+              FROM pg_catalog.pg_attribute a
+              WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped),
+  'primary_key', (SELECT pg_catalog.json_agg(a.attname ORDER BY k.ord)
+                  FROM pg_catalog.pg_index i
+                  CROSS JOIN LATERAL pg_catalog.unnest(i.indkey::int2[]) WITH ORDINALITY k(attnum, ord)
+                  JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+                  WHERE i.indrelid = c.oid AND i.indisprimary),
+  'foreign_keys', (SELECT pg_catalog.json_agg(pg_catalog.json_build_object(
+                     'columns', (SELECT pg_catalog.json_agg(a.attname ORDER BY k.ord)
+                                 FROM pg_catalog.unnest(co.conkey) WITH ORDINALITY k(attnum, ord)
+                                 JOIN pg_catalog.pg_attribute a ON a.attrelid = co.conrelid AND a.attnum = k.attnum),
+                     'schema', rn.nspname,
+                     'table', rc.relname,
+                     'other_columns', (SELECT pg_catalog.json_agg(a.attname ORDER BY k.ord)
+                                       FROM pg_catalog.unnest(co.confkey) WITH ORDINALITY k(attnum, ord)
+                                       JOIN pg_catalog.pg_attribute a ON a.attrelid = co.confrelid AND a.attnum = k.attnum))
+                     ORDER BY co.conname)
+                   FROM pg_catalog.pg_constraint co
+                   JOIN pg_catalog.pg_class rc ON rc.oid = co.confrelid
+                   JOIN pg_catalog.pg_namespace rn ON rn.oid = rc.relnamespace
+                   WHERE co.conrelid = c.oid AND co.contype = 'f')
+)::text
+FROM pg_catalog.pg_class c
+JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = $1 AND c.relkind IN ('r', 'p', 'v', 'm', 'f') AND NOT c.relispartition
+ORDER BY c.relname
+"#;
+
 /// Sample values kept per column, and their longest length.
 pub const SAMPLES_PER_COLUMN: usize = 5;
 pub const SAMPLE_MAX_CHARS: usize = 80;
