@@ -116,6 +116,8 @@ pub extern "C-unwind" fn _PG_init() {
         warning!("pg_dbrag is not in shared_preload_libraries: secrets set in postgresql.conf are readable by every role until the library loads");
     }
     gucs::register();
+    scaleout::register();
+    gucs::reserve_prefix();
     tenant::init();
     scaleout::init();
     audit::init();

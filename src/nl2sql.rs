@@ -488,7 +488,7 @@ fn answer_and_record(
     explain: bool,
 ) -> (Vec<String>, Option<String>) {
     let question = check_question(question);
-    crate::scaleout::keep_execution_remote();
+    crate::pg::citus::keep_execution_remote();
     if !(1..=100_000).contains(&max_rows) {
         DbragError::new(Kind::BadArgument, "max_rows must be between 1 and 100000").raise();
     }
@@ -688,7 +688,7 @@ fn explain_checked(conn: &Connection, sql: &str, attempt: &mut Attempt) -> Resul
 #[pg_extern(volatile, parallel_unsafe)]
 fn explain_sql(sql: Option<&str>) -> Option<String> {
     let sql = crate::conversation::check_statement(sql);
-    crate::scaleout::keep_execution_remote();
+    crate::pg::citus::keep_execution_remote();
     let conn = connections::active();
     let role = crate::act_as::tenant_role(conn.tenant_id);
     let mut attempt = Attempt {

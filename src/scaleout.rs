@@ -24,6 +24,7 @@ use serde_json::json;
 use crate::audit;
 use crate::error::{DbragError, Kind};
 use crate::gucs;
+use crate::pg::citus::{citus_loaded, keep_execution_remote};
 
 pub const ASSERTION_GUC: &CStr = c"dbrag.tenant_assertion";
 
@@ -49,45 +50,6 @@ pub fn register() {
 /// The raw assertion in this session, if any.
 pub fn assertion_setting() -> Option<String> {
     gucs::string_value(&TENANT_ASSERTION)
-}
-
-/// True when the Citus library is loaded in this backend.
-pub fn citus_loaded() -> bool {
-    // A loaded library stays loaded: remember a yes.
-    if CITUS_SEEN.with(|c| c.get()) {
-        return true;
-    }
-    // SAFETY: GetConfigOption with missing_ok returns NULL for an unknown name.
-    let loaded = unsafe {
-        !pg_sys::GetConfigOption(c"citus.propagate_set_commands".as_ptr(), true, false).is_null()
-    };
-    if loaded {
-        CITUS_SEEN.with(|c| c.set(true));
-    }
-    loaded
-}
-
-/// Set one of Citus's settings (registered whenever `citus_loaded()`) for
-/// this transaction or the caller's nest level; a refusal is an ERROR.
-fn set_citus_setting(
-    name: &CStr,
-    value: &CStr,
-    context: pg_sys::GucContext::Type,
-    action: pg_sys::GucAction::Type,
-) {
-    // SAFETY: static C strings naming a setting Citus registered.
-    unsafe {
-        pg_sys::set_config_option(
-            name.as_ptr(),
-            value.as_ptr(),
-            context,
-            pg_sys::GucSource::PGC_S_SESSION,
-            action,
-            true,
-            pg_sys::PGERROR as i32,
-            false,
-        );
-    }
 }
 
 fn name_of(role: pg_sys::Oid) -> Option<String> {
@@ -117,42 +79,6 @@ fn now_unix() -> i64 {
         .unwrap_or(0)
 }
 
-/// Inside a nest level opened by `privileged::push_search_path`: let the
-/// extension's own lookups (tenants and memberships, reference tables on
-/// Citus) run while a worker executes a shard query. Citus refuses nested
-/// distributed queries there by default; a reference table's rows are on
-/// every node, so the lookup is local and exact.
-pub fn allow_nested_reads() {
-    if !citus_loaded() {
-        return;
-    }
-    // Saved at the caller's nest level.
-    set_citus_setting(
-        c"citus.allow_nested_distributed_execution",
-        c"on",
-        pg_sys::GucContext::PGC_SUSET,
-        pg_sys::GucAction::GUC_ACTION_SAVE,
-    );
-}
-
-/// For the rest of the transaction, let Citus reach the coordinator's own
-/// placements over connections rather than in this backend. The model's
-/// statement is read through a cursor inside a subtransaction; Citus fetches
-/// its intermediate results over a connection, and refuses that once an
-/// earlier statement of the transaction (a tenant or catalog lookup) ran
-/// locally. Must run before the first lookup of the call.
-pub fn keep_execution_remote() {
-    if !citus_loaded() {
-        return;
-    }
-    set_citus_setting(
-        c"citus.enable_local_execution",
-        c"off",
-        pg_sys::GucContext::PGC_USERSET,
-        pg_sys::GucAction::GUC_ACTION_LOCAL,
-    );
-}
-
 /// Before `set_tenant` looks anything up: in a transaction block on Citus,
 /// the calls that follow it (ask, sync_catalog) need Citus's remote
 /// execution, which it refuses once a lookup ran locally.
@@ -164,7 +90,6 @@ pub fn before_switch() {
 }
 
 thread_local! {
-    static CITUS_SEEN: Cell<bool> = const { Cell::new(false) };
     /// The tenant `set_tenant` last put in force and the latest expiry a
     /// value forwarded for it may carry (a token's own `exp`).
     static NOT_AFTER: Cell<Option<(uuid::Uuid, Option<i64>)>> = const { Cell::new(None) };

@@ -1,9 +1,11 @@
 //! PostgreSQL plumbing, below every feature module: privileged SQL
 //! (`privileged`), internal subtransactions (`subxact`), deadlines and the
 //! memory limit (`timer`), the data-plane child process (`helper`), jsonb
-//! text (`jsonb`) and the security-restricted flags (`restricted`). Nothing
+//! text (`jsonb`), the security-restricted flags (`restricted`) and
+//! Citus's settings (`citus`). Nothing
 //! here imports a feature module (scripts/check_layers.py).
 
+pub mod citus;
 pub mod helper;
 pub mod jsonb;
 pub mod privileged;
