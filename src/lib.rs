@@ -15,7 +15,8 @@ mod dataplane; // dbrag._dataplane_query, dbrag._dataplane_check
 mod guard; // dbrag._guard_check(_remote): PostgreSQL's parse-tree guard
 mod isolation; // dbrag.create/drop/adopt_tenant_schema, tenant roles
 mod llm; // dbrag._llm_complete, _llm_config; the model client
-mod nl2sql; // dbrag.ask, generate_sql, build_prompt, explain_sql
+mod nl2sql; // dbrag.ask, generate_sql, explain_sql
+mod prompt; // dbrag.build_prompt
 mod tenant; // dbrag.set_tenant, reset_tenant, issue_token, current_tenant_id
 mod value_index; // dbrag.search_values; the value index
 mod verified; // dbrag.add_verified_query, dbrag.feedback
