@@ -189,6 +189,70 @@ pub(crate) fn audit_refusal(kind: EngineKind, tenant: Option<uuid::Uuid>, e: &Db
     }
 }
 
+/// Where a remote engine points: a given conninfo, checked for the caller
+/// when the engine is opened, or a stored connection's, decrypted and
+/// checked when first needed (inside the tenant's role).
+pub(crate) struct Target<T> {
+    conn: Option<Connection>,
+    checked: Option<T>,
+}
+
+impl<T: Clone> Target<T> {
+    /// `check(conninfo, tenant)`: parse and check a given conninfo (and
+    /// audit a refusal).
+    pub fn open(
+        source: Source,
+        check: impl FnOnce(&str, Option<uuid::Uuid>) -> Result<T>,
+    ) -> Result<Self> {
+        match source {
+            Source::Stored(conn) => Ok(Target {
+                conn: Some(conn.clone()),
+                checked: None,
+            }),
+            Source::Given { tenant, .. } => {
+                let conninfo = given_conninfo(&source).unwrap_or_default();
+                Ok(Target {
+                    conn: None,
+                    checked: Some(check(conninfo, tenant)?),
+                })
+            }
+        }
+    }
+
+    /// The target of a given conninfo (None for a stored connection).
+    pub fn given(&self) -> Option<&T> {
+        match self.conn {
+            None => self.checked.as_ref(),
+            Some(_) => None,
+        }
+    }
+
+    /// The stored connection, if any.
+    pub fn conn(&self) -> Option<&Connection> {
+        self.conn.as_ref()
+    }
+
+    /// The checked target; for a stored connection `check(credentials,
+    /// tenant)` on first use.
+    pub fn get(&mut self, check: impl FnOnce(&str, Option<uuid::Uuid>) -> Result<T>) -> Result<T> {
+        if let Some(t) = &self.checked {
+            return Ok(t.clone());
+        }
+        let Some(conn) = &self.conn else {
+            return Err(DbragError::new(
+                Kind::Internal,
+                "an engine without a target",
+            ));
+        };
+        let t = check(
+            &crate::connection_store::credentials(conn)?,
+            Some(conn.tenant_id),
+        )?;
+        self.checked = Some(t.clone());
+        Ok(t)
+    }
+}
+
 /// The conninfo of a given source, bounded; None for a stored one.
 pub(crate) fn given_conninfo<'a>(source: &Source<'a>) -> Option<&'a str> {
     match source {

@@ -15,7 +15,7 @@ use dbrag_core::introspect::entries_with_samples;
 use pgrx::pg_sys;
 
 use super::{
-    Checked, Connection, Engine, EngineKind, Introspected, JsonRows, Readable, RunError, Source,
+    Checked, Engine, EngineKind, Introspected, JsonRows, Readable, RunError, Source, Target,
 };
 use crate::error::{DbragError, Kind, Result};
 use crate::gucs;
@@ -135,46 +135,22 @@ pub fn introspect(
 }
 
 pub struct Mysql {
-    conn: Option<Connection>,
-    /// Checked for the caller when given, or when first needed.
-    target: Option<MysqlTarget>,
+    target: Target<MysqlTarget>,
 }
 
 impl Mysql {
     pub fn open(source: Source) -> Result<Self> {
-        match source {
-            Source::Stored(conn) => Ok(Mysql {
-                conn: Some(conn.clone()),
-                target: None,
-            }),
-            Source::Given { tenant, .. } => {
-                let conninfo = super::given_conninfo(&source).unwrap_or_default();
-                match parse_target(conninfo) {
-                    Ok(t) => Ok(Mysql {
-                        conn: None,
-                        target: Some(t),
-                    }),
-                    Err(e) => {
-                        super::audit_refusal(EngineKind::Mysql, tenant, &e);
-                        Err(e)
-                    }
-                }
-            }
-        }
+        let target = Target::open(source, |conninfo, tenant| {
+            parse_target(conninfo)
+                .inspect_err(|e| super::audit_refusal(EngineKind::Mysql, tenant, e))
+        })?;
+        Ok(Mysql { target })
     }
 
-    /// The decrypted target of the stored connection, checked for the
-    /// caller (as the tenant's role when working for one).
+    /// The target, checked for the caller (as the tenant's role when
+    /// working for one).
     fn target(&mut self) -> Result<MysqlTarget> {
-        if let Some(t) = &self.target {
-            return Ok(t.clone());
-        }
-        let Some(conn) = &self.conn else {
-            return Err(DbragError::new(Kind::Internal, "no MySQL target"));
-        };
-        let t = parse_target(&crate::connection_store::credentials(conn)?)?;
-        self.target = Some(t.clone());
-        Ok(t)
+        self.target.get(|conninfo, _| parse_target(conninfo))
     }
 }
 
@@ -190,8 +166,8 @@ impl Engine for Mysql {
     /// The database: schema_name, or the URI's when schema_name is the
     /// default 'public'.
     fn resolve_schema(&self, given: &str) -> Result<String> {
-        match (&self.conn, &self.target) {
-            (None, Some(t)) if given == "public" => match &t.database {
+        match self.target.given() {
+            Some(t) if given == "public" => match &t.database {
                 Some(db) => Ok(db.clone()),
                 None => Err(DbragError::new(
                     Kind::BadArgument,
@@ -206,7 +182,7 @@ impl Engine for Mysql {
     }
 
     fn readable(&self, schema: &str, _conninfo: Option<&str>) -> Result<Readable> {
-        Ok(match &self.target {
+        Ok(match self.target.given() {
             Some(t) => Readable {
                 host: Some(t.host.clone()),
                 port: Some(t.port as i32),
@@ -292,8 +268,8 @@ impl Engine for Mysql {
         let mut run = || {
             let target = self.target()?;
             let database = self
-                .conn
-                .as_ref()
+                .target
+                .conn()
                 .map(|c| c.schema_name.clone())
                 .unwrap_or_default();
             let limited = dialect_guard::with_row_limit(Dialect::MySql, sql, max as u64 + 1)

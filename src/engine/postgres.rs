@@ -15,54 +15,40 @@ use pgrx::prelude::*;
 use serde_json::{json, Value};
 
 use super::local::{shape_tables, LIST_TABLES, PROGRESS_EVERY};
-use super::{Checked, Connection, Engine, EngineKind, Introspected, Readable, RunError, Source};
+use super::{
+    Checked, Connection, Engine, EngineKind, Introspected, Readable, RunError, Source, Target,
+};
 use crate::error::{raise, DbragError, Kind, Result};
 use crate::gucs;
 use crate::remote::{self, RemoteRows, Session};
 use crate::value_index::{branches, collect_with, Dialect, Found, TEXT_COLUMNS_SQL};
 
 pub struct Postgres {
-    /// The stored connection, decrypted on first use.
-    conn: Option<Connection>,
-    /// A given conninfo, parsed and checked.
-    parsed: Option<remote::Parsed>,
+    target: Target<remote::Parsed>,
 }
 
 impl Postgres {
     pub fn open(source: Source) -> Result<Self> {
-        match source {
-            Source::Stored(conn) => Ok(Postgres {
-                conn: Some(conn.clone()),
-                parsed: None,
-            }),
-            Source::Given { tenant, .. } => {
-                let conninfo = super::given_conninfo(&source).unwrap_or_default();
-                let parsed = remote::parse(conninfo)?;
-                if let Err(e) = remote::check_before_connect(&parsed) {
-                    crate::audit::record_durable(
-                        "connection_refused",
-                        tenant.map(|t| t.to_string()).as_deref(),
-                        json!({"reason": e.message}),
-                    );
-                    return Err(e);
-                }
-                Ok(Postgres {
-                    conn: None,
-                    parsed: Some(parsed),
-                })
+        let target = Target::open(source, |conninfo, tenant| {
+            let parsed = remote::parse(conninfo)?;
+            if let Err(e) = remote::check_before_connect(&parsed) {
+                crate::audit::record_durable(
+                    "connection_refused",
+                    tenant.map(|t| t.to_string()).as_deref(),
+                    json!({"reason": e.message}),
+                );
+                return Err(e);
             }
-        }
+            Ok(parsed)
+        })?;
+        Ok(Postgres { target })
     }
 
     /// A new session (connect timeout from `dbrag.remote_connect_timeout_ms`),
     /// applying docs/connections-and-keys.md's password rule.
-    fn session(&self) -> Result<Session> {
-        let connect_ms = gucs::REMOTE_CONNECT_TIMEOUT_MS.get();
-        match (&self.parsed, &self.conn) {
-            (Some(parsed), _) => Session::connect(parsed, connect_ms),
-            (None, Some(conn)) => open_session(conn),
-            (None, None) => Err(DbragError::new(Kind::Internal, "no PostgreSQL target")),
-        }
+    fn session(&mut self) -> Result<Session> {
+        let parsed = self.target.get(|conninfo, _| remote::parse(conninfo))?;
+        Session::connect(&parsed, gucs::REMOTE_CONNECT_TIMEOUT_MS.get())
     }
 }
 
@@ -73,7 +59,7 @@ impl Engine for Postgres {
     }
 
     fn readable(&self, _schema: &str, _conninfo: Option<&str>) -> Result<Readable> {
-        let Some(parsed) = &self.parsed else {
+        let Some(parsed) = self.target.given() else {
             return Ok(Readable::default());
         };
         let s = parsed.summary()?;

@@ -19,7 +19,7 @@ use dbrag_core::introspect::entries_with_samples;
 use pgrx::pg_sys;
 
 use super::{
-    Checked, Connection, Engine, EngineKind, Introspected, JsonRows, Readable, RunError, Source,
+    Checked, Engine, EngineKind, Introspected, JsonRows, Readable, RunError, Source, Target,
 };
 use crate::error::{DbragError, Kind, Result};
 use crate::gucs;
@@ -131,48 +131,21 @@ pub fn introspect(path: &PathBuf) -> Result<(Vec<String>, Vec<(String, Vec<Value
 }
 
 pub struct Sqlite {
-    conn: Option<Connection>,
-    /// Resolved for the caller when given, or when first needed.
-    path: Option<PathBuf>,
+    path: Target<PathBuf>,
 }
 
 impl Sqlite {
     pub fn open(source: Source) -> Result<Self> {
-        match source {
-            Source::Stored(conn) => Ok(Sqlite {
-                conn: Some(conn.clone()),
-                path: None,
-            }),
-            Source::Given { tenant, .. } => {
-                let conninfo = super::given_conninfo(&source).unwrap_or_default();
-                match resolve(conninfo, tenant) {
-                    Ok(p) => Ok(Sqlite {
-                        conn: None,
-                        path: Some(p),
-                    }),
-                    Err(e) => {
-                        super::audit_refusal(EngineKind::Sqlite, tenant, &e);
-                        Err(e)
-                    }
-                }
-            }
-        }
+        let path = Target::open(source, |conninfo, tenant| {
+            resolve(conninfo, tenant)
+                .inspect_err(|e| super::audit_refusal(EngineKind::Sqlite, tenant, e))
+        })?;
+        Ok(Sqlite { path })
     }
 
-    /// The resolved file of the stored connection.
+    /// The resolved file under the tenant's directory.
     fn path(&mut self) -> Result<PathBuf> {
-        if let Some(p) = &self.path {
-            return Ok(p.clone());
-        }
-        let Some(conn) = &self.conn else {
-            return Err(DbragError::new(Kind::Internal, "no SQLite file"));
-        };
-        let p = resolve(
-            &crate::connection_store::credentials(conn)?,
-            Some(conn.tenant_id),
-        )?;
-        self.path = Some(p.clone());
-        Ok(p)
+        self.path.get(resolve)
     }
 }
 

@@ -28,6 +28,7 @@ pub struct RemoteRows {
 }
 
 /// A parsed conninfo: libpq's keyword/value pairs for the options given.
+#[derive(Clone)]
 pub struct Parsed {
     pub options: Vec<(String, String)>,
 }
