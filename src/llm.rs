@@ -280,25 +280,6 @@ fn transport_failure(e: ureq::Error) -> Exchange {
     }
 }
 
-/// Start `f` on a new thread with every signal blocked, so that PostgreSQL's
-/// signal handlers (cancel, timeouts, latches) run on the backend's thread only.
-fn spawn_io_thread(f: impl FnOnce() + Send + 'static) -> std::io::Result<()> {
-    // SAFETY: plain POSIX calls on local signal sets; the backend's mask is
-    // restored right after the spawn, and a signal arriving meanwhile stays
-    // pending until then.
-    unsafe {
-        let mut all: libc::sigset_t = std::mem::zeroed();
-        let mut old: libc::sigset_t = std::mem::zeroed();
-        libc::sigfillset(&mut all);
-        libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut old);
-        let spawned = std::thread::Builder::new()
-            .name("dbrag-llm".into())
-            .spawn(f);
-        libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
-        spawned.map(|_| ())
-    }
-}
-
 /// Ask the model once: `system` and `user` messages, one answer back.
 ///
 /// Errors: 57014 when the model takes longer than `cfg.timeout_ms` (and the
@@ -385,7 +366,7 @@ fn call_model(
 
     let (tx, rx) = mpsc::sync_channel::<Exchange>(1);
     let thread_url = url.clone();
-    spawn_io_thread(move || {
+    crate::pg::spawn_signal_free("dbrag-llm", None, move || {
         let outcome = exchange(&thread_url, &headers, body, timeout + THREAD_GRACE);
         // The backend may have stopped waiting (cancel, timeout): then nobody listens.
         let _ = tx.send(outcome);

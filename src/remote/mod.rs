@@ -158,17 +158,10 @@ unsafe fn send_cancel(cancel: *mut pq::PGcancel) {
             pq::PQfreeCancel(handle.0);
         }
     }
-    // The new thread inherits the signal mask in force when it is created.
-    let mut all: libc::sigset_t = std::mem::zeroed();
-    let mut old: libc::sigset_t = std::mem::zeroed();
-    libc::sigfillset(&mut all);
-    libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
     let handle = CancelHandle(cancel);
-    let spawned = std::thread::Builder::new()
-        .name("pg_dbrag cancel".into())
-        .stack_size(256 * 1024)
-        .spawn(move || cancel_now(handle));
-    libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+    let spawned = crate::pg::spawn_signal_free("pg_dbrag cancel", Some(256 * 1024), move || {
+        cancel_now(handle)
+    });
     if spawned.is_err() {
         // The closure never ran (and CancelHandle frees nothing on drop):
         // cancel inline instead.
