@@ -10,18 +10,20 @@ mod budget; // dbrag.budget_status: per-tenant model spend
 mod catalog; // dbrag.sync_catalog, dbrag.identifier_words
 mod connections; // dbrag.test/create/update/delete/activate_connection, _remote_query
 mod conversation; // dbrag.last_answer; the turns of a conversation
-mod crypto; // dbrag.encrypt, decrypt, rotate_key, set_llm_api_key, ...
+mod crypto; // dbrag.encrypt, decrypt, encryption_key_id, rotate_key, set_llm_api_key,
+            // llm_api_key_status
 mod dataplane; // dbrag._dataplane_query, dbrag._dataplane_check
 mod guard; // dbrag._guard_check(_remote): PostgreSQL's parse-tree guard
-mod isolation; // dbrag.create/drop/adopt_tenant_schema, tenant roles
+mod isolation; // dbrag.create/drop/adopt_tenant_schema, _sync_tenant_schema/role, _drop_tenant_role
 mod llm; // dbrag._llm_complete, _llm_config; the model client
 mod nl2sql; // dbrag.ask, generate_sql, explain_sql
 mod prompt; // dbrag.build_prompt
-mod tenant; // dbrag.set_tenant, reset_tenant, issue_token, current_tenant_id
+mod tenant; // dbrag.set_tenant, reset_tenant, issue_token, current_tenant_id, _audit,
+            // _invalidate_tenant_cache
 mod value_index; // dbrag.search_values; the value index
 mod verified; // dbrag.add_verified_query, dbrag.feedback
 
-// Below the SQL surface (docs/architecture.md, "Layers"):
+// Below the SQL surface (docs/architecture.md, "The modules"):
 mod act_as; // work for a tenant, as its role
 mod connection_store; // rows of control_plane.tenant_databases
 mod describe; // catalog descriptions, catalog row → prompt table

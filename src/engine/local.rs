@@ -18,7 +18,7 @@ use serde_json::{Map, Value};
 use super::{Checked, Engine, Introspected, Readable, RunError, Source};
 use crate::error::{raise, DbragError, Kind, Result};
 use crate::pg::privileged;
-use crate::value_index::{branches, collect_with, Dialect, Found, TEXT_COLUMNS_SQL};
+use dbrag_core::values::{branches, collect_with, Dialect, Found, TEXT_COLUMNS_SQL};
 
 /// A NOTICE every this many tables during a sync.
 pub(crate) const PROGRESS_EVERY: usize = 100;

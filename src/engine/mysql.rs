@@ -21,7 +21,8 @@ use crate::error::{DbragError, Kind, Result};
 use crate::gucs;
 use crate::pg::helper;
 use crate::pg::restricted::caller_is_superuser;
-use crate::value_index::{self, BATCH_BYTES, BATCH_ROWS};
+use crate::value_index::helper_batch;
+use dbrag_core::values::{self, BATCH_BYTES, BATCH_ROWS};
 
 const ENGINE: &str = "MySQL";
 
@@ -223,12 +224,12 @@ impl Engine for Mysql {
         let timeout_ms = gucs::QUERY_TIMEOUT_MS.get();
         let found = introspect(&target, schema, connect_ms, timeout_ms)?;
         let entries = entries_with_samples(schema, &found.tables, found.samples);
-        let todo = value_index::branches(&entries, None);
+        let todo = values::branches(&entries, None);
         let values = if budget <= 0 || todo.is_empty() {
             Vec::new()
         } else {
-            value_index::collect_with(value_index::Dialect::Mysql, &entries, todo, budget, |sql| {
-                value_index::helper_batch(
+            values::collect_with(values::Dialect::Mysql, &entries, todo, budget, |sql| {
+                helper_batch(
                     query(
                         &target,
                         schema,

@@ -21,7 +21,7 @@ use super::{
 use crate::error::{raise, DbragError, Kind, Result};
 use crate::gucs;
 use crate::remote::{self, RemoteRows, Session};
-use crate::value_index::{branches, collect_with, Dialect, Found, TEXT_COLUMNS_SQL};
+use dbrag_core::values::{branches, collect_with, Dialect, Found, TEXT_COLUMNS_SQL};
 
 pub struct Postgres {
     target: Target<remote::Parsed>,

@@ -24,7 +24,8 @@ use super::{
 use crate::error::{DbragError, Kind, Result};
 use crate::gucs;
 use crate::pg::helper;
-use crate::value_index::{self, BATCH_BYTES, BATCH_ROWS};
+use crate::value_index::helper_batch;
+use dbrag_core::values::{self, BATCH_BYTES, BATCH_ROWS};
 
 /// The schema name of the only database a connection reaches.
 pub const SCHEMA: &str = dbrag_core::dataplane_target::SQLITE_SCHEMA;
@@ -193,22 +194,14 @@ impl Engine for Sqlite {
         let path = self.path()?;
         let (tables, samples) = introspect(&path)?;
         let entries = entries_with_samples(SCHEMA, &tables, samples);
-        let todo = value_index::branches(&entries, None);
+        let todo = values::branches(&entries, None);
         let timeout_ms = gucs::QUERY_TIMEOUT_MS.get();
         let values = if budget <= 0 || todo.is_empty() {
             Vec::new()
         } else {
-            value_index::collect_with(
-                value_index::Dialect::Sqlite,
-                &entries,
-                todo,
-                budget,
-                |sql| {
-                    value_index::helper_batch(
-                        query(&path, sql, BATCH_ROWS, BATCH_BYTES, timeout_ms).map(|r| r.rows),
-                    )
-                },
-            )
+            values::collect_with(values::Dialect::Sqlite, &entries, todo, budget, |sql| {
+                helper_batch(query(&path, sql, BATCH_ROWS, BATCH_BYTES, timeout_ms).map(|r| r.rows))
+            })
         };
         Ok((entries, values))
     }

@@ -17,6 +17,7 @@ pub mod node_assertion;
 pub mod prompt;
 pub mod sql_text;
 pub mod sqlguard;
+pub mod values;
 pub mod words;
 
 pub use answer::{
