@@ -30,6 +30,7 @@ mod describe; // catalog descriptions, catalog row → prompt table
 mod engine; // the data-plane abstraction: local, postgres, mysql, sqlite
 mod error; // error kinds and SQLSTATEs
 mod gucs; // dbrag.* settings
+mod history; // query_history rows, the answer cache
 mod pg; // PostgreSQL plumbing: privileged SQL, subtransactions, timers, helper process
 mod question; // the question argument's rules
 mod remote; // the libpq client
