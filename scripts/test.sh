@@ -29,6 +29,9 @@ cleanup() {
 # DBRAG_KEEP_CLUSTERS=1 leaves them running, to rerun pytest by hand.
 [ "${DBRAG_KEEP_CLUSTERS:-0}" = 1 ] || trap cleanup EXIT
 
+echo "== layers: no import cycle between src/ modules"
+python3 scripts/check_layers.py
+
 echo "== unit and property tests (dbrag-core)"
 cargo test -p dbrag-core --quiet 2>&1 | tail -n 25
 

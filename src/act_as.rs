@@ -14,9 +14,8 @@
 //! the tenant's code changed rolled back. So a view, policy, cast, operator
 //! or function of the tenant can do nothing the tenant could not do itself,
 //! and the extension's functions that change the tenant in force, issue
-//! tokens or reveal secrets refuse to run inside it ([`refuse_if_restricted`]).
+//! tokens or reveal secrets refuse to run inside it ([`crate::pg::restricted::refuse_if_restricted`]).
 
-use std::cell::Cell;
 use std::ffi::CString;
 use std::panic::AssertUnwindSafe;
 
@@ -25,42 +24,10 @@ use pgrx::pg_sys;
 use pgrx::prelude::*;
 use pgrx::PgTryBuilder;
 
-use crate::catalog::quote_ident;
 use crate::error::{DbragError, Kind};
-use crate::privileged;
+use crate::pg::privileged;
 use crate::tenant;
-
-thread_local! {
-    /// How many [`as_tenant`] calls are in progress on this backend.
-    static DEPTH: Cell<u32> = const { Cell::new(0) };
-}
-
-/// Whether work for a tenant is in progress: connection rules relaxed for
-/// superuser callers (socket hosts, no password) must then never apply.
-pub fn acting_for_tenant() -> bool {
-    DEPTH.with(|d| d.get() > 0)
-}
-
-/// Whether the backend runs inside a security-restricted operation (work
-/// for a tenant, or PostgreSQL's own maintenance commands).
-pub fn in_restricted_operation() -> bool {
-    // SAFETY: reads backend-local state.
-    unsafe { pg_sys::InSecurityRestrictedOperation() }
-}
-
-/// Refuse (42501) when called inside a security-restricted operation: a
-/// tenant's view calling `dbrag.set_tenant(B)` while the application server
-/// syncs the tenant's catalog fails instead.
-pub fn refuse_if_restricted(what: &str) {
-    if in_restricted_operation() {
-        DbragError::new(
-            Kind::Forbidden,
-            format!("{what} cannot be called inside a security-restricted operation"),
-        )
-        .hint("code pg_dbrag runs for a tenant (its views, policies, casts and functions) may not change the tenant in force, issue tokens or read secrets")
-        .raise()
-    }
-}
+use dbrag_core::sql_text::quote_ident;
 
 /// The tenant's role, as recorded in `control_plane.tenants.tenant_role`.
 /// 55000 when the tenant has none (an operator runs
@@ -139,9 +106,9 @@ pub fn as_role<R>(role: pg_sys::Oid, schema: &str, f: impl FnOnce() -> R) -> R {
         );
     }
     let level = privileged::push_search_path(&path);
-    DEPTH.with(|d| d.set(d.get() + 1));
+    crate::pg::restricted::enter_tenant_work();
     let restore = move || {
-        DEPTH.with(|d| d.set(d.get().saturating_sub(1)));
+        crate::pg::restricted::leave_tenant_work();
         // SAFETY: closes exactly the level opened above and deeper ones;
         // like REFRESH MATERIALIZED VIEW, settings the tenant's code changed
         // are rolled back (isCommit = false), then the user id is restored.

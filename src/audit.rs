@@ -23,13 +23,9 @@ use pgrx::pg_sys;
 use pgrx::prelude::*;
 use serde_json::{json, Value};
 
-use crate::privileged;
+use crate::pg::privileged;
 
-// The shared-memory registry (src/shmem.rs) is declared here, by its first
-// user, because src/lib.rs is being reorganised; it belongs beside the other
-// PostgreSQL plumbing modules.
-#[path = "shmem.rs"]
-pub(crate) mod shmem;
+use crate::pg::shmem;
 
 /// Events without a tenant of their own (a forged token names nobody we can
 /// trust) are filed under the platform's own tenant.
@@ -592,7 +588,7 @@ fn write_one(bytes: &[u8]) -> bool {
         return false;
     };
     let table = message["table"].as_str().unwrap_or_default().to_string();
-    let outcome = crate::subxact::run(|| {
+    let outcome = crate::pg::subxact::run(|| {
         insert_row(&table, &message["row"]);
         Ok::<(), ()>(())
     });

@@ -27,9 +27,9 @@ use pgrx::pg_sys;
 use pgrx::prelude::*;
 use serde_json::json;
 
-use crate::audit::shmem;
 use crate::error::{DbragError, Kind};
-use crate::privileged;
+use crate::pg::privileged;
+use crate::pg::shmem;
 
 /// Tenants with a budget whose counters shared memory holds at once.
 pub const SLOTS: usize = 4096;

@@ -14,9 +14,9 @@ use pgrx::prelude::*;
 use serde_json::{json, Value};
 use std::cell::RefCell;
 
-use crate::connections::Connection;
+use crate::connection_store::Connection;
 use crate::error::{required, DbragError, Kind};
-use crate::privileged;
+use crate::pg::privileged;
 use crate::tenant;
 
 /// Most earlier turns read for a prompt (the prompt's budget may show fewer).
@@ -79,7 +79,9 @@ pub fn search_text(question: &str, turns: &[PromptExample]) -> String {
         return question.to_string();
     };
     let s = format!("{question} {} {}", t.question, t.sql);
-    s.chars().take(crate::nl2sql::MAX_QUESTION_CHARS).collect()
+    s.chars()
+        .take(crate::question::MAX_QUESTION_CHARS)
+        .collect()
 }
 
 // ---------------------------------------------------------------- explanations
@@ -156,10 +158,10 @@ pub fn remember(
 /// explain_sql, while the same tenant is in force (NULL otherwise, so a
 /// pooled connection handed to another tenant shows it nothing).
 #[pg_extern(volatile, parallel_unsafe)]
-fn last_answer() -> Option<crate::jsonb::JsonbText> {
+fn last_answer() -> Option<crate::pg::jsonb::JsonbText> {
     let current = tenant::current()?;
     LAST.with(|l| match &*l.borrow() {
-        Some((t, v)) if *t == current => Some(crate::jsonb::JsonbText(v.to_string())),
+        Some((t, v)) if *t == current => Some(crate::pg::jsonb::JsonbText(v.to_string())),
         _ => None,
     })
 }

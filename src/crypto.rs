@@ -23,7 +23,7 @@ use serde_json::json;
 use crate::audit;
 use crate::error::{raise, DbragError, Kind, OrRaise, Result};
 use crate::gucs;
-use crate::privileged;
+use crate::pg::privileged;
 use crate::tenant;
 
 const SQL_DOMAIN: &[u8] = b"dbrag:sql:";
@@ -194,7 +194,7 @@ fn encrypt(plaintext: &str, context: &str) -> Vec<u8> {
 /// (wrong key, wrong context, tampered or truncated value), never garbage.
 #[pg_extern(stable, strict, parallel_safe)]
 fn decrypt(ciphertext: &[u8], context: &str) -> String {
-    crate::act_as::refuse_if_restricted("dbrag.decrypt");
+    crate::pg::restricted::refuse_if_restricted("dbrag.decrypt");
     use crate::error::{bounded, bounded_len, limits};
     bounded_len(ciphertext.len(), "ciphertext", limits::SECRET + 1024);
     bounded(context, "context", limits::CONTEXT);
@@ -223,7 +223,7 @@ const GLOBAL_LLM_KEY: &str = "llm_api_key";
 /// model API key of the tenant in force, or the global one (operators only).
 #[pg_extern(volatile, parallel_unsafe)]
 fn set_llm_api_key(key: Option<&str>, global: default!(Option<bool>, false)) {
-    crate::act_as::refuse_if_restricted("dbrag.set_llm_api_key");
+    crate::pg::restricted::refuse_if_restricted("dbrag.set_llm_api_key");
     let global = global.unwrap_or(false);
     if let Some(k) = key {
         crate::error::bounded(k, "key", crate::error::limits::API_KEY);
@@ -368,7 +368,7 @@ fn reseal(
 /// A value that does not decrypt is left as it is, with a WARNING.
 #[pg_extern(volatile, parallel_unsafe)]
 fn rotate_key() -> i64 {
-    crate::act_as::refuse_if_restricted("dbrag.rotate_key");
+    crate::pg::restricted::refuse_if_restricted("dbrag.rotate_key");
     if !privileged::is_platform_admin() {
         DbragError::new(Kind::Forbidden, "permission denied to rotate keys")
             .hint("only superusers and dbrag_admin may call dbrag.rotate_key()")

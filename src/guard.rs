@@ -147,11 +147,11 @@ pub fn must_rethrow(code: PgSqlErrorCode) -> bool {
     matches!(&s[..2], "57" | "53" | "58" | "XX" | "40" | "25")
 }
 
-/// Run `f` inside an internal subtransaction ([`crate::subxact::run`]). A
+/// Run `f` inside an internal subtransaction ([`crate::pg::subxact::run`]). A
 /// PostgreSQL error raised by `f` becomes [`GuardError::Invalid`], unless
 /// [`must_rethrow`] says otherwise.
 fn guarded<R>(f: impl FnOnce() -> Result<R, GuardError>) -> Result<R, GuardError> {
-    match crate::subxact::run(f) {
+    match crate::pg::subxact::run(f) {
         Ok(result) => result,
         Err(CaughtError::PostgresError(report)) | Err(CaughtError::ErrorReport(report))
             if !must_rethrow(report.sql_error_code()) =>

@@ -312,7 +312,11 @@ pub fn register() {
         GucContext::Suset,
         GucFlags::empty(),
     );
-    crate::scaleout::register();
+}
+
+/// After every module defined its settings (lib.rs): unknown dbrag.*
+/// names are refused from then on.
+pub fn reserve_prefix() {
     // SAFETY: reserves the prefix so unknown dbrag.* names are refused.
     unsafe { pg_sys::MarkGUCPrefixReserved(c"dbrag".as_ptr()) };
 }

@@ -16,7 +16,7 @@ use serde_json::json;
 use crate::audit;
 use crate::error::{raise, required, DbragError, Kind};
 use crate::gucs::{self, AutoIsolate};
-use crate::privileged;
+use crate::pg::privileged;
 use crate::tenant;
 
 thread_local! {
@@ -353,7 +353,7 @@ fn schema_grants(tenant: uuid::Uuid, schema: &str, owner: &str) {
     let tenant_role = crate::act_as::role_name(crate::act_as::tenant_role(tenant));
     run(&format!(
         "GRANT USAGE, CREATE ON SCHEMA {schema} TO {}",
-        crate::catalog::quote_ident(&tenant_role)
+        dbrag_core::sql_text::quote_ident(&tenant_role)
     ));
 }
 
@@ -715,7 +715,7 @@ fn sync_role_members(tenant: uuid::Uuid, role: &str) {
         Ok::<_, pgrx::spi::Error>(out)
     })
     .unwrap_or_else(|e| DbragError::from(e).raise());
-    let quoted = crate::catalog::quote_ident(role);
+    let quoted = dbrag_core::sql_text::quote_ident(role);
     for (grant, member) in changes {
         if grant {
             run(&format!("GRANT {quoted} TO {member}"));
@@ -734,7 +734,7 @@ fn sync_role_members(tenant: uuid::Uuid, role: &str) {
 fn _sync_tenant_role(tenant: Option<pgrx::Uuid>) -> Option<String> {
     let tenant = tenant::from_pg(required(tenant, "tenant"));
     require_admin("tenant administration");
-    crate::act_as::refuse_if_restricted("dbrag._sync_tenant_role");
+    crate::pg::restricted::refuse_if_restricted("dbrag._sync_tenant_role");
     privileged::as_extension(|| {
         let row = Spi::connect(|client| {
             let rows = client.select(
@@ -755,7 +755,7 @@ fn _sync_tenant_role(tenant: Option<pgrx::Uuid>) -> Option<String> {
         // original in one cluster records the original's role, which this
         // database must never grant, revoke or drop (docs/operations.md).
         let role = named;
-        let quoted = crate::catalog::quote_ident(&role);
+        let quoted = dbrag_core::sql_text::quote_ident(&role);
         let ours = tenant_role_comment(tenant);
         if role_exists(&role) {
             if role_comment(&role).as_deref() != Some(ours.as_str()) {
@@ -788,7 +788,7 @@ fn _sync_tenant_role(tenant: Option<pgrx::Uuid>) -> Option<String> {
             ));
             run(&format!(
                 "COMMENT ON ROLE {quoted} IS {}",
-                crate::catalog::quote_literal(&ours)
+                dbrag_core::sql_text::quote_literal(&ours)
             ));
         }
         if recorded.as_deref() != Some(role.as_str()) {
@@ -811,7 +811,7 @@ fn _sync_tenant_role(tenant: Option<pgrx::Uuid>) -> Option<String> {
 #[pg_extern(volatile, parallel_unsafe)]
 fn _drop_tenant_role(role: Option<&str>) {
     require_admin("tenant administration");
-    crate::act_as::refuse_if_restricted("dbrag._drop_tenant_role");
+    crate::pg::restricted::refuse_if_restricted("dbrag._drop_tenant_role");
     let Some(role) = role else { return };
     privileged::as_extension(|| {
         if !role_exists(role)
@@ -819,11 +819,11 @@ fn _drop_tenant_role(role: Option<&str>) {
         {
             return;
         }
-        let quoted = crate::catalog::quote_ident(role);
+        let quoted = dbrag_core::sql_text::quote_ident(role);
         for m in members_of(role) {
             run(&format!("REVOKE {quoted} FROM {m} CASCADE"));
         }
-        let dropped = crate::subxact::run(|| Spi::run(&format!("DROP ROLE {quoted}")));
+        let dropped = crate::pg::subxact::run(|| Spi::run(&format!("DROP ROLE {quoted}")));
         if !matches!(dropped, Ok(Ok(()))) {
             warning!(
                 "role {role} of the removed tenant still owns objects or holds privileges; it was kept, with no members"

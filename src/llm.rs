@@ -34,7 +34,7 @@ use serde_json::json;
 
 use crate::error::{required, DbragError, Kind, OrRaise};
 use crate::gucs;
-use crate::privileged;
+use crate::pg::privileged;
 
 /// How long the backend blocks between two interrupt checks.
 const POLL_SLICE: Duration = Duration::from_millis(20);
@@ -86,7 +86,7 @@ struct TenantOverrides {
 
 fn tenant_overrides(tenant: uuid::Uuid) -> Result<TenantOverrides, DbragError> {
     let id = pgrx::Uuid::from_bytes(*tenant.as_bytes());
-    // As text: pgrx's JsonB panics on some valid jsonb (crate::jsonb).
+    // As text: pgrx's JsonB panics on some valid jsonb (crate::pg::jsonb).
     // No such tenant: no overrides.
     let settings: Option<String> = crate::error::spi_row_or_raise(
         privileged::as_extension(|| {
@@ -106,7 +106,7 @@ fn tenant_overrides(tenant: uuid::Uuid) -> Result<TenantOverrides, DbragError> {
     let Some(settings) = settings else {
         return Ok(TenantOverrides::default());
     };
-    let Some(settings) = crate::jsonb::from_text(&settings) else {
+    let Some(settings) = crate::pg::jsonb::from_text(&settings) else {
         return Err(DbragError::new(
             Kind::BadArgument,
             "the tenant's settings cannot be read: JSON nested over 128 levels or a number beyond double precision",
@@ -280,25 +280,6 @@ fn transport_failure(e: ureq::Error) -> Exchange {
     }
 }
 
-/// Start `f` on a new thread with every signal blocked, so that PostgreSQL's
-/// signal handlers (cancel, timeouts, latches) run on the backend's thread only.
-fn spawn_io_thread(f: impl FnOnce() + Send + 'static) -> std::io::Result<()> {
-    // SAFETY: plain POSIX calls on local signal sets; the backend's mask is
-    // restored right after the spawn, and a signal arriving meanwhile stays
-    // pending until then.
-    unsafe {
-        let mut all: libc::sigset_t = std::mem::zeroed();
-        let mut old: libc::sigset_t = std::mem::zeroed();
-        libc::sigfillset(&mut all);
-        libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut old);
-        let spawned = std::thread::Builder::new()
-            .name("dbrag-llm".into())
-            .spawn(f);
-        libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
-        spawned.map(|_| ())
-    }
-}
-
 /// Ask the model once: `system` and `user` messages, one answer back.
 ///
 /// Errors: 57014 when the model takes longer than `cfg.timeout_ms` (and the
@@ -385,7 +366,7 @@ fn call_model(
 
     let (tx, rx) = mpsc::sync_channel::<Exchange>(1);
     let thread_url = url.clone();
-    spawn_io_thread(move || {
+    crate::pg::spawn_signal_free("dbrag-llm", None, move || {
         let outcome = exchange(&thread_url, &headers, body, timeout + THREAD_GRACE);
         // The backend may have stopped waiting (cancel, timeout): then nobody listens.
         let _ = tx.send(outcome);
@@ -534,3 +515,15 @@ REVOKE EXECUTE ON FUNCTION dbrag._llm_config(uuid) FROM PUBLIC;
     name = "llm_grants",
     requires = [llm_complete_sql, llm_config_sql]
 );
+
+/// The model settings and key for the tenant: a tenant that points its
+/// model elsewhere sends only its own key there, never the global one.
+pub fn tenant_config(tenant_id: uuid::Uuid) -> std::result::Result<ModelConfig, DbragError> {
+    let probe = config_for(tenant_id, None)?;
+    let key = if probe.url_is_tenant_override {
+        crate::crypto::tenant_llm_api_key(tenant_id)
+    } else {
+        crate::crypto::llm_api_key(Some(tenant_id))
+    };
+    config_for(tenant_id, key)
+}

@@ -1,326 +1,20 @@
-//! Natural language to SQL (docs/llm-and-guard.md): the prompt from the tenant's catalog,
-//! examples and documentation; the model call; the guard; execution.
+//! Natural language to SQL (docs/llm-and-guard.md): the model call on the
+//! prompt (crate::prompt), the engine's guard and read-only run
+//! (crate::engine) with one retry, recorded by crate::history (which also
+//! holds the answer cache); explain_sql.
 
-use dbrag_core::prompt::{PromptColumn, PromptExample, PromptForeignKey, PromptInput, PromptTable};
-use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
-use serde_json::{json, Value};
+use sha2::Digest;
 
-use crate::connections::{self, Connection, EngineKind};
-use crate::error::{required, DbragError, Kind};
+use crate::connection_store::{self as connections, Connection};
+use crate::engine::{Checked, RunError};
+use crate::error::{DbragError, Kind};
 use crate::gucs;
-use crate::privileged;
+use crate::history::{
+    cached_sql, catalog_version, history_row, record_failure, remember, Attempt, Failure,
+};
+use crate::question::{check_question, MAX_QUESTION_CHARS};
 use crate::tenant;
-
-/// How many catalog hits the prompt starts from.
-const PROMPT_HITS: i32 = 12;
-/// Longest question accepted, in characters.
-pub const MAX_QUESTION_CHARS: usize = 8000;
-
-pub fn check_question(question: Option<&str>) -> String {
-    let q = required(question, "question");
-    // Bytes first: nothing is copied from a longer argument.
-    if q.len() > MAX_QUESTION_CHARS * 4 + 4096 {
-        DbragError::new(
-            Kind::BadArgument,
-            format!("question is longer than {MAX_QUESTION_CHARS} characters"),
-        )
-        .raise();
-    }
-    let q = q.trim().to_string();
-    if q.is_empty() {
-        DbragError::new(Kind::BadArgument, "question must not be empty").raise();
-    }
-    if q.chars().count() > MAX_QUESTION_CHARS {
-        DbragError::new(
-            Kind::BadArgument,
-            format!("question is longer than {MAX_QUESTION_CHARS} characters"),
-        )
-        .raise();
-    }
-    q
-}
-
-/// The SQL dialect the prompt names. A local connection is this server, so
-/// its real version; a remote PostgreSQL server's version is not known here.
-pub fn dialect(conn: &Connection) -> String {
-    match conn.kind {
-        EngineKind::Local => {
-            // SAFETY: GetConfigOption of a built-in setting returns a valid string.
-            let version = unsafe {
-                let p = pgrx::pg_sys::GetConfigOption(c"server_version".as_ptr(), true, false);
-                if p.is_null() {
-                    String::new()
-                } else {
-                    std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned()
-                }
-            };
-            // "15.20 (Debian 15.20-0+deb12u1)" → "15.20".
-            let version = version.split_whitespace().next().unwrap_or_default();
-            format!("PostgreSQL {version}").trim_end().to_string()
-        }
-        EngineKind::Postgres => "PostgreSQL".to_string(),
-        EngineKind::Mysql => "MySQL 8 / MariaDB".to_string(),
-        EngineKind::Sqlite => "SQLite 3".to_string(),
-    }
-}
-
-/// The tables the search ranks for this question, with their catalog rows;
-/// `named` (tables holding a value the question names, crate::value_index)
-/// go right after the search's direct hits when the search missed them.
-fn prompt_tables(
-    conn: &Connection,
-    question: &str,
-    named: &[(String, String)],
-) -> Vec<PromptTable> {
-    let t = tenant::to_pg(conn.tenant_id);
-    let c = tenant::to_pg(conn.id);
-    let rows: Vec<Value> =
-        Spi::connect(|client| {
-            // Two statements, not one join: on Citus a join of the search with
-            // the (distributed) catalog on one tenant's key is pushed down to a
-            // worker whole, where the search's own query would then be a nested
-            // distributed query, which Citus refuses.
-            let mut schemas: Vec<String> = Vec::new();
-            let mut tables: Vec<String> = Vec::new();
-            let mut direct = 0;
-            for row in client.select(
-            "SELECT s.schema_name::text, s.table_name::text, s.via_join FROM dbrag.search_catalog($1, $2) s \
-             ORDER BY s.via_join, s.score DESC",
-            None,
-            &[DatumWithOid::from(question), DatumWithOid::from(PROMPT_HITS)],
-        )? {
-            schemas.push(row.get::<String>(1)?.unwrap_or_default());
-            tables.push(row.get::<String>(2)?.unwrap_or_default());
-            if !row.get::<bool>(3)?.unwrap_or(false) {
-                direct = schemas.len();
-            }
-        }
-            for (s, t) in named {
-                if !schemas.iter().zip(&tables).any(|(a, b)| a == s && b == t) {
-                    schemas.insert(direct, s.clone());
-                    tables.insert(direct, t.clone());
-                    direct += 1;
-                }
-            }
-            let mut out = Vec::new();
-            // As text: see crate::jsonb (pgrx's JsonB panics on some values).
-            let sql = "SELECT pg_catalog.to_jsonb(m)::pg_catalog.text \
-                   FROM ROWS FROM (pg_catalog.unnest($3::pg_catalog.text[]), pg_catalog.unnest($4::pg_catalog.text[])) \
-                        WITH ORDINALITY AS k(schema_name, table_name, pos) \
-                   JOIN control_plane.table_metadata_catalog m \
-                     ON m.tenant_id = $1 AND m.connection_id = $2 \
-                    AND m.schema_name = k.schema_name AND m.table_name = k.table_name \
-                   ORDER BY k.pos";
-            for row in client.select(
-                sql,
-                None,
-                &[
-                    DatumWithOid::from(t),
-                    DatumWithOid::from(c),
-                    DatumWithOid::from(schemas),
-                    DatumWithOid::from(tables),
-                ],
-            )? {
-                if let Some(j) = row
-                    .get::<String>(1)?
-                    .as_deref()
-                    .and_then(crate::jsonb::from_text)
-                {
-                    out.push(j);
-                }
-            }
-            Ok::<_, pgrx::spi::Error>(out)
-        })
-        .unwrap_or_else(|e| {
-            DbragError::new(Kind::Internal, format!("catalog search failed: {e}")).raise()
-        });
-    rows.iter().map(table_from_catalog_row).collect()
-}
-
-fn table_from_catalog_row(m: &Value) -> PromptTable {
-    let schema = m["schema_name"].as_str().unwrap_or_default();
-    let name = m["table_name"].as_str().unwrap_or_default();
-    let q = dbrag_core::prompt::quote_if_needed;
-    // Columns in table order (column_order), any others after them.
-    let mut names: Vec<String> = m["column_order"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|v| v.as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default();
-    if let Some(types) = m["data_types"].as_object() {
-        for k in types.keys() {
-            if !names.contains(k) {
-                names.push(k.clone());
-            }
-        }
-    }
-    let columns = Some(&names)
-        .map(|names| {
-            names
-                .iter()
-                .filter(|col| m["data_types"].get(col.as_str()).is_some())
-                .map(|col| PromptColumn {
-                    name: col.clone(),
-                    data_type: m["data_types"][col].as_str().unwrap_or("text").to_string(),
-                    comment: m["column_descriptions"][col].as_str().map(str::to_string),
-                    samples: m["sample_values"][col]
-                        .as_array()
-                        .map(|a| {
-                            a.iter()
-                                .filter_map(|v| v.as_str().map(str::to_string))
-                                .collect()
-                        })
-                        .unwrap_or_default(),
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    let strings = |v: &Value| -> Vec<String> {
-        v.as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|x| x.as_str().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
-    let foreign_keys = m["relationships"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|r| r["dir"] == "out")
-        .map(|r| PromptForeignKey {
-            columns: strings(&r["columns"]),
-            target: format!(
-                "{}.{}",
-                q(r["schema"].as_str().unwrap_or_default()),
-                q(r["table"].as_str().unwrap_or_default())
-            ),
-            target_columns: strings(&r["other_columns"]),
-        })
-        .collect();
-    PromptTable {
-        qualified_name: format!("{}.{}", q(schema), q(name)),
-        description: m["table_description"].as_str().map(str::to_string),
-        row_estimate: m["row_estimate"].as_i64(),
-        columns,
-        primary_key: strings(&m["primary_key"]),
-        foreign_keys,
-    }
-}
-
-/// The tenant's most similar examples and documentation, as the extension
-/// with an explicit tenant filter (the GIN index leads with tenant_id).
-fn prompt_examples(tenant_id: uuid::Uuid, question: &str) -> (Vec<PromptExample>, Vec<String>) {
-    let t = tenant::to_pg(tenant_id);
-    privileged::as_extension(|| {
-        Spi::connect(|client| {
-            let mut examples = Vec::new();
-            let mut docs = Vec::new();
-            for row in client.select(
-                // Cut to the limits of add_example/add_documentation: a
-                // tenant may also write the table directly, so a row can
-                // be up to 1 GB, and Rust would copy it whole.
-                "SELECT e.kind, pg_catalog.left(e.question, 8000), pg_catalog.left(e.sql, 100000), \
-                        pg_catalog.left(e.content, 100000) \
-                 FROM control_plane.training_examples e, dbrag._question_query($2) q \
-                 WHERE e.tenant_id = $1 AND q.query IS NOT NULL AND e.search_vector @@ q.query \
-                 ORDER BY pg_catalog.ts_rank(e.search_vector, q.query) DESC LIMIT 20",
-                None,
-                &[DatumWithOid::from(t), DatumWithOid::from(question)],
-            )? {
-                let kind: String = row.get(1)?.unwrap_or_default();
-                if kind == "example" {
-                    examples.push(PromptExample {
-                        question: row.get(2)?.unwrap_or_default(),
-                        sql: row.get(3)?.unwrap_or_default(),
-                    });
-                } else if let Some(c) = row.get::<String>(4)? {
-                    docs.push(c);
-                }
-            }
-            Ok::<_, pgrx::spi::Error>((examples, docs))
-        })
-    })
-    .unwrap_or_default()
-}
-
-/// Assemble the prompt for `question` against `conn`.
-/// With earlier turns of a conversation (newest first), the catalog and
-/// examples are searched with the newest earlier question too.
-pub fn prompt_for(
-    conn: &Connection,
-    question: &str,
-    retry: Option<(String, String)>,
-    turns: &[PromptExample],
-) -> dbrag_core::prompt::Prompt {
-    // Values the question names: a line each, first in the documentation,
-    // and their tables in the prompt.
-    let values = crate::value_index::find(
-        conn.tenant_id,
-        Some(conn.id),
-        question,
-        crate::value_index::PROMPT_VALUES,
-        true,
-    );
-    let mut named: Vec<(String, String)> = Vec::new();
-    for m in &values {
-        let key = (m.schema.clone(), m.table.clone());
-        if !named.contains(&key) {
-            named.push(key);
-        }
-    }
-    let search = crate::conversation::search_text(question, turns);
-    let tables = prompt_tables(conn, &search, &named);
-    let (examples, mut documentation) = prompt_examples(conn.tenant_id, &search);
-    documentation.splice(
-        0..0,
-        values
-            .iter()
-            .map(|m| crate::value_index::prompt_line(m, &conn.schema_name)),
-    );
-    // The tenant's verified queries lead the examples (crate::verified).
-    let examples = [crate::verified::prompt_examples(conn, question), examples].concat();
-    let input = PromptInput {
-        dialect: dialect(conn),
-        default_schema: Some(conn.schema_name.clone()),
-        question: question.to_string(),
-        tables,
-        examples,
-        documentation,
-        budget_tokens: gucs::PROMPT_TOKEN_BUDGET.get().max(500) as usize,
-        retry,
-        conversation: turns.to_vec(),
-    };
-    dbrag_core::prompt::build(&input).unwrap_or_else(|e| {
-        DbragError::new(Kind::BadArgument, e.to_string())
-            .hint("ask a shorter question")
-            .raise()
-    })
-}
-
-/// `dbrag.build_prompt(question)`: exactly the messages the model would get.
-#[pg_extern(stable, parallel_unsafe)]
-fn build_prompt(question: Option<&str>) -> pgrx::JsonB {
-    let question = check_question(question);
-    let conn = connections::active();
-    let p = prompt_for(&conn, &question, None, &[]);
-    pgrx::JsonB(json!({
-        "messages": [
-            {"role": "system", "content": p.system},
-            {"role": "user", "content": p.user},
-        ],
-        "estimated_tokens": p.estimated_tokens,
-        "budget_tokens": gucs::PROMPT_TOKEN_BUDGET.get(),
-        "tables_included": p.tables_included,
-        "tables_left_out": p.tables_left_out,
-        "columns_trimmed": p.columns_trimmed,
-    }))
-}
 
 // ---------------------------------------------------------------- generation and execution
 
@@ -330,112 +24,6 @@ const MAX_ANSWER_BYTES: usize = 64 << 20;
 /// Retries after a failed attempt (docs/llm-and-guard.md: one).
 const RETRIES: usize = 1;
 
-/// What one call did, for the history row.
-#[derive(Default)]
-struct Attempt {
-    sql: Option<String>,
-    llm_ms: f64,
-    execution_ms: Option<f64>,
-    prompt_tokens: i64,
-    completion_tokens: i64,
-    rows: Option<i64>,
-    result_hash: Option<String>,
-    cached: bool,
-    /// The SQL is a verified query's (crate::verified): no model call.
-    verified: bool,
-    catalog_version: Option<String>,
-    /// The role the statement runs as (the tenant's, crate::act_as).
-    acting_role: Option<String>,
-    /// The model that writes the SQL.
-    model: Option<String>,
-    /// The conversation the call belongs to, and its earlier turns
-    /// (newest first; crate::conversation).
-    conversation: Option<uuid::Uuid>,
-    turns: Vec<PromptExample>,
-    /// The model's explanation of the SQL (explain => true, explain_sql).
-    explanation: Option<String>,
-}
-
-/// Why a call ended without rows: the history status and the error.
-struct Failure {
-    status: &'static str,
-    error: DbragError,
-}
-
-impl Failure {
-    fn new(status: &'static str, error: DbragError) -> Self {
-        Failure { status, error }
-    }
-}
-
-fn catalog_version(conn: &Connection) -> Option<String> {
-    privileged::as_extension(|| {
-        Spi::connect(|client| {
-            client
-                .select(
-                    "SELECT connection_metadata ->> 'catalog_version' FROM control_plane.tenant_databases \
-                     WHERE tenant_id = $1 AND connection_id = $2",
-                    Some(1),
-                    &[DatumWithOid::from(tenant::to_pg(conn.tenant_id)), DatumWithOid::from(tenant::to_pg(conn.id))],
-                )?
-                .first()
-                .get_one::<String>()
-        })
-    })
-    .ok()
-    .flatten()
-}
-
-/// SQL generated earlier for the same question, for the same tenant, acting
-/// role, connection, catalog version and model, outside any conversation
-/// (a follow-up's SQL depends on its earlier turns).
-fn cached_sql(
-    conn: &Connection,
-    question: &str,
-    version: &str,
-    acting_role: &str,
-    model: &str,
-) -> Option<String> {
-    privileged::as_extension(|| {
-        Spi::connect(|client| {
-            client
-                .select(
-                    "SELECT generated_sql FROM control_plane.query_history \
-                     WHERE tenant_id = $1 AND connection_id = $2 AND question = $3 AND catalog_version = $4 \
-                       AND acting_role = $5 AND model = $6 \
-                       AND status IN ('ok', 'cached') AND generated_sql IS NOT NULL \
-                       AND conversation_id IS NULL \
-                     ORDER BY created_at DESC LIMIT 1",
-                    Some(1),
-                    &[
-                        DatumWithOid::from(tenant::to_pg(conn.tenant_id)),
-                        DatumWithOid::from(tenant::to_pg(conn.id)),
-                        DatumWithOid::from(question),
-                        DatumWithOid::from(version),
-                        DatumWithOid::from(acting_role),
-                        DatumWithOid::from(model),
-                    ],
-                )?
-                .first()
-                .get_one::<String>()
-        })
-    })
-    .ok()
-    .flatten()
-}
-
-/// The model settings and key for the tenant: a tenant that points its
-/// model elsewhere sends only its own key there, never the global one.
-fn model_config(tenant_id: uuid::Uuid) -> Result<crate::llm::ModelConfig, DbragError> {
-    let probe = crate::llm::config_for(tenant_id, None)?;
-    let key = if probe.url_is_tenant_override {
-        crate::crypto::tenant_llm_api_key(tenant_id)
-    } else {
-        crate::crypto::llm_api_key(Some(tenant_id))
-    };
-    crate::llm::config_for(tenant_id, key)
-}
-
 /// Ask the model for SQL; the statement as the model wrote it.
 fn ask_model(
     conn: &Connection,
@@ -443,8 +31,9 @@ fn ask_model(
     retry: Option<(String, String)>,
     attempt: &mut Attempt,
 ) -> Result<String, Failure> {
-    let cfg = model_config(conn.tenant_id).map_err(|e| Failure::new("model_error", e))?;
-    let prompt = prompt_for(conn, question, retry, &attempt.turns);
+    let cfg =
+        crate::llm::tenant_config(conn.tenant_id).map_err(|e| Failure::new("model_error", e))?;
+    let prompt = crate::prompt::prompt_for(conn, question, retry, &attempt.turns);
     let reply = call_model(&cfg, &prompt.system, &prompt.user, attempt)?;
     dbrag_core::extract_sql(&reply.text).map_err(|e| {
         Failure::new(
@@ -457,200 +46,21 @@ fn ask_model(
     })
 }
 
-/// Relations of the connection's catalog that exist here, by oid.
-fn allowed_relations(conn: &Connection) -> std::collections::HashSet<pgrx::pg_sys::Oid> {
-    let tables = crate::dataplane::catalog_tables(conn);
-    crate::guard::relation_oids(tables.iter().map(|(s, t)| (s.as_str(), t.as_str())))
-}
-
-/// Check a statement for the connection: Ok(normalised SQL), or the
-/// failure (refused: no retry; invalid: the model may retry).
-pub(crate) enum Checked {
-    Ok(String),
-    Refused(DbragError),
-    Invalid(String),
-}
-
-pub(crate) fn check(conn: &Connection, role: pgrx::pg_sys::Oid, sql: &str) -> Checked {
-    use crate::guard::GuardError;
-    let result = match conn.kind {
-        EngineKind::Local => {
-            let allowed = allowed_relations(conn);
-            // Parse analysis may run the tenant's code (a type's input
-            // function on a literal): as the tenant's role, like the run.
-            crate::act_as::as_role(role, &conn.schema_name, || {
-                crate::guard::check_local(sql, &allowed)
-            })
-        }
-        EngineKind::Postgres => crate::guard::check_remote(
-            sql,
-            &crate::dataplane::catalog_tables(conn),
-            &conn.schema_name,
-        ),
-        EngineKind::Mysql | EngineKind::Sqlite => {
-            // sqlparser's tree in the engine's dialect (dbrag_core::dialect_guard).
-            return match crate::dataplane::check_dialect(
-                conn,
-                sql,
-                &crate::dataplane::catalog_tables(conn),
-            ) {
-                Err(e) => Checked::Refused(e),
-                Ok(Ok(normalized)) => Checked::Ok(normalized),
-                Ok(Err(dbrag_core::dialect_guard::GuardError::Syntax(m))) => Checked::Invalid(m),
-                Ok(Err(e)) => Checked::Refused(crate::dataplane::guard_error(e)),
-            };
-        }
-    };
-    match result {
-        Ok(stmt) => Checked::Ok(stmt.sql),
-        // A permission the caller lacks is not the model's to fix.
-        Err(GuardError::Invalid { sqlstate, message })
-            if sqlstate == pgrx::PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE =>
-        {
-            Checked::Refused(DbragError::new(Kind::Forbidden, message))
-        }
-        Err(GuardError::Invalid { message, .. }) => Checked::Invalid(message),
-        Err(e) => Checked::Refused(e.into()),
-    }
-}
-
 /// Plan and run a checked statement as the tenant's role (crate::act_as),
-/// read-only, under the deadline, at most `max_rows` rows, each as jsonb
-/// text (a cast to json on a tenant's type runs as the tenant's role too).
+/// read-only, under `dbrag.query_timeout_ms`, at most `max_rows` rows and
+/// [`MAX_ANSWER_BYTES`], each as jsonb text (a cast to json on a tenant's
+/// type runs as the tenant's role too).
 fn execute(
     conn: &Connection,
     role: pgrx::pg_sys::Oid,
     sql: &str,
     max_rows: i64,
-) -> Result<(Vec<String>, bool), ExecError> {
-    crate::act_as::as_role(role, &conn.schema_name, || {
-        execute_as_tenant(conn, sql, max_rows)
-    })
-}
-
-fn execute_as_tenant(
-    conn: &Connection,
-    sql: &str,
-    max_rows: i64,
-) -> Result<(Vec<String>, bool), ExecError> {
+) -> Result<(Vec<String>, bool), RunError> {
+    let mut engine = crate::engine::open(conn);
     let timeout = gucs::QUERY_TIMEOUT_MS.get();
-    if conn.kind != EngineKind::Local {
-        return crate::dataplane::execute_read_only(conn, sql, max_rows, MAX_ANSWER_BYTES, timeout)
-            .map_err(|e| match e.kind {
-                // Only the data plane's verdict on the statement is the
-                // model's to fix; a permission the role lacks is not (as
-                // for local connections below). Connect and authentication
-                // failures never reach the model (README.md, "Errors").
-                Kind::Statement
-                    if e.sqlstate() != pgrx::PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE =>
-                {
-                    ExecError::Retryable(e)
-                }
-                _ => ExecError::Fatal(e),
-            });
-    }
-    // Rows as text, never through pgrx's JsonB: a row holding a number
-    // beyond an f64 or JSON nested over 128 levels made it panic (XX000),
-    // and numerics lost digits on the way. See crate::jsonb.
-    let wrapped = format!(
-        "SELECT pg_catalog.to_jsonb(q)::pg_catalog.text FROM (\n{sql}\n) q LIMIT {}",
-        max_rows + 1
-    );
-    let explain = format!("EXPLAIN (FORMAT JSON)\n{sql}\n");
-    let deadline = crate::timer::Deadline::arm(timeout);
-    let outcome = crate::subxact::run(|| {
-        // SAFETY: saved at this subtransaction's nest level and restored
-        // when it ends, committed or not (a LOCAL setting would outlive it).
-        unsafe {
-            pgrx::pg_sys::set_config_option(
-                c"transaction_read_only".as_ptr(),
-                c"on".as_ptr(),
-                pgrx::pg_sys::GucContext::PGC_USERSET,
-                pgrx::pg_sys::GucSource::PGC_S_SESSION,
-                pgrx::pg_sys::GucAction::GUC_ACTION_SAVE,
-                true,
-                0,
-                false,
-            );
-        }
-        Spi::connect_mut(|client| {
-            // EXPLAIN is not a plain SELECT, so it cannot go through the
-            // read-only SPI path; the transaction is read-only anyway.
-            client.update(&explain, None, &[])?;
-            // Row by row through a cursor, counting bytes: the row cap
-            // bounds rows, not their width (one row of to_jsonb text may
-            // reach 1 GB), and a select would hold all of them at once.
-            let mut rows = Vec::new();
-            let mut bytes = 0usize;
-            let mut cursor = client.try_open_cursor(&wrapped, &[])?;
-            loop {
-                let batch = cursor.fetch(1)?;
-                if batch.is_empty() {
-                    break;
-                }
-                for row in batch {
-                    let text = row.get::<String>(1)?.unwrap_or_else(|| "null".into());
-                    bytes += text.len();
-                    if bytes > MAX_ANSWER_BYTES {
-                        return Ok::<_, pgrx::spi::Error>(None);
-                    }
-                    rows.push(text);
-                }
-            }
-            Ok(Some(rows))
-        })
-    });
-    let fired = deadline.fired();
-    let out_of_memory = deadline.memory_exceeded().then(crate::timer::memory_error);
-    drop(deadline);
-    match outcome {
-        Ok(Ok(None)) => Err(ExecError::Fatal(
-            DbragError::new(
-                Kind::TooLarge,
-                format!("the answer is larger than {} MB", MAX_ANSWER_BYTES >> 20),
-            )
-            .hint("ask for fewer rows or columns (max_rows), or narrower values"),
-        )),
-        Ok(Ok(Some(mut rows))) => {
-            let truncated = rows.len() as i64 > max_rows;
-            rows.truncate(max_rows as usize);
-            Ok((rows, truncated))
-        }
-        Ok(Err(e)) => Err(ExecError::Retryable(DbragError::from(e))),
-        Err(caught) => {
-            if let Some(e) = out_of_memory {
-                return Err(ExecError::Fatal(e));
-            }
-            if fired {
-                return Err(ExecError::Fatal(
-                    DbragError::new(
-                        Kind::Timeout,
-                        format!("the generated statement took longer than {timeout} ms"),
-                    )
-                    .hint("ask a narrower question, or raise dbrag.query_timeout_ms"),
-                ));
-            }
-            match crate::subxact::report_of(&caught) {
-                Some((pgrx::PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE, message)) => {
-                    Err(ExecError::Fatal(DbragError::new(Kind::Forbidden, message)))
-                }
-                Some((code, message)) if !crate::guard::must_rethrow(code) => {
-                    let mut e = DbragError::new(Kind::Statement, message);
-                    e.code = Some(code);
-                    Err(ExecError::Retryable(e))
-                }
-                _ => caught.rethrow(),
-            }
-        }
-    }
-}
-
-enum ExecError {
-    /// The statement failed in a way the model may fix: the model is sent
-    /// the error's message alone; after the last try the caller gets the
-    /// error with its own SQLSTATE.
-    Retryable(DbragError),
-    Fatal(DbragError),
+    crate::act_as::as_role(role, &conn.schema_name, || {
+        engine.run_read_only(sql, max_rows, MAX_ANSWER_BYTES, timeout)
+    })
 }
 
 /// Generate (or reuse) SQL, check it, and with `run` execute it; one retry
@@ -701,7 +111,7 @@ fn answer(
         };
         attempt.sql = Some(sql.clone());
         let last = round == RETRIES;
-        let checked = match check(conn, role, &sql) {
+        let checked = match crate::engine::check(conn, role, &sql) {
             Checked::Ok(s) => s,
             Checked::Refused(e) => return Err(Failure::new("refused", e)),
             Checked::Invalid(msg) if !last => {
@@ -734,7 +144,7 @@ fn answer(
                 }
                 return Ok(rows);
             }
-            Err(ExecError::Fatal(e)) => {
+            Err(RunError::Fatal(e)) => {
                 attempt.execution_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
                 let status = if e.kind == Kind::Timeout {
                     "timeout"
@@ -743,8 +153,8 @@ fn answer(
                 };
                 return Err(Failure::new(status, e));
             }
-            Err(ExecError::Retryable(e)) if !last => retry = Some((checked, e.message)),
-            Err(ExecError::Retryable(mut e)) => {
+            Err(RunError::Retryable(e)) if !last => retry = Some((checked, e.message)),
+            Err(RunError::Retryable(mut e)) => {
                 e.message = format!("the generated statement failed: {}", e.message);
                 return Err(Failure::new("error", e));
             }
@@ -754,40 +164,6 @@ fn answer(
         "error",
         DbragError::new(Kind::Model, "no statement passed"),
     ))
-}
-
-use sha2::Digest;
-
-fn history_row(
-    conn: &Connection,
-    history_id: uuid::Uuid,
-    question: Option<&str>,
-    attempt: &Attempt,
-    status: &str,
-    error: Option<&str>,
-) -> Value {
-    json!({
-        "tenant_id": conn.tenant_id.to_string(),
-        "query_id": history_id.to_string(),
-        "connection_id": conn.id.to_string(),
-        "login_role": crate::audit::login_role_name(),
-        "question": question,
-        "generated_sql": attempt.sql,
-        "status": status,
-        "error": error,
-        "llm_ms": attempt.llm_ms,
-        "execution_ms": attempt.execution_ms,
-        "row_count": attempt.rows,
-        "prompt_tokens": attempt.prompt_tokens,
-        "completion_tokens": attempt.completion_tokens,
-        "result_hash": attempt.result_hash,
-        "catalog_version": attempt.catalog_version,
-        "acting_role": attempt.acting_role,
-        // No model wrote a verified query's SQL.
-        "model": if attempt.verified { None } else { attempt.model.clone() },
-        "conversation_id": attempt.conversation.map(|c| c.to_string()),
-        "explanation": attempt.explanation,
-    })
 }
 
 /// The whole call: answer, history row, and on failure a durable history
@@ -800,7 +176,7 @@ fn answer_and_record(
     explain: bool,
 ) -> (Vec<String>, Option<String>) {
     let question = check_question(question);
-    crate::scaleout::keep_execution_remote();
+    crate::pg::citus::keep_execution_remote();
     if !(1..=100_000).contains(&max_rows) {
         DbragError::new(Kind::BadArgument, "max_rows must be between 1 and 100000").raise();
     }
@@ -843,49 +219,6 @@ fn answer_and_record(
     }
 }
 
-/// A failed call: its history row, committed whatever happens to the
-/// caller's transaction, the session's last answer, an audit row when the
-/// guard refused the statement; then the error.
-fn record_failure(
-    conn: &Connection,
-    history_id: uuid::Uuid,
-    question: Option<&str>,
-    attempt: &Attempt,
-    f: Failure,
-) -> ! {
-    crate::audit::write_durable(
-        "query_history",
-        history_row(
-            conn,
-            history_id,
-            question,
-            attempt,
-            f.status,
-            Some(&f.error.message),
-        ),
-    );
-    remember(conn, history_id, f.status, attempt);
-    if f.status == "refused" {
-        crate::audit::record_durable(
-            "sql_refused",
-            Some(&conn.tenant_id.to_string()),
-            json!({"reason": f.error.message, "sql": attempt.sql}),
-        );
-    }
-    f.error.raise()
-}
-
-fn remember(conn: &Connection, history_id: uuid::Uuid, status: &str, attempt: &Attempt) {
-    crate::conversation::remember(
-        conn.tenant_id,
-        history_id,
-        status,
-        attempt.sql.as_deref(),
-        attempt.conversation,
-        attempt.explanation.as_deref(),
-    );
-}
-
 /// `dbrag.generate_sql(question, conversation)`: one checked SQL statement
 /// for the question (a follow-up within `conversation` when given).
 #[pg_extern(volatile, parallel_unsafe)]
@@ -905,7 +238,7 @@ fn ask(
     max_rows: default!(Option<i32>, 1000),
     conversation: default!(Option<pgrx::Uuid>, "NULL"),
     explain: default!(Option<bool>, false),
-) -> SetOfIterator<'static, crate::jsonb::JsonbText> {
+) -> SetOfIterator<'static, crate::pg::jsonb::JsonbText> {
     let (rows, _) = answer_and_record(
         question,
         max_rows.unwrap_or(1000) as i64,
@@ -913,7 +246,7 @@ fn ask(
         conversation.map(tenant::from_pg),
         explain.unwrap_or(false),
     );
-    SetOfIterator::new(rows.into_iter().map(crate::jsonb::JsonbText))
+    SetOfIterator::new(rows.into_iter().map(crate::pg::jsonb::JsonbText))
 }
 
 // ---------------------------------------------------------------- explanations
@@ -927,7 +260,7 @@ fn explain_tables(conn: &Connection, sql: &str) -> Vec<String> {
     const MAX_DDL_CHARS: usize = 2000;
     let search: String = sql.chars().take(MAX_QUESTION_CHARS).collect();
     let lower = sql.to_lowercase();
-    prompt_tables(conn, &search, &[])
+    crate::prompt::prompt_tables(conn, &search, &[])
         .iter()
         .filter(|t| {
             let name = t
@@ -976,9 +309,14 @@ fn call_model(
 
 /// The model's explanation of a statement the guard accepted.
 fn explain_checked(conn: &Connection, sql: &str, attempt: &mut Attempt) -> Result<String, Failure> {
-    let mut cfg = model_config(conn.tenant_id).map_err(|e| Failure::new("model_error", e))?;
+    let mut cfg =
+        crate::llm::tenant_config(conn.tenant_id).map_err(|e| Failure::new("model_error", e))?;
     cfg.max_tokens = cfg.max_tokens.min(crate::conversation::EXPLAIN_MAX_TOKENS);
-    let user = crate::conversation::explain_prompt(&dialect(conn), sql, &explain_tables(conn, sql));
+    let user = crate::conversation::explain_prompt(
+        &crate::engine::open(conn).dialect(),
+        sql,
+        &explain_tables(conn, sql),
+    );
     let reply = call_model(&cfg, crate::conversation::EXPLAIN_SYSTEM, &user, attempt)?;
     dbrag_core::prompt::clean_explanation(&reply.text).ok_or_else(|| {
         Failure::new(
@@ -995,7 +333,7 @@ fn explain_checked(conn: &Connection, sql: &str, attempt: &mut Attempt) -> Resul
 #[pg_extern(volatile, parallel_unsafe)]
 fn explain_sql(sql: Option<&str>) -> Option<String> {
     let sql = crate::conversation::check_statement(sql);
-    crate::scaleout::keep_execution_remote();
+    crate::pg::citus::keep_execution_remote();
     let conn = connections::active();
     let role = crate::act_as::tenant_role(conn.tenant_id);
     let mut attempt = Attempt {
@@ -1008,7 +346,7 @@ fn explain_sql(sql: Option<&str>) -> Option<String> {
         ..Attempt::default()
     };
     let history_id = uuid::Uuid::new_v4();
-    let outcome = match check(&conn, role, &sql) {
+    let outcome = match crate::engine::check(&conn, role, &sql) {
         Checked::Ok(checked) => {
             attempt.sql = Some(checked.clone());
             explain_checked(&conn, &checked, &mut attempt)
@@ -1033,89 +371,5 @@ fn explain_sql(sql: Option<&str>) -> Option<String> {
             Some(text)
         }
         Err(f) => record_failure(&conn, history_id, None, &attempt, f),
-    }
-}
-
-// ---------------------------------------------------------------- catalog descriptions
-
-const DESCRIBE_SYSTEM: &str =
-    "You document database tables for analysts who ask questions in plain language.\n\
-Answer with one JSON object and nothing else: {\"table\": \"<one sentence: what a row is>\", \
-\"columns\": {\"<column>\": \"<a few words>\"}}. Mention synonyms an analyst might use.";
-
-/// `sync_catalog(describe => true)`: the model writes a description for each
-/// table this sync wrote, and for its columns. Comments from the database
-/// win over the model's words; a table whose answer is unusable keeps none,
-/// with a WARNING, and the sync still succeeds.
-pub fn describe_tables(conn: &Connection, tables: &[(String, String)]) {
-    if tables.is_empty() {
-        return;
-    }
-    let cfg = model_config(conn.tenant_id).unwrap_or_else(|e| e.raise());
-    let t = tenant::to_pg(conn.tenant_id);
-    let c = tenant::to_pg(conn.id);
-    for (i, (schema, table)) in tables.iter().enumerate() {
-        // As text: see crate::jsonb (pgrx's JsonB panics on some values).
-        let row: Option<String> = privileged::as_extension(|| {
-            Spi::connect(|client| {
-                client
-                    .select(
-                        "SELECT pg_catalog.to_jsonb(m)::pg_catalog.text FROM control_plane.table_metadata_catalog m \
-                         WHERE tenant_id = $1 AND connection_id = $2 AND schema_name = $3 AND table_name = $4",
-                        Some(1),
-                        &[
-                            DatumWithOid::from(t),
-                            DatumWithOid::from(c),
-                            DatumWithOid::from(schema.as_str()),
-                            DatumWithOid::from(table.as_str()),
-                        ],
-                    )?
-                    .first()
-                    .get_one::<String>()
-            })
-        })
-        .ok()
-        .flatten();
-        let Some(row) = row.as_deref().and_then(crate::jsonb::from_text) else {
-            continue;
-        };
-        let ddl = dbrag_core::prompt::table_ddl(&table_from_catalog_row(&row));
-        let reply = crate::llm::complete(&cfg, DESCRIBE_SYSTEM, &ddl).unwrap_or_else(|e| e.raise());
-        let Some((table_text, columns)) = dbrag_core::prompt::parse_descriptions(&reply.text)
-        else {
-            warning!(
-                "sync_catalog: the model's description of {schema}.{table} was not JSON; kept none"
-            );
-            continue;
-        };
-        let generated: serde_json::Map<String, Value> = columns
-            .into_iter()
-            .filter(|(col, _)| row["data_types"].get(col).is_some())
-            .map(|(col, d)| (col, Value::String(d)))
-            .collect();
-        privileged::as_extension(|| {
-            Spi::run_with_args(
-                "UPDATE control_plane.table_metadata_catalog \
-                 SET table_description = COALESCE(table_description, $5), \
-                     column_descriptions = $6::jsonb OPERATOR(pg_catalog.||) column_descriptions \
-                 WHERE tenant_id = $1 AND connection_id = $2 AND schema_name = $3 AND table_name = $4",
-                &[
-                    DatumWithOid::from(t),
-                    DatumWithOid::from(c),
-                    DatumWithOid::from(schema.as_str()),
-                    DatumWithOid::from(table.as_str()),
-                    DatumWithOid::from(table_text),
-                    DatumWithOid::from(pgrx::JsonB(Value::Object(generated))),
-                ],
-            )
-        })
-        .unwrap_or_else(|e| DbragError::from(e).raise());
-        if (i + 1) % 10 == 0 {
-            notice!(
-                "sync_catalog: described {} tables of {}",
-                i + 1,
-                tables.len()
-            );
-        }
     }
 }

@@ -17,8 +17,8 @@ use std::ffi::{c_char, c_int, CStr, CString};
 use dbrag_core::node_assertion::{self, AssertionError};
 use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
 use pgrx::pg_sys;
-use pgrx::pg_sys::GucAction::{GUC_ACTION_LOCAL, GUC_ACTION_SAVE};
-use pgrx::pg_sys::GucContext::{PGC_SUSET, PGC_USERSET};
+use pgrx::pg_sys::GucAction::GUC_ACTION_LOCAL;
+use pgrx::pg_sys::GucContext::PGC_USERSET;
 use pgrx::prelude::*;
 use pgrx::PgList;
 use serde_json::json;
@@ -26,6 +26,7 @@ use serde_json::json;
 use crate::audit;
 use crate::error::{DbragError, Kind};
 use crate::gucs;
+use crate::pg::citus::{citus_loaded, keep_execution_remote};
 
 pub const ASSERTION_GUC: &CStr = c"dbrag.tenant_assertion";
 
@@ -51,35 +52,6 @@ pub fn register() {
 /// The raw assertion in this session, if any.
 pub fn assertion_setting() -> Option<String> {
     gucs::string_value(&TENANT_ASSERTION)
-}
-
-/// True when the Citus library is loaded in this backend.
-pub fn citus_loaded() -> bool {
-    // A loaded library stays loaded: remember a yes.
-    if CITUS_SEEN.with(|c| c.get()) {
-        return true;
-    }
-    // SAFETY: GetConfigOption with missing_ok returns NULL for an unknown name.
-    let loaded = unsafe {
-        !pg_sys::GetConfigOption(c"citus.propagate_set_commands".as_ptr(), true, false).is_null()
-    };
-    if loaded {
-        CITUS_SEEN.with(|c| c.set(true));
-    }
-    loaded
-}
-
-/// Set one of Citus's settings for this transaction or the caller's nest
-/// level, when Citus is loaded (it registers them); a refusal is an ERROR.
-fn set_citus_setting(
-    name: &CStr,
-    value: &CStr,
-    context: pg_sys::GucContext::Type,
-    action: pg_sys::GucAction::Type,
-) {
-    if citus_loaded() {
-        gucs::set(name, value, context, action);
-    }
 }
 
 fn name_of(role: pg_sys::Oid) -> Option<String> {
@@ -109,28 +81,6 @@ fn now_unix() -> i64 {
         .unwrap_or(0)
 }
 
-/// Inside a nest level opened by `privileged::push_search_path`: let the
-/// extension's own lookups (tenants and memberships, reference tables on
-/// Citus) run while a worker executes a shard query. Citus refuses nested
-/// distributed queries there by default; a reference table's rows are on
-/// every node, so the lookup is local and exact.
-pub fn allow_nested_reads() {
-    // Saved at the caller's nest level.
-    let name = c"citus.allow_nested_distributed_execution";
-    set_citus_setting(name, c"on", PGC_SUSET, GUC_ACTION_SAVE);
-}
-
-/// For the rest of the transaction, let Citus reach the coordinator's own
-/// placements over connections rather than in this backend. The model's
-/// statement is read through a cursor inside a subtransaction; Citus fetches
-/// its intermediate results over a connection, and refuses that once an
-/// earlier statement of the transaction (a tenant or catalog lookup) ran
-/// locally. Must run before the first lookup of the call.
-pub fn keep_execution_remote() {
-    let name = c"citus.enable_local_execution";
-    set_citus_setting(name, c"off", PGC_USERSET, GUC_ACTION_LOCAL);
-}
-
 /// Before `set_tenant` looks anything up: in a transaction block on Citus,
 /// the calls that follow it (ask, sync_catalog) need Citus's remote
 /// execution, which it refuses once a lookup ran locally.
@@ -142,7 +92,6 @@ pub fn before_switch() {
 }
 
 thread_local! {
-    static CITUS_SEEN: Cell<bool> = const { Cell::new(false) };
     /// The tenant `set_tenant` last put in force and the latest expiry a
     /// value forwarded for it may carry (a token's own `exp`).
     static NOT_AFTER: Cell<Option<(uuid::Uuid, Option<i64>)>> = const { Cell::new(None) };
@@ -553,7 +502,7 @@ pub fn role_tenant(session_user: pg_sys::Oid) -> Option<uuid::Uuid> {
     if !name.starts_with("dbrag_tenant_") {
         return None;
     }
-    let tenant = crate::privileged::as_extension(|| {
+    let tenant = crate::pg::privileged::as_extension(|| {
         Spi::get_one_with_args::<pgrx::Uuid>(
             "SELECT tenant_id FROM control_plane.tenants WHERE tenant_role = $1::pg_catalog.name",
             &[pgrx::datum::DatumWithOid::from(name.as_str())],

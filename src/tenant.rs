@@ -28,7 +28,7 @@ use serde_json::json;
 use crate::audit;
 use crate::error::{raise, required, DbragError, Kind};
 use crate::gucs;
-use crate::privileged;
+use crate::pg::privileged;
 use crate::scaleout;
 
 static EPOCH: AtomicU64 = AtomicU64::new(1);
@@ -351,7 +351,7 @@ fn public_keys(path: &str) -> Result<Rc<Jwks>, DbragError> {
 /// `dbrag.set_tenant(token)`: put the tenant named by a signed token in force.
 #[pg_extern(volatile, parallel_unsafe, name = "set_tenant")]
 fn set_tenant_token(token: Option<&str>, is_local: default!(Option<bool>, false)) -> pgrx::Uuid {
-    crate::act_as::refuse_if_restricted("dbrag.set_tenant");
+    crate::pg::restricted::refuse_if_restricted("dbrag.set_tenant");
     let token = required(token, "token");
     let is_local = is_local.unwrap_or(false);
     let secret = gucs::string_value(&gucs::JWT_SECRET);
@@ -494,7 +494,7 @@ fn set_tenant_uuid(
     tenant: Option<pgrx::Uuid>,
     is_local: default!(Option<bool>, false),
 ) -> pgrx::Uuid {
-    crate::act_as::refuse_if_restricted("dbrag.set_tenant");
+    crate::pg::restricted::refuse_if_restricted("dbrag.set_tenant");
     let tenant = from_pg(required(tenant, "tenant"));
     let is_local = is_local.unwrap_or(false);
     if !(privileged::current_user_has_role(c"dbrag_app") || privileged::is_platform_admin()) {
@@ -548,7 +548,7 @@ fn member_with_createrole() -> bool {
 /// `dbrag.reset_tenant()`: clear the tenant set by `set_tenant`.
 #[pg_extern(volatile, parallel_unsafe)]
 fn reset_tenant() {
-    crate::act_as::refuse_if_restricted("dbrag.reset_tenant");
+    crate::pg::restricted::refuse_if_restricted("dbrag.reset_tenant");
     gucs::write_tenant_setting("", false);
 }
 
@@ -566,7 +566,7 @@ fn issue_token(
     ttl_seconds: default!(Option<i32>, 3600),
     role: default!(Option<&str>, "NULL"),
 ) -> String {
-    crate::act_as::refuse_if_restricted("dbrag.issue_token");
+    crate::pg::restricted::refuse_if_restricted("dbrag.issue_token");
     let tenant = from_pg(required(tenant, "tenant"));
     if !privileged::is_platform_admin() {
         raise(

@@ -3,40 +3,32 @@
 //! `control_plane.value_index`; a question that names one ("orders shipped
 //! to Lyon", "status SHIPPED", "Lyin") finds the table and column holding it.
 //!
-//! Values are read where the samples are read, as the tenant's role
-//! (crate::catalog runs this inside crate::act_as), never from the columns
-//! the samples skip (crate::catalog::sampled_column: secret-looking names,
-//! binary and JSON columns). Every read is bounded: rows per table, columns
-//! per table, characters per value, distinct values per column, values per
-//! tenant.
+//! Values are read where the samples are read, by the engine
+//! (crate::engine, inside crate::act_as), in batches written by
+//! `dbrag_core::values`, never from the columns the samples skip
+//! (`dbrag_core::introspect::sampled_column`: secret-looking names, binary
+//! and JSON columns). Every read is bounded: rows per table, columns per
+//! table, characters per value, distinct values per column, values per
+//! tenant. Here: the tenant's bound, storing, and finding the values a
+//! question names.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
-use dbrag_core::words::{normalize_value as normalize, one_edit, value_words as words};
+use dbrag_core::sql_text::quote_literal;
+pub use dbrag_core::values::Found;
+use dbrag_core::values::{indexable, json_rows, BatchResult, MAX_VALUE_CHARS, MAX_VALUE_WORDS};
+use dbrag_core::words::{one_edit, value_words as words};
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
 use serde_json::Value;
 
-use crate::catalog::{self, TableEntry};
-use crate::connections::{Connection, EngineKind};
+use crate::connection_store::Connection;
 use crate::error::{raise, DbragError, Kind};
-use crate::privileged;
+use crate::pg::privileged;
 use crate::tenant;
 
-/// Rows read per table to find a column's distinct values.
-pub const VALUE_ROWS: usize = 1000;
-/// A column whose rows read hold more distinct values than this is not indexed.
-pub const MAX_DISTINCT: usize = 50;
-/// Longest value indexed, in characters (longer ones are skipped).
-pub const MAX_VALUE_CHARS: usize = 100;
-/// Text columns read per table.
-pub const MAX_COLUMNS_PER_TABLE: usize = 32;
 /// Values kept per tenant, over all its connections.
 pub const MAX_VALUES_PER_TENANT: i64 = 20_000;
-/// Words of the longest value a question can name.
-const MAX_VALUE_WORDS: usize = 4;
-/// Columns read per statement.
-const BATCH: usize = 32;
 /// Words of a question looked at.
 const MAX_QUESTION_WORDS: usize = 256;
 /// Typo candidates read per question.
@@ -44,365 +36,15 @@ const MAX_TYPO_CANDIDATES: i64 = 2000;
 /// Value lines in a prompt.
 pub const PROMPT_VALUES: usize = 8;
 
-/// One value of one column, as read.
-#[derive(Debug, Clone)]
-pub struct Found {
-    pub schema: String,
-    pub table: String,
-    pub column: String,
-    pub value: String,
-}
-
-/// Whether a value read is worth indexing: short enough, no control
-/// characters, has a letter, at least two characters, at most
-/// [`MAX_VALUE_WORDS`] words.
-fn indexable(value: &str) -> Option<String> {
-    // Control characters (a NUL from MySQL or SQLite cannot even be stored
-    // in PostgreSQL text) mark data, not a name a question would use.
-    if value.chars().count() > MAX_VALUE_CHARS || value.chars().any(char::is_control) {
-        return None;
-    }
-    let norm = normalize(value);
-    if norm.chars().count() < 2
-        || !norm.chars().any(char::is_alphabetic)
-        || norm.split(' ').count() > MAX_VALUE_WORDS
-    {
-        return None;
-    }
-    Some(norm)
-}
-
-/// Whether a column's declared type is text (or an enum) by its name, for
-/// engines whose catalogs are not asked (MySQL, SQLite).
-fn texty(data_type: &str) -> bool {
-    let t = data_type.to_ascii_lowercase();
-    ["char", "text", "enum", "clob", "string"]
-        .iter()
-        .any(|k| t.contains(k))
-}
-
-#[derive(Clone, Copy, PartialEq)]
-enum Dialect {
-    Postgres,
-    Mysql,
-    Sqlite,
-}
-
-/// The columns to read: (entry index, column), at most
-/// [`MAX_COLUMNS_PER_TABLE`] per table, only sampled text columns.
-fn branches(
-    entries: &[TableEntry],
-    text_columns: Option<&HashSet<(String, String)>>,
-) -> Vec<(usize, String)> {
-    let mut out = Vec::new();
-    for (i, e) in entries.iter().enumerate() {
-        let mut n = 0;
-        for c in &e.column_order {
-            if n >= MAX_COLUMNS_PER_TABLE {
-                break;
-            }
-            if !e.data_types.contains_key(c) || !catalog::sampled_column(e, c) {
-                continue;
-            }
-            let is_text = match text_columns {
-                Some(set) => set.contains(&(e.table_name.clone(), c.clone())),
-                None => texty(e.data_types[c].as_str().unwrap_or_default()),
-            };
-            if is_text {
-                out.push((i, c.clone()));
-                n += 1;
-            }
-        }
-    }
-    out
-}
-
-fn quote_mysql(ident: &str) -> String {
-    format!("`{}`", ident.replace('`', "``"))
-}
-
-/// One statement reading the distinct values of `part` (tagged by their
-/// position `b`): per column at most [`MAX_DISTINCT`] + 1 values of at most
-/// [`MAX_VALUE_CHARS`] + 1 characters, from at most [`VALUE_ROWS`] rows.
-fn batch_sql(dialect: Dialect, entries: &[TableEntry], part: &[(usize, usize, String)]) -> String {
-    let rows = VALUE_ROWS;
-    let distinct = MAX_DISTINCT + 1;
-    let chars = MAX_VALUE_CHARS + 1;
-    part.iter()
-        .map(|(b, i, col)| {
-            let e = &entries[*i];
-            match dialect {
-                Dialect::Postgres => {
-                    let c = catalog::quote_ident(col);
-                    format!(
-                        "SELECT {b} AS b, d.v FROM (SELECT DISTINCT pg_catalog.left(s.{c}::pg_catalog.text, {chars}) AS v \
-                         FROM (SELECT {c} FROM {}.{} LIMIT {rows}) s WHERE s.{c} IS NOT NULL LIMIT {distinct}) d",
-                        catalog::quote_ident(&e.schema_name),
-                        catalog::quote_ident(&e.table_name)
-                    )
-                }
-                Dialect::Mysql => {
-                    let c = quote_mysql(col);
-                    format!(
-                        "SELECT {b} AS b, d.v FROM (SELECT DISTINCT LEFT(CAST(s.{c} AS CHAR), {chars}) AS v \
-                         FROM (SELECT {c} FROM {}.{} LIMIT {rows}) s WHERE s.{c} IS NOT NULL LIMIT {distinct}) d",
-                        quote_mysql(&e.schema_name),
-                        quote_mysql(&e.table_name)
-                    )
-                }
-                Dialect::Sqlite => {
-                    let c = catalog::quote_ident(col);
-                    format!(
-                        "SELECT {b} AS b, d.v FROM (SELECT DISTINCT substr(CAST(s.{c} AS TEXT), 1, {chars}) AS v \
-                         FROM (SELECT {c} FROM {}.{} LIMIT {rows}) s WHERE s.{c} IS NOT NULL LIMIT {distinct}) d",
-                        catalog::quote_ident(crate::sqlite::SCHEMA),
-                        catalog::quote_ident(&e.table_name)
-                    )
-                }
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" UNION ALL ")
-}
-
-/// Most rows one batch can return.
-const BATCH_ROWS: usize = BATCH * (MAX_DISTINCT + 1);
-/// Most bytes of JSON one batch can return (4 bytes a character, framing).
-const BATCH_BYTES: usize = BATCH_ROWS * ((MAX_VALUE_CHARS + 1) * 4 + 64);
-
-/// What one statement returned: (branch, value) pairs, or why it failed
-/// (the statement's own error: retried column by column).
-type BatchResult = std::result::Result<Vec<(usize, String)>, String>;
-
-/// Read the values of `branches` in batches through `run`, keep the
-/// low-cardinality columns, stop at `budget` values.
-fn collect_with(
-    dialect: Dialect,
-    entries: &[TableEntry],
-    branches: Vec<(usize, String)>,
-    budget: i64,
-    mut run: impl FnMut(&str) -> BatchResult,
-) -> Vec<Found> {
-    let mut out: Vec<Found> = Vec::new();
-    if budget <= 0 {
-        return out;
-    }
-    let tagged: Vec<(usize, usize, String)> = branches
-        .into_iter()
-        .enumerate()
-        .map(|(b, (i, c))| (b, i, c))
-        .collect();
-    for part in tagged.chunks(BATCH) {
-        let mut per_branch: HashMap<usize, Vec<String>> = HashMap::new();
-        match run(&batch_sql(dialect, entries, part)) {
-            Ok(rows) => {
-                for (b, v) in rows {
-                    per_branch.entry(b).or_default().push(v);
-                }
-            }
-            Err(_) => {
-                // One unreadable column (a policy's error, a remote grant)
-                // must not cost the others their values.
-                for one in part.chunks(1) {
-                    if let Ok(rows) = run(&batch_sql(dialect, entries, one)) {
-                        for (b, v) in rows {
-                            per_branch.entry(b).or_default().push(v);
-                        }
-                    }
-                }
-            }
-        }
-        for (b, i, col) in part {
-            let Some(values) = per_branch.remove(b) else {
-                continue;
-            };
-            if values.len() > MAX_DISTINCT {
-                continue;
-            }
-            let e = &entries[*i];
-            let mut seen: HashSet<String> = HashSet::new();
-            for v in values {
-                if indexable(&v).is_none() || !seen.insert(v.clone()) {
-                    continue;
-                }
-                out.push(Found {
-                    schema: e.schema_name.clone(),
-                    table: e.table_name.clone(),
-                    column: col.clone(),
-                    value: v,
-                });
-                if out.len() as i64 >= budget {
-                    return out;
-                }
-            }
-        }
-    }
-    out
-}
-
-/// The (table, column) pairs of a PostgreSQL schema whose type is a string
-/// or an enum (domains over them too).
-pub const TEXT_COLUMNS_SQL: &str = "SELECT c.relname::pg_catalog.text, a.attname::pg_catalog.text \
-     FROM pg_catalog.pg_attribute a \
-     JOIN pg_catalog.pg_class c ON c.oid = a.attrelid \
-     JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-     JOIN pg_catalog.pg_type t ON t.oid = a.atttypid \
-     WHERE n.nspname = $1 AND a.attnum > 0 AND NOT a.attisdropped AND t.typcategory IN ('S', 'E')";
-
-/// Values of a local schema's tables, read as the current role (the
-/// tenant's) through SPI; a failing statement is rolled back alone.
-pub fn collect_local(schema: &str, entries: &[TableEntry], budget: i64) -> Vec<Found> {
-    if budget <= 0 || entries.is_empty() {
-        return Vec::new();
-    }
-    let text: HashSet<(String, String)> = Spi::connect(|client| {
-        let mut out = HashSet::new();
-        for row in client.select(TEXT_COLUMNS_SQL, None, &[DatumWithOid::from(schema)])? {
-            out.insert((
-                row.get::<String>(1)?.unwrap_or_default(),
-                row.get::<String>(2)?.unwrap_or_default(),
-            ));
-        }
-        Ok::<_, pgrx::spi::Error>(out)
-    })
-    .unwrap_or_default();
-    let todo = branches(entries, Some(&text));
-    collect_with(Dialect::Postgres, entries, todo, budget, |sql| {
-        let outcome = crate::subxact::run(|| {
-            Spi::connect(|client| {
-                let mut out = Vec::new();
-                for row in client.select(sql, None, &[])? {
-                    let b: i32 = row.get(1)?.unwrap_or(-1);
-                    if let (Ok(b), Some(v)) = (usize::try_from(b), row.get::<String>(2)?) {
-                        out.push((b, v));
-                    }
-                }
-                Ok::<_, pgrx::spi::Error>(out)
-            })
-        });
-        match outcome {
-            Ok(Ok(rows)) => Ok(rows),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(caught) => match crate::subxact::report_of(&caught) {
-                Some((code, message)) if !crate::guard::must_rethrow(code) => Err(message),
-                _ => caught.rethrow(),
-            },
-        }
-    })
-}
-
-/// Values of a remote PostgreSQL schema over the sync's own session.
-pub fn collect_postgres(
-    session: &mut crate::remote::Session,
-    schema: &str,
-    entries: &[TableEntry],
-    budget: i64,
-    timeout_ms: i32,
-) -> Vec<Found> {
-    if budget <= 0 || entries.is_empty() {
-        return Vec::new();
-    }
-    let text: HashSet<(String, String)> =
-        match session.query_read_only(TEXT_COLUMNS_SQL, &[Some(schema)], timeout_ms) {
-            Ok(r) => r
-                .rows
-                .into_iter()
-                .filter_map(|row| {
-                    let mut it = row.into_iter();
-                    Some((it.next()??, it.next()??))
-                })
-                .collect(),
-            Err(e) if matches!(e.kind, Kind::Remote | Kind::Statement) => HashSet::new(),
-            Err(e) => e.raise(),
-        };
-    let todo = branches(entries, Some(&text));
-    collect_with(
-        Dialect::Postgres,
-        entries,
-        todo,
-        budget,
-        |sql| match session.query_read_only(sql, &[], timeout_ms) {
-            Ok(r) => Ok(r
-                .rows
-                .into_iter()
-                .filter_map(|row| {
-                    let mut it = row.into_iter();
-                    let b = it.next()??.parse::<usize>().ok()?;
-                    Some((b, it.next()??))
-                })
-                .collect()),
-            // A rejected statement (a table the account may not read) or a
-            // remote that broke off: retried column by column, then skipped.
-            Err(e) if matches!(e.kind, Kind::Remote | Kind::Statement) => Err(e.to_string()),
-            Err(e) => e.raise(),
-        },
-    )
-}
-
-fn json_rows(rows: Vec<Value>) -> Vec<(usize, String)> {
-    rows.into_iter()
-        .filter_map(|r| {
-            let b = match &r["b"] {
-                Value::Number(n) => usize::try_from(n.as_u64()?).ok()?,
-                Value::String(s) => s.parse().ok()?,
-                _ => return None,
-            };
-            let v = match &r["v"] {
-                Value::String(s) => s.clone(),
-                Value::Null => return None,
-                other => other.to_string(),
-            };
-            Some((b, v))
-        })
-        .collect()
-}
-
-/// Values of a MySQL or SQLite connection, one helper call per batch.
-pub fn collect_dataplane(conn: &Connection, entries: &[TableEntry], budget: i64) -> Vec<Found> {
-    if budget <= 0 || entries.is_empty() {
-        return Vec::new();
-    }
-    let todo = branches(entries, None);
-    if todo.is_empty() {
-        return Vec::new();
-    }
-    let connect_ms = crate::gucs::REMOTE_CONNECT_TIMEOUT_MS.get();
-    let timeout_ms = crate::gucs::QUERY_TIMEOUT_MS.get();
-    let outcome = |r: crate::error::Result<crate::dataplane::JsonRows>| match r {
-        Ok(rows) => Ok(json_rows(rows.rows)),
+/// A helper-process batch (MySQL, SQLite): its rows, or the statement's
+/// own failure (retried column by column); any other failure is raised.
+pub fn helper_batch(r: crate::error::Result<Vec<Value>>) -> BatchResult {
+    match r {
+        Ok(rows) => Ok(json_rows(rows)),
         Err(e) if matches!(e.kind, Kind::Remote | Kind::Statement | Kind::TooLarge) => {
             Err(e.to_string())
         }
         Err(e) => e.raise(),
-    };
-    match conn.kind {
-        EngineKind::Mysql => {
-            let target = crate::dataplane::mysql_target(conn).unwrap_or_else(|e| e.raise());
-            collect_with(Dialect::Mysql, entries, todo, budget, |sql| {
-                outcome(crate::mysql::query(
-                    &target,
-                    &conn.schema_name,
-                    sql.to_string(),
-                    BATCH_ROWS,
-                    BATCH_BYTES,
-                    connect_ms,
-                    timeout_ms,
-                ))
-            })
-        }
-        EngineKind::Sqlite => {
-            let path = crate::dataplane::sqlite_path(conn).unwrap_or_else(|e| e.raise());
-            collect_with(Dialect::Sqlite, entries, todo, budget, |sql| {
-                outcome(crate::sqlite::query(
-                    &path,
-                    sql,
-                    BATCH_ROWS,
-                    BATCH_BYTES,
-                    timeout_ms,
-                ))
-            })
-        }
-        _ => Vec::new(),
     }
 }
 
@@ -677,7 +319,7 @@ pub fn prompt_line(m: &Match, default_schema: &str) -> String {
     } else {
         format!("{}.{}.{}", q(&m.schema), q(&m.table), q(&m.column))
     };
-    let mut line = format!("{} is a value of {table}", catalog::quote_literal(&m.value));
+    let mut line = format!("{} is a value of {table}", quote_literal(&m.value));
     if m.score < 1.0 {
         line.push_str(&format!(" (the question writes \"{}\")", m.said));
     }
@@ -702,7 +344,7 @@ fn search_values(
         name!(score, f32),
     ),
 > {
-    let question = crate::nl2sql::check_question(question);
+    let question = crate::question::check_question(question);
     let k = k.unwrap_or(10);
     if !(1..=1000).contains(&k) {
         DbragError::new(Kind::BadArgument, "k must be between 1 and 1000").raise();

@@ -9,10 +9,9 @@ use dbrag_core::prompt::PromptExample;
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
 
-use crate::connections::{self, Connection};
+use crate::connection_store::{self as connections, Connection};
 use crate::error::{required, DbragError, Kind};
-use crate::nl2sql;
-use crate::privileged;
+use crate::pg::privileged;
 use crate::tenant;
 
 /// Longest SQL accepted, in characters (as `add_example`).
@@ -49,10 +48,10 @@ fn check_sql(sql: Option<&str>, name: &str) -> String {
 /// one read-only SELECT or not valid, 42501 a forbidden relation or function).
 fn guard(conn: &Connection, sql: &str) {
     let role = crate::act_as::tenant_role(conn.tenant_id);
-    match nl2sql::check(conn, role, sql) {
-        nl2sql::Checked::Ok(_) => {}
-        nl2sql::Checked::Refused(e) => e.raise(),
-        nl2sql::Checked::Invalid(msg) => DbragError::new(
+    match crate::engine::check(conn, role, sql) {
+        crate::engine::Checked::Ok(_) => {}
+        crate::engine::Checked::Refused(e) => e.raise(),
+        crate::engine::Checked::Invalid(msg) => DbragError::new(
             Kind::RefusedSql,
             format!("the statement is not valid: {msg}"),
         )
@@ -64,9 +63,9 @@ fn guard(conn: &Connection, sql: &str) {
 /// force and its active connection, after the guard accepts the SQL.
 #[pg_extern(volatile, parallel_unsafe)]
 fn add_verified_query(question: Option<&str>, sql: Option<&str>) -> pgrx::Uuid {
-    let question = nl2sql::check_question(question);
+    let question = crate::question::check_question(question);
     let sql = check_sql(sql, "sql");
-    crate::act_as::refuse_if_restricted("dbrag.add_verified_query");
+    crate::pg::restricted::refuse_if_restricted("dbrag.add_verified_query");
     let conn = connections::active();
     guard(&conn, &sql);
     privileged::as_extension(|| {
@@ -185,7 +184,7 @@ fn feedback(
     let history_id = required(history_id, "history_id");
     let helpful = required(helpful, "helpful");
     let corrected = corrected_sql.map(|s| check_sql(Some(s), "corrected_sql"));
-    crate::act_as::refuse_if_restricted("dbrag.feedback");
+    crate::pg::restricted::refuse_if_restricted("dbrag.feedback");
     let t = tenant::require();
     let tp = tenant::to_pg(t);
     // (question, generated_sql, status, connection_id) of the row, if it is

@@ -28,6 +28,7 @@ pub struct RemoteRows {
 }
 
 /// A parsed conninfo: libpq's keyword/value pairs for the options given.
+#[derive(Clone)]
 pub struct Parsed {
     pub options: Vec<(String, String)>,
 }
@@ -94,22 +95,9 @@ pub fn parse(conninfo: &str) -> Result<Parsed> {
     Ok(Parsed { options })
 }
 
-/// Whether the caller may let libpq use the server's own identity: the login
-/// role and the current role must both be superusers (so neither a tenant
-/// running through the extension's privileged path nor a superuser who took
-/// a tenant's role with `SET ROLE` qualifies), and never while pg_dbrag
-/// works for a tenant (crate::act_as), whoever called.
-pub fn caller_is_superuser() -> bool {
-    if crate::act_as::acting_for_tenant() {
-        return false;
-    }
-    // SAFETY: plain catalog lookups on valid role oids.
-    unsafe { pg_sys::superuser() && pg_sys::superuser_arg(pg_sys::GetSessionUserId()) }
-}
-
 /// The checks of docs/connections-and-keys.md made before connecting.
 pub fn check_before_connect(parsed: &Parsed) -> Result<()> {
-    if caller_is_superuser() {
+    if crate::pg::restricted::caller_is_superuser() {
         return Ok(());
     }
     conninfo::check_unprivileged(&parsed.options).map(|_| ()).map_err(|e| {
@@ -170,17 +158,10 @@ unsafe fn send_cancel(cancel: *mut pq::PGcancel) {
             pq::PQfreeCancel(handle.0);
         }
     }
-    // The new thread inherits the signal mask in force when it is created.
-    let mut all: libc::sigset_t = std::mem::zeroed();
-    let mut old: libc::sigset_t = std::mem::zeroed();
-    libc::sigfillset(&mut all);
-    libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
     let handle = CancelHandle(cancel);
-    let spawned = std::thread::Builder::new()
-        .name("pg_dbrag cancel".into())
-        .stack_size(256 * 1024)
-        .spawn(move || cancel_now(handle));
-    libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+    let spawned = crate::pg::spawn_signal_free("pg_dbrag cancel", Some(256 * 1024), move || {
+        cancel_now(handle)
+    });
     if spawned.is_err() {
         // The closure never ran (and CancelHandle frees nothing on drop):
         // cancel inline instead.
@@ -293,7 +274,7 @@ impl Session {
     /// dbrag.query_memory_limit: a server can announce a long message
     /// during start-up too.
     pub fn connect(parsed: &Parsed, timeout_ms: i32) -> Result<Session> {
-        crate::timer::within_memory_limit(|| Self::connect_unwatched(parsed, timeout_ms))
+        crate::pg::timer::within_memory_limit(|| Self::connect_unwatched(parsed, timeout_ms))
     }
 
     fn connect_unwatched(parsed: &Parsed, timeout_ms: i32) -> Result<Session> {
@@ -368,7 +349,9 @@ impl Session {
             // SAFETY: as above.
             state = unsafe { pq::PQconnectPoll(conn) };
         }
-        if !caller_is_superuser() && unsafe { pq::PQconnectionUsedPassword(conn) } == 0 {
+        if !crate::pg::restricted::caller_is_superuser()
+            && unsafe { pq::PQconnectionUsedPassword(conn) } == 0
+        {
             return Err(DbragError::new(
                 Kind::Forbidden,
                 "connection refused: the remote server did not ask for the password",
@@ -649,7 +632,7 @@ impl Session {
         params: &[Option<&str>],
         timeout_ms: i32,
     ) -> Result<RemoteRows> {
-        crate::timer::within_memory_limit(|| {
+        crate::pg::timer::within_memory_limit(|| {
             self.query_read_only_unwatched(sql, params, timeout_ms)
         })
     }

@@ -219,6 +219,9 @@ pub fn check_mysql_unprivileged(target: &MysqlTarget) -> Result<(), MysqlUriErro
     }
 }
 
+/// The schema name of the only database a SQLite connection reaches.
+pub const SQLITE_SCHEMA: &str = "main";
+
 /// Why a SQLite path is refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SqlitePathError {

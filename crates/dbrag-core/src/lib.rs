@@ -10,11 +10,14 @@ pub mod dataplane_target;
 pub mod dialect_guard;
 pub mod envelope;
 pub mod frame;
+pub mod introspect;
 pub mod jwt;
 pub mod llmhttp;
 pub mod node_assertion;
 pub mod prompt;
+pub mod sql_text;
 pub mod sqlguard;
+pub mod values;
 pub mod words;
 
 pub use answer::{

@@ -40,7 +40,7 @@ const KILL_TIMEOUT_MS: u64 = 3000;
 /// Extra socket time past a statement's own limit before the worker gives up.
 const SOCKET_GRACE_MS: u64 = 5000;
 /// Rows read per table for samples.
-const SAMPLE_ROWS: usize = 50;
+const SAMPLE_ROWS: usize = dbrag_core::introspect::SAMPLE_ROWS as usize;
 /// JSON text read per table for samples (the catalog keeps a few short values).
 const SAMPLE_BYTES: usize = 4 << 20;
 

@@ -30,7 +30,7 @@ use crate::{cancelled, Result};
 const MAX_LENGTH: i32 = 16 * 1024 * 1024;
 /// VM instructions between two looks at the clock and the interrupt flags.
 const PROGRESS_OPS: i32 = 1000;
-const SAMPLE_ROWS: usize = 50;
+const SAMPLE_ROWS: usize = dbrag_core::introspect::SAMPLE_ROWS as usize;
 /// JSON text one schema read may return (names, types, samples).
 const SCHEMA_BYTES: usize = 32 << 20;
 /// The schema name of the only database a connection reaches.

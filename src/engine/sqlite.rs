@@ -3,7 +3,7 @@
 //! [`dbrag_core::dataplane_target::resolve_sqlite_path`] refuses `..`,
 //! absolute paths elsewhere and symlinks that lead out. The file is read by
 //! `rusqlite` with its bundled SQLite in the data-plane helper process
-//! (crate::helper, crates/dbrag-dataplane): a corrupt or crafted file can
+//! (crate::pg::helper, crates/dbrag-dataplane): a corrupt or crafted file can
 //! end that process, never the backend. See docs/engines.md.
 
 use std::path::PathBuf;
@@ -12,13 +12,23 @@ use dbrag_core::dataplane_target::{self, SqlitePathError};
 use dbrag_core::frame::{Introspection, Request, Rows};
 use serde_json::Value;
 
-use crate::dataplane::JsonRows;
+use std::collections::HashSet;
+
+use dbrag_core::dialect_guard::{self, Dialect};
+use dbrag_core::introspect::entries_with_samples;
+use pgrx::pg_sys;
+
+use super::{
+    Checked, Engine, EngineKind, Introspected, JsonRows, Readable, RunError, Source, Target,
+};
 use crate::error::{DbragError, Kind, Result};
 use crate::gucs;
-use crate::helper;
+use crate::pg::helper;
+use crate::value_index::helper_batch;
+use dbrag_core::values::{self, BATCH_BYTES, BATCH_ROWS};
 
 /// The schema name of the only database a connection reaches.
-pub const SCHEMA: &str = "main";
+pub const SCHEMA: &str = dbrag_core::dataplane_target::SQLITE_SCHEMA;
 
 /// The canonical path of `given` under the tenant's own directory,
 /// `dbrag.sqlite_dir/<tenant_id>/`, or the refusal. One directory per tenant:
@@ -104,7 +114,8 @@ pub fn list_tables(path: &PathBuf) -> Result<Vec<String>> {
     decode(helper::call(ENGINE, &request, timeout_ms.max(1) as u64)?)
 }
 
-/// Introspection in catalog::INTROSPECT_SQL's shape, plus sample rows.
+/// Introspection in dbrag_core::introspect::INTROSPECT_SQL's shape, plus
+/// sample rows.
 #[allow(clippy::type_complexity)]
 pub fn introspect(path: &PathBuf) -> Result<(Vec<String>, Vec<(String, Vec<Value>)>)> {
     let timeout_ms = gucs::QUERY_TIMEOUT_MS.get();
@@ -118,4 +129,110 @@ pub fn introspect(path: &PathBuf) -> Result<(Vec<String>, Vec<(String, Vec<Value
         10 * timeout_ms.max(1) as u64,
     )?)?;
     Ok((found.tables, found.samples))
+}
+
+pub struct Sqlite {
+    path: Target<PathBuf>,
+}
+
+impl Sqlite {
+    pub fn open(source: Source) -> Result<Self> {
+        let path = Target::open(source, |conninfo, tenant| {
+            resolve(conninfo, tenant)
+                .inspect_err(|e| super::audit_refusal(EngineKind::Sqlite, tenant, e))
+        })?;
+        Ok(Sqlite { path })
+    }
+
+    /// The resolved file under the tenant's directory.
+    fn path(&mut self) -> Result<PathBuf> {
+        self.path.get(resolve)
+    }
+}
+
+impl Engine for Sqlite {
+    fn own_dialect_guard(&self) -> bool {
+        true
+    }
+
+    fn dialect(&self) -> String {
+        "SQLite 3".to_string()
+    }
+
+    /// Always `main`.
+    fn resolve_schema(&self, given: &str) -> Result<String> {
+        if given != "public" && given != SCHEMA {
+            return Err(DbragError::new(
+                Kind::BadArgument,
+                "a SQLite connection reads the file's main schema: leave schema_name out or write 'main'",
+            ));
+        }
+        Ok(SCHEMA.to_string())
+    }
+
+    fn readable(&self, _schema: &str, conninfo: Option<&str>) -> Result<Readable> {
+        Ok(Readable {
+            database: conninfo.map(str::to_string),
+            ..Readable::default()
+        })
+    }
+
+    fn list_tables(&mut self, _schema: &str) -> Result<Vec<(String, String)>> {
+        let path = self.path()?;
+        Ok(list_tables(&path)?
+            .into_iter()
+            .map(|name| (SCHEMA.to_string(), name))
+            .collect())
+    }
+
+    fn check_works(&mut self, schema: &str) -> Result<()> {
+        self.list_tables(schema).map(|_| ())
+    }
+
+    /// Through sqlite_schema and its pragmas; then the value index's batches.
+    fn introspect(&mut self, _schema: &str, budget: i64) -> Result<Introspected> {
+        let path = self.path()?;
+        let (tables, samples) = introspect(&path)?;
+        let entries = entries_with_samples(SCHEMA, &tables, samples);
+        let todo = values::branches(&entries, None);
+        let timeout_ms = gucs::QUERY_TIMEOUT_MS.get();
+        let values = if budget <= 0 || todo.is_empty() {
+            Vec::new()
+        } else {
+            values::collect_with(values::Dialect::Sqlite, &entries, todo, budget, |sql| {
+                helper_batch(query(&path, sql, BATCH_ROWS, BATCH_BYTES, timeout_ms).map(|r| r.rows))
+            })
+        };
+        Ok((entries, values))
+    }
+
+    fn check(
+        &mut self,
+        _role: pg_sys::Oid,
+        _schema: &str,
+        sql: &str,
+        allowed: &HashSet<(String, String)>,
+    ) -> Checked {
+        super::dialect_checked(
+            dialect_guard::check(Dialect::Sqlite, sql, SCHEMA, allowed).map(|c| c.sql),
+        )
+    }
+
+    fn run_read_only(
+        &mut self,
+        sql: &str,
+        max_rows: i64,
+        max_bytes: usize,
+        timeout_ms: i32,
+    ) -> std::result::Result<(Vec<String>, bool), RunError> {
+        let max = super::row_cap(max_rows)?;
+        let mut run = || {
+            let path = self.path()?;
+            let limited = dialect_guard::with_row_limit(Dialect::Sqlite, sql, max as u64 + 1)
+                .unwrap_or_else(|| sql.to_string());
+            let rows = query(&path, &limited, max, max_bytes, timeout_ms.max(1))?;
+            super::json_text(rows, max_bytes)
+        };
+        run().map_err(super::remote_run_error)
+    }
 }

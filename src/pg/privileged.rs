@@ -48,7 +48,7 @@ pub fn as_extension<R>(f: impl FnOnce() -> R) -> R {
         );
     }
     let level = push_search_path(c"pg_catalog, pg_temp");
-    crate::scaleout::allow_nested_reads();
+    crate::pg::citus::allow_nested_reads();
     let result = f();
     restore_settings(level);
     // SAFETY: undoes the switch made above.

@@ -25,9 +25,9 @@ use dbrag_core::frame::{self, ErrorKind, Reply, Request, MAX_REPLY_BYTES, MAX_RE
 use pgrx::pg_sys;
 use serde_json::Value;
 
-use crate::dataplane::interrupt_pending;
 use crate::error::{DbragError, Kind, Result};
 use crate::gucs;
+use crate::pg::interrupt_pending;
 
 /// The helper's file name, next to the extension's shared library.
 pub const BINARY: &str = "pg_dbrag_dataplane";
