@@ -1688,3 +1688,110 @@ CREATE FUNCTION dbrag."search_values"(
 STABLE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'search_values_wrapper';
+
+-- ===========================================================================
+-- A new tenant's role on Citus at commit (docs/scale-out.md, section 5):
+-- INSERT ... SELECT and COPY into control_plane.tenants on a cluster. The
+-- row trigger makes the role at once on one node; on Citus the deferred
+-- constraint trigger tenants_role_deferred makes it at commit, when Citus
+-- has finished streaming the rows to the workers.
+-- ===========================================================================
+
+CREATE OR REPLACE FUNCTION control_plane.sync_tenant_role() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    on_coordinator boolean := true;
+    on_citus boolean := false;
+    -- On Citus the trigger fires on a shard (tenants_102008): its table's
+    -- and its own name are the shard's without the shard id.
+    tbl text := pg_catalog.regexp_replace(TG_TABLE_NAME, '_[0-9]+$', '');
+    trg text := pg_catalog.regexp_replace(TG_NAME, '_[0-9]+$', '');
+BEGIN
+    -- On Citus the trigger fires on every node's copy of these reference
+    -- tables; roles are made on the coordinator, which propagates them.
+    IF pg_catalog.to_regproc('pg_catalog.citus_is_coordinator') IS NOT NULL THEN
+        on_citus := true;
+        EXECUTE 'SELECT pg_catalog.citus_is_coordinator()' INTO on_coordinator;
+        IF NOT on_coordinator THEN
+            RETURN NULL;
+        END IF;
+    END IF;
+    -- A new tenant's role: on one node at once (tenants_role); on Citus at
+    -- commit (tenants_role_deferred). An INSERT ... SELECT or COPY into the
+    -- reference table fires the row triggers while Citus still streams the
+    -- rows to the workers, whose connections cannot carry the CREATE ROLE
+    -- then (docs/scale-out.md, section 5).
+    -- On Citus a COPY (or an INSERT while local execution is off) reaches
+    -- the coordinator's placement through a connection of Citus's own, in
+    -- another backend of the same distributed transaction: a CREATE ROLE
+    -- propagated from there waits for a lock its own transaction holds.
+    IF on_citus AND tbl = 'tenants' AND TG_OP = 'INSERT'
+       AND pg_catalog.current_setting('application_name') LIKE 'citus\_internal gpid=%' THEN
+        RAISE EXCEPTION 'tenants cannot be added through a Citus connection to the coordinator (COPY, or INSERT with citus.enable_local_execution off)'
+            USING ERRCODE = '0A000',
+                  HINT = 'use dbrag.create_tenant, INSERT ... VALUES or INSERT ... SELECT with citus.enable_local_execution on';
+    END IF;
+    IF tbl = 'tenants' AND TG_OP = 'INSERT' AND on_citus = (trg = 'tenants_role') THEN
+        RETURN NULL;
+    END IF;
+    IF tbl = 'tenants' AND TG_OP = 'DELETE' THEN
+        -- Only this database's own role (a restored copy may record the original's).
+        IF OLD.tenant_role = dbrag.tenant_role_name(OLD.tenant_id) THEN
+            PERFORM dbrag._drop_tenant_role(OLD.tenant_role);
+            -- On Citus its password for the nodes' connections goes too
+            -- (pg_dist_authinfo is a superuser's to write).
+            IF pg_catalog.to_regclass('pg_catalog.pg_dist_authinfo') IS NOT NULL
+               AND (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = current_user) THEN
+                EXECUTE 'DELETE FROM pg_catalog.pg_dist_authinfo WHERE rolename = $1' USING OLD.tenant_role;
+                PERFORM pg_catalog.run_command_on_workers(pg_catalog.format(
+                    'DELETE FROM pg_catalog.pg_dist_authinfo WHERE rolename = %L', OLD.tenant_role));
+            END IF;
+        END IF;
+    ELSIF TG_OP = 'DELETE' THEN
+        PERFORM dbrag._sync_tenant_role(OLD.tenant_id);
+    ELSE
+        PERFORM dbrag._sync_tenant_role(NEW.tenant_id);
+        IF TG_OP = 'INSERT' AND tbl <> 'tenant_members'
+           AND pg_catalog.to_regclass('pg_catalog.pg_dist_authinfo') IS NOT NULL THEN
+            PERFORM dbrag._citus_tenant_login(NEW.tenant_id);
+        END IF;
+        IF TG_OP = 'UPDATE' AND OLD.tenant_id IS DISTINCT FROM NEW.tenant_id THEN
+            PERFORM dbrag._sync_tenant_role(OLD.tenant_id);
+        END IF;
+    END IF;
+    RETURN NULL;
+END
+$$;
+CREATE CONSTRAINT TRIGGER tenants_role_deferred AFTER INSERT ON control_plane.tenants
+    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION control_plane.sync_tenant_role();
+
+-- ===========================================================================
+-- set_tenant_budget on Citus: a budget changed a second time (INSERT ... ON
+-- CONFLICT DO UPDATE on the distributed tenant_budgets) takes updated_at from
+-- the new row's default instead of calling now(), which Citus refuses there.
+-- ===========================================================================
+
+CREATE OR REPLACE FUNCTION dbrag.set_tenant_budget(tenant uuid, calls_per_minute integer, tokens_per_day bigint)
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM dbrag._require_admin();
+    IF tenant IS NULL THEN
+        RAISE EXCEPTION 'tenant must not be NULL' USING ERRCODE = '22023';
+    END IF;
+    IF calls_per_minute < 0 OR tokens_per_day < 0 THEN
+        RAISE EXCEPTION 'budgets must be >= 0 (NULL = unlimited)' USING ERRCODE = '22023';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM control_plane.tenants t WHERE t.tenant_id = set_tenant_budget.tenant) THEN
+        RAISE EXCEPTION 'tenant % does not exist', tenant USING ERRCODE = '42704';
+    END IF;
+    INSERT INTO control_plane.tenant_budgets AS b (tenant_id, calls_per_minute, tokens_per_day)
+    VALUES (set_tenant_budget.tenant, set_tenant_budget.calls_per_minute, set_tenant_budget.tokens_per_day)
+    ON CONFLICT (tenant_id) DO UPDATE
+        SET calls_per_minute = EXCLUDED.calls_per_minute, tokens_per_day = EXCLUDED.tokens_per_day,
+            -- The new row's default: Citus refuses non-IMMUTABLE
+            -- functions in DO UPDATE on a distributed table.
+            updated_at = EXCLUDED.updated_at;
+    PERFORM dbrag._audit('budget_set', tenant, pg_catalog.jsonb_build_object(
+        'calls_per_minute', calls_per_minute, 'tokens_per_day', tokens_per_day));
+END
+$$;
