@@ -798,3 +798,31 @@ def test_insert_select_into_tenants(cluster):
     for port in (cluster.coord, cluster.w1, cluster.w2):
         with conn(port) as c:
             assert c.execute("SELECT count(*) FROM pg_roles WHERE rolname = ANY(%s)", (roles,)).fetchone()[0] == 0
+
+
+def test_forwarding_off_fails_closed(cluster):
+    """dbrag.citus_tenant_forwarding = off (superuser only) stops the hook:
+    a tenant set with set_tenant no longer reaches the workers, which then
+    see no tenant (no rows, writes refused); a member's login still works."""
+    su = cluster.su
+    with cluster.login(cluster.app) as c:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            c.execute("SET dbrag.citus_tenant_forwarding = off")
+    su.execute(f"ALTER ROLE {cluster.app} SET dbrag.citus_tenant_forwarding = off")
+    su.execute(f"ALTER ROLE {cluster.alice} SET dbrag.citus_tenant_forwarding = off")
+    try:
+        with cluster.login(cluster.app) as c:
+            c.execute("SELECT dbrag.set_tenant(%s::uuid)", (cluster.a,))
+            assert c.execute("SELECT count(*) FROM app.orders").fetchone()[0] == 0
+            with c.transaction():
+                c.execute("SELECT dbrag.set_tenant(%s, true)", (token_for(cluster.b),))
+                assert c.execute("SELECT count(*) FROM app.orders WHERE tenant_id = %s",
+                                 (cluster.b,)).fetchone()[0] == 0
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                c.execute("SELECT dbrag.set_tenant(%s::uuid)", (cluster.a,))
+                c.execute("INSERT INTO app.orders VALUES (%s, 777777, 1)", (cluster.a,))
+        with cluster.login(cluster.alice) as c:
+            assert c.execute("SELECT count(*) FROM app.orders").fetchone()[0] == ROWS_PER_TENANT["a"]
+    finally:
+        su.execute(f"ALTER ROLE {cluster.app} RESET dbrag.citus_tenant_forwarding")
+        su.execute(f"ALTER ROLE {cluster.alice} RESET dbrag.citus_tenant_forwarding")
