@@ -1691,10 +1691,11 @@ AS 'MODULE_PATHNAME', 'search_values_wrapper';
 
 -- ===========================================================================
 -- A new tenant's role on Citus at commit (docs/scale-out.md, section 5):
--- INSERT ... SELECT and COPY into control_plane.tenants on a cluster. The
--- row trigger makes the role at once on one node; on Citus the deferred
+-- INSERT ... SELECT into control_plane.tenants on a cluster. The row
+-- trigger makes the role at once on one node; on Citus the deferred
 -- constraint trigger tenants_role_deferred makes it at commit, when Citus
--- has finished streaming the rows to the workers.
+-- has finished streaming the rows to the workers. COPY on a cluster (a
+-- Citus connection to the coordinator's placement) is refused, 0A000.
 -- ===========================================================================
 
 CREATE OR REPLACE FUNCTION control_plane.sync_tenant_role() RETURNS trigger
