@@ -1726,8 +1726,15 @@ BEGIN
     -- the coordinator's placement through a connection of Citus's own, in
     -- another backend of the same distributed transaction: a CREATE ROLE
     -- propagated from there waits for a lock its own transaction holds.
+    -- A row whose role exists needs nothing (Citus copying a placement).
     IF on_citus AND tbl = 'tenants' AND TG_OP = 'INSERT'
        AND pg_catalog.current_setting('application_name') LIKE 'citus\_internal gpid=%' THEN
+        IF EXISTS (SELECT FROM pg_catalog.pg_roles r
+                   WHERE r.rolname = dbrag.tenant_role_name(NEW.tenant_id)
+                     AND pg_catalog.shobj_description(r.oid, 'pg_authid')
+                         = 'pg_dbrag: role of tenant ' || NEW.tenant_id::text) THEN
+            RETURN NULL;
+        END IF;
         RAISE EXCEPTION 'tenants cannot be added through a Citus connection to the coordinator (COPY, or INSERT with citus.enable_local_execution off)'
             USING ERRCODE = '0A000',
                   HINT = 'use dbrag.create_tenant, INSERT ... VALUES or INSERT ... SELECT with citus.enable_local_execution on';
