@@ -20,8 +20,10 @@
 #   tx      the application server inside a transaction block, the pattern a
 #           transaction-pooling PgBouncer imposes: BEGIN; set_tenant(uuid,
 #           true) or set_tenant(token, true); the key query; COMMIT, against
-#           the hand-written BEGIN; the key query; COMMIT (three scripts in
-#           one run); dbrag.audit_tenant_switches = off for bench_app
+#           the hand-written BEGIN; the key query; COMMIT; and, to split the
+#           gap, the hand-written transaction with a set_config statement
+#           and set_tenant(uuid) before the hand-written table (five scripts
+#           in one run); dbrag.audit_tenant_switches = off for bench_app
 # Per cluster, hand-written and isolated run in the SAME pgbench run (two
 # scripts of weight 1; for app and hook, in adjacent runs), compared by mean
 # latency from pgbench's transaction log, as bench/rls_overhead.sh does;
@@ -160,6 +162,13 @@ printf '%s\n' '\set k random(1, 1000)' 'BEGIN;' "SELECT dbrag.set_tenant('$T_FIX
     "SELECT * FROM bench.isolated WHERE tenant_id = '$T_FIXED' AND id = :k;" 'COMMIT;' >"$S/tx_uuid.sql"
 printf '%s\n' '\set k random(1, 1000)' 'BEGIN;' "SELECT dbrag.set_tenant('$TOKEN', true);" \
     "SELECT * FROM bench.isolated WHERE tenant_id = '$T_FIXED' AND id = :k;" 'COMMIT;' >"$S/tx_token.sql"
+# Where the transaction's gap comes from: the hand-written transaction with
+# one more statement (set_config, no pg_dbrag), and set_tenant before the
+# hand-written table (the tenant forwarded, no row security).
+printf '%s\n' '\set k random(1, 1000)' 'BEGIN;' "SELECT pg_catalog.set_config('app.tenant', '$T_FIXED', true);" \
+    "SELECT * FROM bench.hand WHERE tenant_id = '$T_FIXED' AND id = :k;" 'COMMIT;' >"$S/tx_hand_set.sql"
+printf '%s\n' '\set k random(1, 1000)' 'BEGIN;' "SELECT dbrag.set_tenant('$T_FIXED'::uuid, true);" \
+    "SELECT * FROM bench.hand WHERE tenant_id = '$T_FIXED' AND id = :k;" 'COMMIT;' >"$S/tx_uuid_hand.sql"
 
 run() {  # label, port, scripts...  (C: clients, default CLIENTS)
     local label=$1 port=$2 user=bench_member clients=${C:-$CLIENTS} threads=$THREADS
@@ -182,7 +191,7 @@ for r in $(seq "$RUNS"); do
         p=$PORT; [ $where = citus ] && p=$((PORT + 1))
         run "apphand.$where.$r" "$p" app_hand
         run "appiso.$where.$r" "$p" app_isolated
-        run "tx.$where.$r" "$p" tx_hand tx_uuid tx_token
+        run "tx.$where.$r" "$p" tx_hand tx_uuid tx_token tx_hand_set tx_uuid_hand
         C=1 run "key1.$where.$r" "$p" key_hand key_isolated
     done
     # Hook on and off, one client, alternating which goes first.
@@ -212,12 +221,17 @@ for (shape, where, run) in list(lat):
         t = lat[(shape, where, run)]
         lat[("txuuid", where, run)] = {0: t[0], 1: t[1]}
         lat[("txtoken", where, run)] = {0: t[0], 1: t[2]}
+        lat[("txstmt", where, run)] = {0: t[0], 1: t[3]}
+        lat[("txset", where, run)] = {0: t[3], 1: t[4]}
+        lat[("txrls", where, run)] = {0: t[4], 1: t[1]}
 print(f"\n{'':42} {'hand us':>9} {'isolated us':>12} {'iso/hand tps':>13} {'(min-max)':>13}")
 med = {}
 names = {"key": "key, member", "insert": "insert, member", "app": "key, app set_tenant",
          "key1": "key, member, 1 client", "txuuid": "key, app, tx + set_tenant(uuid)",
-         "txtoken": "key, app, tx + set_tenant(token)", "hook": "key, member, 1 client, hook off->on"}
-for shape in ("key", "insert", "app", "key1", "txuuid", "txtoken", "hook"):
+         "txtoken": "key, app, tx + set_tenant(token)", "hook": "key, member, 1 client, hook off->on",
+         "txstmt": "tx: + set_config stmt (no dbrag)", "txset": "tx: set_config -> set_tenant(uuid)",
+         "txrls": "tx: hand table -> isolated table"}
+for shape in ("key", "insert", "app", "key1", "txuuid", "txtoken", "txstmt", "txset", "txrls", "hook"):
     for where in ("single", "citus"):
         runs = sorted(k for k in lat if k[0] == shape and k[1] == where)
         if not runs:
