@@ -769,6 +769,11 @@ def test_insert_select_into_tenants(cluster):
         with su.cursor().copy("COPY control_plane.tenants (tenant_id, name) FROM STDIN") as cp:
             cp.write_row((uuid.uuid4(), f"isel_{tag}_copy"))
     assert e.value.sqlstate in ("0A000", "XX000")
+    # The same with local execution off (Citus then inserts over a connection too).
+    with pytest.raises(psycopg.Error, match="cannot be added through a Citus connection"):
+        with su.transaction():
+            su.execute("SET LOCAL citus.enable_local_execution = off")
+            su.execute("SELECT dbrag.create_tenant(%s)", (f"isel_{tag}_lexoff",))
     roles = [r[0] for r in su.execute("SELECT tenant_role FROM control_plane.tenants WHERE name LIKE %s",
                                       (f"isel_{tag}_%",))]
     assert len(roles) == 6
