@@ -11,11 +11,25 @@
 #           put in force once per session with set_tenant(uuid), then
 #           autocommit queries (on Citus each opens a remote transaction
 #           that carries the signed tenant to the worker)
+#   key1    the key shape with ONE client: latency of an unsaturated server
+#           (with CLIENTS clients on this 2-core machine the figure is
+#           throughput under saturation, not latency)
+#   hook    Citus only, one client, member login, the isolated key query with
+#           pg_dbrag's executor hook on, and off (dbrag.citus_tenant_forwarding
+#           = off for a second member role), in adjacent runs
+#   tx      the application server inside a transaction block, the pattern a
+#           transaction-pooling PgBouncer imposes: BEGIN; set_tenant(uuid,
+#           true) or set_tenant(token, true); the key query; COMMIT, against
+#           the hand-written BEGIN; the key query; COMMIT; and, to split the
+#           gap, the hand-written transaction with a set_config statement
+#           and set_tenant(uuid) before the hand-written table (five scripts
+#           in one run); dbrag.audit_tenant_switches = off for bench_app
 # Per cluster, hand-written and isolated run in the SAME pgbench run (two
-# scripts of weight 1; for app, in adjacent runs), compared by mean latency
-# from pgbench's transaction log, as bench/rls_overhead.sh does; single node
-# and Citus alternate, RUNS times each (median, and min-max of the ratios).
-# Needs Citus installed (scripts/citus_build.sh). About 4 minutes for RUNS=3.
+# scripts of weight 1; for app and hook, in adjacent runs), compared by mean
+# latency from pgbench's transaction log, as bench/rls_overhead.sh does;
+# single node and Citus alternate, RUNS times each (median, and min-max of
+# the ratios). Needs Citus installed (scripts/citus_build.sh). About 8
+# minutes for RUNS=3.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
@@ -55,9 +69,7 @@ load() {  # port, distribute (0/1)
     local port=$1 dist=$2
     $PSQL -p "$port" -d bench <<SQL
 CREATE EXTENSION IF NOT EXISTS pg_dbrag CASCADE;
--- Tenants first, then the distribution: the populated-install path (an
--- INSERT ... SELECT into control_plane.tenants after the distribution fails
--- on Citus: each row's role is created and propagated mid-statement).
+-- Tenants first, then the distribution: the populated-install path.
 INSERT INTO control_plane.tenants (tenant_id, name)
 SELECT ('00000000-0000-4000-8000-' || lpad(to_hex(g), 12, '0'))::uuid, 'bench_' || g
 FROM generate_series(1, 200) g;
@@ -79,8 +91,18 @@ CREATE ROLE bench_member LOGIN PASSWORD '$PW';
 GRANT USAGE ON SCHEMA bench TO bench_member;
 GRANT SELECT, INSERT ON bench.hand, bench.isolated TO bench_member;
 SELECT dbrag.add_tenant_member('$T_FIXED', 'bench_member');
+CREATE ROLE bench_member_nohook LOGIN PASSWORD '$PW';
+GRANT USAGE ON SCHEMA bench TO bench_member_nohook;
+GRANT SELECT ON bench.isolated TO bench_member_nohook;
+SELECT dbrag.add_tenant_member('$T_FIXED', 'bench_member_nohook');
+-- pg_dbrag's executor hook off for this role's sessions (hook on/off runs).
+ALTER ROLE bench_member_nohook SET dbrag.citus_tenant_forwarding = off;
 CREATE ROLE bench_app LOGIN PASSWORD '$PW';
 GRANT dbrag_app TO bench_app;
+-- Per-transaction set_tenant without an audit row per switch, as the
+-- application server behind a transaction pooler runs it (README, "set_tenant
+-- per transaction behind PgBouncer").
+ALTER ROLE bench_app SET dbrag.audit_tenant_switches = off;
 GRANT USAGE ON SCHEMA bench TO bench_app;
 GRANT SELECT, INSERT ON bench.hand, bench.isolated TO bench_app;
 SQL
@@ -92,7 +114,8 @@ load $((PORT + 1)) 1
 for n in 0 1 2; do
     $PSQL -p $((PORT + 1 + n)) -d bench \
         -c "INSERT INTO pg_dist_authinfo VALUES (0, 'bench_member', 'password=$PW'), (-1, 'bench_member', 'password=$PW')" \
-        -c "INSERT INTO pg_dist_authinfo VALUES (0, 'bench_app', 'password=$PW'), (-1, 'bench_app', 'password=$PW')"
+        -c "INSERT INTO pg_dist_authinfo VALUES (0, 'bench_app', 'password=$PW'), (-1, 'bench_app', 'password=$PW')" \
+        -c "INSERT INTO pg_dist_authinfo VALUES (0, 'bench_member_nohook', 'password=$PW'), (-1, 'bench_member_nohook', 'password=$PW')"
 done
 
 check() { $PG_BIN/psql -X -At -U bench_member -p "$1" -d bench -c "$2"; }
@@ -121,17 +144,44 @@ printf '%s\n' '\set k random(1, 1000)' "SELECT * FROM bench.hand WHERE tenant_id
 printf '%s\n' '\if :tenant_set = 0' "SELECT dbrag.set_tenant('$T_FIXED'::uuid);" '\set tenant_set 1' '\endif' \
     '\set k random(1, 1000)' "SELECT * FROM bench.isolated WHERE tenant_id = '$T_FIXED' AND id = :k;" >"$S/app_isolated.sql"
 
-run() {  # label, port, scripts...
-    local label=$1 port=$2 user=bench_member
+# The application server inside a transaction block (transaction pooling):
+# the tenant for the transaction only, by uuid or by a signed token.
+TOKEN=$(python3 - "$SECRET" "$T_FIXED" <<'PY'
+import base64, hashlib, hmac, json, sys, time
+b = lambda r: base64.urlsafe_b64encode(r).rstrip(b"=").decode()
+now = int(time.time())
+head = b(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+body = b(json.dumps({"tenant_id": sys.argv[2], "iat": now, "exp": now + 7200}).encode())
+sig = hmac.new(sys.argv[1].encode(), f"{head}.{body}".encode(), hashlib.sha256).digest()
+print(f"{head}.{body}.{b(sig)}")
+PY
+)
+printf '%s\n' '\set k random(1, 1000)' 'BEGIN;' "SELECT * FROM bench.hand WHERE tenant_id = '$T_FIXED' AND id = :k;" \
+    'COMMIT;' >"$S/tx_hand.sql"
+printf '%s\n' '\set k random(1, 1000)' 'BEGIN;' "SELECT dbrag.set_tenant('$T_FIXED'::uuid, true);" \
+    "SELECT * FROM bench.isolated WHERE tenant_id = '$T_FIXED' AND id = :k;" 'COMMIT;' >"$S/tx_uuid.sql"
+printf '%s\n' '\set k random(1, 1000)' 'BEGIN;' "SELECT dbrag.set_tenant('$TOKEN', true);" \
+    "SELECT * FROM bench.isolated WHERE tenant_id = '$T_FIXED' AND id = :k;" 'COMMIT;' >"$S/tx_token.sql"
+# Where the transaction's gap comes from: the hand-written transaction with
+# one more statement (set_config, no pg_dbrag), and set_tenant before the
+# hand-written table (the tenant forwarded, no row security).
+printf '%s\n' '\set k random(1, 1000)' 'BEGIN;' "SELECT pg_catalog.set_config('app.tenant', '$T_FIXED', true);" \
+    "SELECT * FROM bench.hand WHERE tenant_id = '$T_FIXED' AND id = :k;" 'COMMIT;' >"$S/tx_hand_set.sql"
+printf '%s\n' '\set k random(1, 1000)' 'BEGIN;' "SELECT dbrag.set_tenant('$T_FIXED'::uuid, true);" \
+    "SELECT * FROM bench.hand WHERE tenant_id = '$T_FIXED' AND id = :k;" 'COMMIT;' >"$S/tx_uuid_hand.sql"
+
+run() {  # label, port, scripts...  (C: clients, default CLIENTS)
+    local label=$1 port=$2 user=bench_member clients=${C:-$CLIENTS} threads=$THREADS
     shift 2
-    case $label in app*) user=bench_app ;; esac
+    case $label in app*|tx*) user=bench_app ;; hookoff*) user=bench_member_nohook ;; esac
+    [ "$clients" -lt "$threads" ] && threads=$clients
     local files=()
     for f in "$@"; do files+=(-f "$S/$f.sql@1"); done
-    $PG_BIN/pgbench -n -U "$user" -D tenant_set=0 -p "$port" -M prepared -c "$CLIENTS" -j "$THREADS" -T "$DUR" \
+    $PG_BIN/pgbench -n -U "$user" -D tenant_set=0 -p "$port" -M prepared -c "$clients" -j "$threads" -T "$DUR" \
         -l --log-prefix="$WORK/log/$label" "${files[@]}" bench >/dev/null 2>"$WORK/pgbench.err" \
         || { cat "$WORK/pgbench.err"; exit 1; }
 }
-echo "== pgbench: $CLIENTS clients, ${DUR}s per run, $RUNS runs; load before: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "== pgbench: $CLIENTS clients (key1, hook: 1), ${DUR}s per run, $RUNS runs; load before: $(cut -d' ' -f1-3 /proc/loadavg)"
 for r in $(seq "$RUNS"); do
     for shape in key insert; do
         run "$shape.single.$r" "$PORT" "${shape}_hand" "${shape}_isolated"
@@ -141,7 +191,12 @@ for r in $(seq "$RUNS"); do
         p=$PORT; [ $where = citus ] && p=$((PORT + 1))
         run "apphand.$where.$r" "$p" app_hand
         run "appiso.$where.$r" "$p" app_isolated
+        run "tx.$where.$r" "$p" tx_hand tx_uuid tx_token tx_hand_set tx_uuid_hand
+        C=1 run "key1.$where.$r" "$p" key_hand key_isolated
     done
+    # Hook on and off, one client, alternating which goes first.
+    if [ $((r % 2)) = 1 ]; then order="hookon hookoff"; else order="hookoff hookon"; fi
+    for h in $order; do C=1 run "$h.citus.$r" $((PORT + 1)) key_isolated; done
 done
 echo "   load after: $(cut -d' ' -f1-3 /proc/loadavg)"
 python3 - "$WORK/log" "$CLIENTS" <<'PY'
@@ -154,23 +209,40 @@ for path in glob.glob(os.path.join(logdir, "*")):
     for line in open(path):
         f = line.split()
         d.setdefault(int(f[3]), []).append(int(f[2]))
-# app: the hand-written baseline and the isolated script ran in adjacent runs.
+# app: the hand-written baseline and the isolated script ran in adjacent runs;
+# hook: on (as the baseline) and off in adjacent runs; tx: three scripts,
+# split into a uuid and a token comparison against the same hand-written one.
 for (shape, where, run) in list(lat):
     if shape == "appiso":
         lat[("app", where, run)] = {0: lat[("apphand", where, run)][0], 1: lat[(shape, where, run)][0]}
-print(f"\n{'':30} {'hand us':>9} {'isolated us':>12} {'iso/hand tps':>13} {'(min-max)':>13}")
+    if shape == "hookon":
+        lat[("hook", where, run)] = {0: lat[("hookoff", where, run)][0], 1: lat[(shape, where, run)][0]}
+    if shape == "tx":
+        t = lat[(shape, where, run)]
+        lat[("txuuid", where, run)] = {0: t[0], 1: t[1]}
+        lat[("txtoken", where, run)] = {0: t[0], 1: t[2]}
+        lat[("txstmt", where, run)] = {0: t[0], 1: t[3]}
+        lat[("txset", where, run)] = {0: t[3], 1: t[4]}
+        lat[("txrls", where, run)] = {0: t[4], 1: t[1]}
+print(f"\n{'':42} {'hand us':>9} {'isolated us':>12} {'iso/hand tps':>13} {'(min-max)':>13}")
 med = {}
-names = {"key": "key, member", "insert": "insert, member", "app": "key, app set_tenant"}
-for shape in ("key", "insert", "app"):
+names = {"key": "key, member", "insert": "insert, member", "app": "key, app set_tenant",
+         "key1": "key, member, 1 client", "txuuid": "key, app, tx + set_tenant(uuid)",
+         "txtoken": "key, app, tx + set_tenant(token)", "hook": "key, member, 1 client, hook off->on",
+         "txstmt": "tx: + set_config stmt (no dbrag)", "txset": "tx: set_config -> set_tenant(uuid)",
+         "txrls": "tx: hand table -> isolated table"}
+for shape in ("key", "insert", "app", "key1", "txuuid", "txtoken", "txstmt", "txset", "txrls", "hook"):
     for where in ("single", "citus"):
         runs = sorted(k for k in lat if k[0] == shape and k[1] == where)
+        if not runs:
+            continue
         h = [statistics.mean(lat[k][0]) for k in runs]
         i = [statistics.mean(lat[k][1]) for k in runs]
         ratios = [a / b for a, b in zip(h, i)]
         med[(shape, where)] = (statistics.median(h), statistics.median(i))
-        print(f"{names[shape] + ' on ' + where:30} {statistics.median(h):9.0f} {statistics.median(i):12.0f} "
+        print(f"{names[shape] + ' on ' + where:42} {statistics.median(h):9.0f} {statistics.median(i):12.0f} "
               f"{statistics.median(ratios):13.3f} {min(ratios):6.3f}-{max(ratios):.3f}")
-for shape in ("key", "insert", "app"):
+for shape in ("key", "insert", "app", "key1", "txuuid", "txtoken"):
     hs, is_ = med[(shape, "single")]
     hc, ic = med[(shape, "citus")]
     print(f"{names[shape]}: latency on Citus / single node = {ic / is_:.2f}x isolated, {hc / hs:.2f}x hand-written")

@@ -29,7 +29,9 @@ BEGIN
     VALUES (set_tenant_budget.tenant, set_tenant_budget.calls_per_minute, set_tenant_budget.tokens_per_day)
     ON CONFLICT (tenant_id) DO UPDATE
         SET calls_per_minute = EXCLUDED.calls_per_minute, tokens_per_day = EXCLUDED.tokens_per_day,
-            updated_at = pg_catalog.now();
+            -- The new row's default: Citus refuses non-IMMUTABLE
+            -- functions in DO UPDATE on a distributed table.
+            updated_at = EXCLUDED.updated_at;
     PERFORM dbrag._audit('budget_set', tenant, pg_catalog.jsonb_build_object(
         'calls_per_minute', calls_per_minute, 'tokens_per_day', tokens_per_day));
 END

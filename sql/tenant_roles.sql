@@ -17,17 +17,45 @@ CREATE FUNCTION control_plane.sync_tenant_role() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     on_coordinator boolean := true;
+    on_citus boolean := false;
     -- On Citus the trigger fires on a shard (tenants_102008): its table's
-    -- name is the shard's without the shard id.
+    -- and its own name are the shard's without the shard id.
     tbl text := pg_catalog.regexp_replace(TG_TABLE_NAME, '_[0-9]+$', '');
+    trg text := pg_catalog.regexp_replace(TG_NAME, '_[0-9]+$', '');
 BEGIN
     -- On Citus the trigger fires on every node's copy of these reference
     -- tables; roles are made on the coordinator, which propagates them.
     IF pg_catalog.to_regproc('pg_catalog.citus_is_coordinator') IS NOT NULL THEN
+        on_citus := true;
         EXECUTE 'SELECT pg_catalog.citus_is_coordinator()' INTO on_coordinator;
         IF NOT on_coordinator THEN
             RETURN NULL;
         END IF;
+    END IF;
+    -- A new tenant's role: on one node at once (tenants_role); on Citus at
+    -- commit (tenants_role_deferred). An INSERT ... SELECT or COPY into the
+    -- reference table fires the row triggers while Citus still streams the
+    -- rows to the workers, whose connections cannot carry the CREATE ROLE
+    -- then (docs/scale-out.md, section 5).
+    -- On Citus a COPY (or an INSERT while local execution is off) reaches
+    -- the coordinator's placement through a connection of Citus's own, in
+    -- another backend of the same distributed transaction: a CREATE ROLE
+    -- propagated from there waits for a lock its own transaction holds.
+    -- A row whose role exists needs nothing (Citus copying a placement).
+    IF on_citus AND tbl = 'tenants' AND TG_OP = 'INSERT'
+       AND pg_catalog.current_setting('application_name') LIKE 'citus\_internal gpid=%' THEN
+        IF EXISTS (SELECT FROM pg_catalog.pg_roles r
+                   WHERE r.rolname = dbrag.tenant_role_name(NEW.tenant_id)
+                     AND pg_catalog.shobj_description(r.oid, 'pg_authid')
+                         = 'pg_dbrag: role of tenant ' || NEW.tenant_id::text) THEN
+            RETURN NULL;
+        END IF;
+        RAISE EXCEPTION 'tenants cannot be added through a Citus connection to the coordinator (COPY, or INSERT with citus.enable_local_execution off)'
+            USING ERRCODE = '0A000',
+                  HINT = 'use dbrag.create_tenant, INSERT ... VALUES or INSERT ... SELECT with citus.enable_local_execution on';
+    END IF;
+    IF tbl = 'tenants' AND TG_OP = 'INSERT' AND on_citus = (trg = 'tenants_role') THEN
+        RETURN NULL;
     END IF;
     IF tbl = 'tenants' AND TG_OP = 'DELETE' THEN
         -- Only this database's own role (a restored copy may record the original's).
@@ -61,6 +89,8 @@ CREATE TRIGGER tenants_role AFTER INSERT OR UPDATE OF status ON control_plane.te
     FOR EACH ROW EXECUTE FUNCTION control_plane.sync_tenant_role();
 CREATE TRIGGER tenants_role_drop AFTER DELETE ON control_plane.tenants
     FOR EACH ROW EXECUTE FUNCTION control_plane.sync_tenant_role();
+CREATE CONSTRAINT TRIGGER tenants_role_deferred AFTER INSERT ON control_plane.tenants
+    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION control_plane.sync_tenant_role();
 CREATE TRIGGER tenant_members_role AFTER INSERT OR UPDATE OR DELETE ON control_plane.tenant_members
     FOR EACH ROW EXECUTE FUNCTION control_plane.sync_tenant_role();
 

@@ -36,6 +36,13 @@ const ASSERTION_TTL: i64 = 3600;
 
 pub static TENANT_ASSERTION: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
+/// `dbrag.citus_tenant_forwarding` (superuser, default on). Off, the
+/// executor hook returns before anything else: a tenant set with
+/// `set_tenant` no longer reaches the workers, which then see no tenant
+/// (closed). For measuring what the hook costs (bench/citus.sh) and for
+/// clusters whose callers are members' login roles only.
+pub static FORWARDING: GucSetting<bool> = GucSetting::<bool>::new(true);
+
 pub fn register() {
     // User-settable on purpose: Citus replays the SET LOCAL on the worker as
     // the client's role. A value is worth nothing unless it verifies.
@@ -46,6 +53,14 @@ pub fn register() {
         &TENANT_ASSERTION,
         GucContext::Userset,
         GucFlags::NO_SHOW_ALL,
+    );
+    GucRegistry::define_bool_guc(
+        c"dbrag.citus_tenant_forwarding",
+        c"Forward the tenant set with dbrag.set_tenant to Citus workers.",
+        c"Off: the workers see no tenant from set_tenant (members' login roles still reach them).",
+        &FORWARDING,
+        GucContext::Suset,
+        GucFlags::default(),
     );
 }
 
@@ -196,7 +211,9 @@ unsafe extern "C-unwind" fn executor_start(query_desc: *mut pg_sys::QueryDesc, e
     // SAFETY: the executor passes a valid QueryDesc; the previous hook (or
     // the standard function) gets it unchanged.
     unsafe {
-        forward_tenant_if_distributed(query_desc, eflags);
+        if FORWARDING.get() {
+            forward_tenant_if_distributed(query_desc, eflags);
+        }
         match PREV_EXECUTOR_START {
             Some(prev) => prev(query_desc, eflags),
             None => raw::standard_ExecutorStart(query_desc, eflags),

@@ -270,7 +270,7 @@ fn feedback(
                  ON CONFLICT (tenant_id, query_id) DO UPDATE \
                     SET helpful = EXCLUDED.helpful, corrected_sql = EXCLUDED.corrected_sql, \
                         example_id = EXCLUDED.example_id, login_role = EXCLUDED.login_role, \
-                        created_at = pg_catalog.now()",
+                        created_at = EXCLUDED.created_at",
                 None,
                 &[
                     DatumWithOid::from(tp),

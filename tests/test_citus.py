@@ -539,3 +539,295 @@ def test_ask_over_distributed_tables(cluster, llm_server, caller):
             llm_server.script(sql_answer(count_sql), sql_answer(count_sql))
             rows = [r[0] for r in c.execute("SELECT * FROM dbrag.ask('how many orders?')")]
     assert rows == [{"n": ROWS_PER_TENANT["a"], "t": 1}]
+
+
+# ---- answers users trust, on the cluster: the value index, verified
+# queries, feedback and budgets (control_plane tables distributed by tenant_id)
+
+SHOP_CITIES = {"a": ("Lyon", "Paris"), "b": ("Bordeaux", "Nantes")}
+
+
+def prepare_trust(cluster, llm_server):
+    """Both tenants' connections synced (as their roles, through the
+    coordinator) over a distributed table whose text column holds different
+    cities per tenant: each tenant's value index may only hold its own."""
+    prepare_nl(cluster, llm_server)
+    su = cluster.su
+    if su.execute("SELECT to_regclass('app.shops')").fetchone()[0] is None:
+        su.execute("CREATE TABLE app.shops (tenant_id uuid NOT NULL, id bigint NOT NULL, city text NOT NULL, "
+                   "PRIMARY KEY (tenant_id, id))")
+        su.execute("SELECT dbrag.enable_tenant_isolation('app.shops')")
+        su.execute("SELECT create_distributed_table('app.shops', 'tenant_id', "
+                   "colocate_with => 'control_plane.tenant_databases')")
+        for key, tenant in (("a", cluster.a), ("b", cluster.b)):
+            for i, city in enumerate(SHOP_CITIES[key]):
+                su.execute("INSERT INTO app.shops VALUES (%s, %s, %s)", (tenant, i + 1, city))
+            role = su.execute("SELECT dbrag.tenant_role_name(%s)", (tenant,)).fetchone()[0]
+            su.execute(f'GRANT SELECT ON app.shops TO "{role}"')
+    with cluster.login(cluster.alice) as c:
+        c.execute("SELECT * FROM dbrag.sync_catalog()")
+    with cluster.login(cluster.bob) as c:
+        c.execute("SELECT * FROM dbrag.sync_catalog()")
+
+
+def values_seen(c, question="shops in Lyon Paris Bordeaux Nantes"):
+    return {r[0] for r in c.execute("SELECT value FROM dbrag.search_values(%s)", (question,))}
+
+
+def on_workers(cluster, login, sql):
+    """What `login` sees, connected straight to each worker."""
+    out = []
+    for port in (cluster.w1, cluster.w2):
+        with cluster.login(login, port=port) as w:
+            out.append(w.execute(sql).fetchall())
+    return out
+
+
+def test_value_index_on_the_cluster(cluster, llm_server):
+    prepare_trust(cluster, llm_server)
+    su = cluster.su
+    # The rows sit in the shards, each tenant's values only from its rows.
+    held = {(t, v) for t, v in su.execute(
+        "SELECT tenant_id, value FROM control_plane.value_index WHERE table_name = 'shops'")}
+    assert held == {(cluster.a, v) for v in SHOP_CITIES["a"]} | {(cluster.b, v) for v in SHOP_CITIES["b"]}
+    assert su.execute("SELECT count(*) FROM pg_dist_partition WHERE logicalrelid = "
+                      "'control_plane.value_index'::regclass AND partmethod = 'h'").fetchone()[0] == 1
+    # Member login roles.
+    with cluster.login(cluster.alice) as c:
+        assert values_seen(c) == set(SHOP_CITIES["a"])
+        assert c.execute("SELECT count(*) FROM control_plane.value_index WHERE tenant_id = %s",
+                         (cluster.b,)).fetchone()[0] == 0
+    with cluster.login(cluster.bob) as c:
+        assert values_seen(c) == set(SHOP_CITIES["b"])
+    # The app server: a session-level token, then set_tenant(uuid); autocommit.
+    with cluster.login(cluster.app) as c:
+        c.execute("SELECT dbrag.set_tenant(%s)", (token_for(cluster.b),))
+        assert values_seen(c) == set(SHOP_CITIES["b"])
+        c.execute("SELECT dbrag.set_tenant(%s::uuid)", (cluster.a,))
+        assert values_seen(c) == set(SHOP_CITIES["a"])
+        c.execute("SELECT dbrag.reset_tenant()")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            values_seen(c)
+        assert c.execute("SELECT count(*) FROM control_plane.value_index").fetchone()[0] == 0
+    # The operator: refused without a tenant, that tenant's values with one.
+    with cluster.login(cluster.admin) as c:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            values_seen(c)
+        c.execute("SELECT dbrag.set_tenant(%s::uuid)", (cluster.b,))
+        assert values_seen(c) == set(SHOP_CITIES["b"])
+    # Straight to the workers: row security on every shard.
+    for login, key, other in ((cluster.alice, "a", cluster.b), (cluster.bob, "b", cluster.a)):
+        seen = on_workers(cluster, login, "SELECT DISTINCT value FROM control_plane.value_index "
+                                          "WHERE table_name = 'shops'")
+        assert all({r[0] for r in rows} == set(SHOP_CITIES[key]) for rows in seen), seen
+        assert on_workers(cluster, login, f"SELECT count(*) FROM control_plane.value_index "
+                                          f"WHERE tenant_id = '{other}'") == [[(0,)], [(0,)]]
+
+
+def history_of(c):
+    return c.execute("SELECT query_id, status, generated_sql FROM control_plane.query_history "
+                     "ORDER BY created_at DESC LIMIT 1").fetchone()
+
+
+def test_verified_queries_and_feedback_on_the_cluster(cluster, llm_server):
+    prepare_trust(cluster, llm_server)
+    su = cluster.su
+    count_sql = "SELECT count(*) AS n FROM orders"
+    question = "How many orders do we have?"
+    with cluster.login(cluster.alice) as c:
+        vid = c.execute("SELECT dbrag.add_verified_query(%s, %s)", (question, count_sql)).fetchone()[0]
+        calls = len(llm_server.requests())
+        rows = [r[0] for r in c.execute("SELECT * FROM dbrag.ask('how many orders do we have')")]
+        assert rows == [{"n": ROWS_PER_TENANT["a"]}]
+        assert len(llm_server.requests()) == calls
+        hid_a, status, sql = history_of(c)
+        assert (status, sql) == ("verified", count_sql)
+        c.execute("SELECT dbrag.feedback(%s, false)", (hid_a,))
+        c.execute("SELECT dbrag.feedback(%s, true)", (hid_a,))  # the latest judgement wins
+    # B asks the same question: A's verified query is not B's; the model answers.
+    with cluster.login(cluster.bob) as c:
+        assert c.execute("SELECT count(*) FROM dbrag.verified_queries").fetchone()[0] == 0
+        llm_server.script(sql_answer(count_sql))
+        rows = [r[0] for r in c.execute("SELECT * FROM dbrag.ask('how many orders do we have')")]
+        assert rows == [{"n": ROWS_PER_TENANT["b"]}]
+        hid_b, status, _ = history_of(c)
+        assert status == "ok"
+        # A's history id is unknown to B, exactly as a made-up one.
+        for hid in (hid_a, uuid.uuid4()):
+            with pytest.raises(psycopg.errors.UndefinedObject):
+                c.execute("SELECT dbrag.feedback(%s, false)", (hid,))
+        assert c.execute("SELECT count(*) FROM control_plane.query_feedback").fetchone()[0] == 0
+        assert c.execute("DELETE FROM control_plane.verified_queries WHERE verified_id = %s",
+                         (vid,)).rowcount == 0
+    # The app server (session-level set_tenant, autocommit) for each tenant.
+    with cluster.login(cluster.app) as c:
+        c.execute("SELECT dbrag.set_tenant(%s::uuid)", (cluster.b,))
+        assert c.execute("SELECT count(*) FROM dbrag.verified_queries").fetchone()[0] == 0
+        with pytest.raises(psycopg.errors.UndefinedObject):
+            c.execute("SELECT dbrag.feedback(%s, false)", (hid_a,))
+        c.execute("SELECT dbrag.feedback(%s, false, %s)", (hid_b, count_sql))
+        vid_b = c.execute("SELECT dbrag.add_verified_query('orders in total', %s)", (count_sql,)).fetchone()[0]
+        c.execute("SELECT dbrag.set_tenant(%s)", (token_for(cluster.a),))
+        assert [r[0] for r in c.execute("SELECT verified_id FROM dbrag.verified_queries")] == [vid]
+        assert c.execute("SELECT query_id, helpful FROM control_plane.query_feedback").fetchall() == [(hid_a, True)]
+        calls = len(llm_server.requests())
+        assert [r[0] for r in c.execute("SELECT * FROM dbrag.ask(%s)", (question,))] == [{"n": ROWS_PER_TENANT["a"]}]
+        assert len(llm_server.requests()) == calls
+    # The operator with a tenant in force gets that tenant's verified answer.
+    with cluster.login(cluster.admin) as c:
+        c.execute("SELECT dbrag.set_tenant(%s::uuid)", (cluster.b,))
+        calls = len(llm_server.requests())
+        assert [r[0] for r in c.execute("SELECT * FROM dbrag.ask('Orders in total')")] == [{"n": ROWS_PER_TENANT["b"]}]
+        assert len(llm_server.requests()) == calls
+    # Placement and every shard's rows, as a superuser.
+    assert {r[0] for r in su.execute(
+        "SELECT logicalrelid::text FROM pg_dist_partition WHERE partmethod = 'h' AND logicalrelid IN "
+        "('control_plane.verified_queries'::regclass, 'control_plane.query_feedback'::regclass)")} == {
+        "control_plane.verified_queries", "control_plane.query_feedback"}
+    assert set(su.execute("SELECT tenant_id, helpful FROM control_plane.query_feedback").fetchall()) == {
+        (cluster.a, True), (cluster.b, False)}
+    # Straight to the workers: each member sees its own rows only.
+    for login, tenant, want in ((cluster.alice, cluster.a, {vid}), (cluster.bob, cluster.b, {vid_b})):
+        seen = on_workers(cluster, login, "SELECT tenant_id, verified_id FROM control_plane.verified_queries")
+        assert {r for rows in seen for r in rows} == {(tenant, v) for v in want}, seen
+        seen = on_workers(cluster, login, "SELECT tenant_id FROM control_plane.query_feedback")
+        assert {r[0] for rows in seen for r in rows} == {tenant}, seen
+    with cluster.login(cluster.alice) as c:
+        c.execute("SELECT dbrag.remove_verified_query(%s)", (vid,))
+    with cluster.login(cluster.bob) as c:
+        c.execute("SELECT dbrag.remove_verified_query(%s)", (vid_b,))
+
+
+def test_budgets_on_the_cluster(cluster, llm_server):
+    """Budgets set by the operator are rows distributed by tenant_id; each
+    tenant reads its own, on the workers too; the counters are in the shared
+    memory of the node that calls the model (the coordinator)."""
+    prepare_trust(cluster, llm_server)
+    su = cluster.su
+    with cluster.login(cluster.app) as c:
+        c.execute("SELECT dbrag.set_tenant(%s::uuid)", (cluster.a,))
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            c.execute("SELECT dbrag.set_tenant_budget(%s, 1, NULL)", (cluster.a,))
+    with cluster.login(cluster.alice) as c:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            c.execute("SELECT dbrag.set_tenant_budget(%s, 1, NULL)", (cluster.a,))
+    while time.time() % 60 > 45:  # the per-minute count must not roll over mid-test
+        time.sleep(1)
+    with cluster.login(cluster.admin) as c:
+        c.execute("SELECT dbrag.set_tenant_budget(%s, 1, NULL)", (cluster.a,))
+        c.execute("SELECT dbrag.set_tenant_budget(%s, 5, 100000)", (cluster.b,))
+        assert {r[0] for r in c.execute("SELECT tenant_id FROM dbrag.budget_status()")} >= {cluster.a, cluster.b}
+    try:
+        assert su.execute("SELECT partmethod FROM pg_dist_partition WHERE logicalrelid = "
+                          "'control_plane.tenant_budgets'::regclass").fetchone()[0] == "h"
+        with cluster.login(cluster.alice) as c:
+            assert c.execute("SELECT tenant_id, calls_per_minute FROM dbrag.budget_status()").fetchall() == [
+                (cluster.a, 1)]
+            llm_server.script(sql_answer("SELECT count(*) AS n FROM events"))
+            c.execute("SELECT dbrag.generate_sql('how many events, first')")
+            with pytest.raises(psycopg.Error) as e:
+                c.execute("SELECT dbrag.generate_sql('how many events, second')")
+            assert e.value.sqlstate == "53400"
+            assert c.execute("SELECT calls_left_this_minute FROM dbrag.budget_status()").fetchone()[0] == 0
+        # B's budget is untouched by A's calls, and B never sees A's row.
+        with cluster.login(cluster.app) as c:
+            c.execute("SELECT dbrag.set_tenant(%s)", (token_for(cluster.b),))
+            assert c.execute("SELECT tenant_id, calls_per_minute, calls_left_this_minute "
+                             "FROM dbrag.budget_status()").fetchall() == [(cluster.b, 5, 5)]
+            assert c.execute("SELECT tenant_id FROM control_plane.tenant_budgets").fetchall() == [(cluster.b,)]
+        for login, tenant in ((cluster.alice, cluster.a), (cluster.bob, cluster.b)):
+            # A worker queries the whole distributed table (it holds the metadata).
+            seen = on_workers(cluster, login, "SELECT tenant_id FROM control_plane.tenant_budgets")
+            assert seen == [[(tenant,)], [(tenant,)]], seen
+    finally:
+        with cluster.login(cluster.admin) as c:
+            c.execute("SELECT dbrag.set_tenant_budget(%s, NULL, NULL)", (cluster.a,))
+            c.execute("SELECT dbrag.set_tenant_budget(%s, NULL, NULL)", (cluster.b,))
+
+
+# ---- INSERT ... SELECT into the tenants reference table
+
+def test_insert_select_into_tenants(cluster):
+    """Tenants added by INSERT ... SELECT after the distribution:
+    the roles are made at commit, once Citus has streamed the rows to the
+    workers, and exist on every node with LOGIN and the coordinator's
+    password row; in a transaction block, at COMMIT."""
+    su = cluster.su
+    tag = uuid.uuid4().hex[:6]
+    su.execute("INSERT INTO control_plane.tenants (tenant_id, name) "
+               "SELECT gen_random_uuid(), %s || g FROM generate_series(1, 3) g", (f"isel_{tag}_",))
+    with su.transaction():
+        su.execute("INSERT INTO control_plane.tenants (tenant_id, name) "
+                   "SELECT gen_random_uuid(), %s || g FROM generate_series(4, 5) g", (f"isel_{tag}_",))
+    su.execute("INSERT INTO control_plane.tenants (tenant_id, name) VALUES (gen_random_uuid(), %s)",
+               (f"isel_{tag}_6",))
+    # COPY reaches the coordinator's placement over a Citus connection of its
+    # own, from where a propagated CREATE ROLE would wait for its own
+    # transaction: refused (0A000 on that connection; Citus reports a COPY
+    # error from its connections as XX000), nothing written.
+    with pytest.raises(psycopg.Error, match="cannot be added through a Citus connection") as e:
+        with su.cursor().copy("COPY control_plane.tenants (tenant_id, name) FROM STDIN") as cp:
+            cp.write_row((uuid.uuid4(), f"isel_{tag}_copy"))
+    assert e.value.sqlstate in ("0A000", "XX000")
+    # The same with local execution off (Citus then inserts over a connection too).
+    with pytest.raises(psycopg.Error, match="cannot be added through a Citus connection"):
+        with su.transaction():
+            su.execute("SET LOCAL citus.enable_local_execution = off")
+            su.execute("SELECT dbrag.create_tenant(%s)", (f"isel_{tag}_lexoff",))
+    roles = [r[0] for r in su.execute("SELECT tenant_role FROM control_plane.tenants WHERE name LIKE %s",
+                                      (f"isel_{tag}_%",))]
+    assert len(roles) == 6
+    for port in (cluster.coord, cluster.w1, cluster.w2):
+        with conn(port) as c:
+            got = c.execute("SELECT rolname, rolcanlogin FROM pg_roles WHERE rolname = ANY(%s)", (roles,)).fetchall()
+            assert sorted(got) == sorted((r, True) for r in roles), port
+    assert su.execute("SELECT count(*) FROM pg_dist_authinfo WHERE rolename = ANY(%s)",
+                      (roles,)).fetchone()[0] == 2 * len(roles)
+    # A member of one of them reaches the workers as that tenant.
+    t = su.execute("SELECT tenant_id FROM control_plane.tenants WHERE tenant_role = %s", (roles[0],)).fetchone()[0]
+    with cluster.login(cluster.app) as c:
+        c.execute("SELECT dbrag.set_tenant(%s::uuid)", (t,))
+        assert c.execute("SELECT count(*) FROM app.orders").fetchone()[0] == 0
+    # A rolled-back INSERT ... SELECT leaves no role anywhere.
+    gone = [uuid.uuid4(), uuid.uuid4()]
+    with su.transaction():
+        su.execute("INSERT INTO control_plane.tenants (tenant_id, name) "
+                   "SELECT t, %s || t FROM unnest(%s::uuid[]) t", (f"isel_{tag}_", gone))
+        raise psycopg.Rollback()
+    for port in (cluster.coord, cluster.w1, cluster.w2):
+        with conn(port) as c:
+            assert c.execute("SELECT count(*) FROM pg_roles WHERE rolname IN "
+                             "(SELECT dbrag.tenant_role_name(t) FROM unnest(%s::uuid[]) t)",
+                             (gone,)).fetchone()[0] == 0, port
+    su.execute("DELETE FROM control_plane.tenants WHERE name LIKE %s", (f"isel_{tag}_%",))
+    for port in (cluster.coord, cluster.w1, cluster.w2):
+        with conn(port) as c:
+            assert c.execute("SELECT count(*) FROM pg_roles WHERE rolname = ANY(%s)", (roles,)).fetchone()[0] == 0
+
+
+def test_forwarding_off_fails_closed(cluster):
+    """dbrag.citus_tenant_forwarding = off (superuser only) stops the hook:
+    a tenant set with set_tenant no longer reaches the workers, which then
+    see no tenant (no rows, writes refused); a member's login still works."""
+    su = cluster.su
+    with cluster.login(cluster.app) as c:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            c.execute("SET dbrag.citus_tenant_forwarding = off")
+    su.execute(f"ALTER ROLE {cluster.app} SET dbrag.citus_tenant_forwarding = off")
+    su.execute(f"ALTER ROLE {cluster.alice} SET dbrag.citus_tenant_forwarding = off")
+    try:
+        with cluster.login(cluster.app) as c:
+            c.execute("SELECT dbrag.set_tenant(%s::uuid)", (cluster.a,))
+            assert c.execute("SELECT count(*) FROM app.orders").fetchone()[0] == 0
+            with c.transaction():
+                c.execute("SELECT dbrag.set_tenant(%s, true)", (token_for(cluster.b),))
+                assert c.execute("SELECT count(*) FROM app.orders WHERE tenant_id = %s",
+                                 (cluster.b,)).fetchone()[0] == 0
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                c.execute("SELECT dbrag.set_tenant(%s::uuid)", (cluster.a,))
+                c.execute("INSERT INTO app.orders VALUES (%s, 777777, 1)", (cluster.a,))
+        with cluster.login(cluster.alice) as c:
+            assert c.execute("SELECT count(*) FROM app.orders").fetchone()[0] == ROWS_PER_TENANT["a"]
+    finally:
+        su.execute(f"ALTER ROLE {cluster.app} RESET dbrag.citus_tenant_forwarding")
+        su.execute(f"ALTER ROLE {cluster.alice} RESET dbrag.citus_tenant_forwarding")
