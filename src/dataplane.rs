@@ -29,7 +29,13 @@ fn check_statement(conn: &Connection, sql: &str) -> Result<String> {
         ));
     }
     let allowed = catalog_tables(conn);
-    match e.check(pgrx::pg_sys::InvalidOid, &conn.schema_name, sql, &allowed) {
+    let statement = engine::Statement {
+        sql,
+        role: pgrx::pg_sys::InvalidOid,
+        schema: &conn.schema_name,
+        allowed: &allowed,
+    };
+    match e.check(&statement) {
         Checked::Ok(s) => Ok(s),
         Checked::Refused(e) => Err(e),
         Checked::Invalid(m) => Err(DbragError::new(Kind::RefusedSql, m)),
@@ -70,13 +76,13 @@ fn _dataplane_query(
     }
     let timeout = timeout_ms.unwrap_or_else(|| gucs::QUERY_TIMEOUT_MS.get());
     let (rows, truncated) = crate::act_as::as_tenant(conn.tenant_id, &conn.schema_name, || {
-        e.run_read_only(
-            &checked,
-            max_rows.unwrap_or(100) as i64,
-            usize::MAX,
-            timeout,
-        )
-        .map_err(engine::RunError::into_error)
+        let limits = engine::Limits {
+            max_rows: max_rows.unwrap_or(100) as i64,
+            max_bytes: usize::MAX,
+            timeout_ms: timeout,
+        };
+        e.run_read_only(&checked, limits)
+            .map_err(engine::RunError::into_error)
     })
     .or_raise();
     if truncated {

@@ -164,11 +164,6 @@ impl DbragError {
         self
     }
 
-    pub fn detail(mut self, detail: impl Into<String>) -> Self {
-        self.detail = Some(detail.into());
-        self
-    }
-
     /// The SQLSTATE this error is raised with.
     pub fn sqlstate(&self) -> PgSqlErrorCode {
         self.code.unwrap_or_else(|| self.kind.code())

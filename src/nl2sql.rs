@@ -57,9 +57,13 @@ fn execute(
     max_rows: i64,
 ) -> Result<(Vec<String>, bool), RunError> {
     let mut engine = crate::engine::open(conn);
-    let timeout = gucs::QUERY_TIMEOUT_MS.get();
+    let limits = crate::engine::Limits {
+        max_rows,
+        max_bytes: MAX_ANSWER_BYTES,
+        timeout_ms: gucs::QUERY_TIMEOUT_MS.get(),
+    };
     crate::act_as::as_role(role, &conn.schema_name, || {
-        engine.run_read_only(sql, max_rows, MAX_ANSWER_BYTES, timeout)
+        engine.run_read_only(sql, limits)
     })
 }
 

@@ -55,7 +55,6 @@ pub fn prompt_tables(
                     direct += 1;
                 }
             }
-            let mut out = Vec::new();
             // As text: see crate::pg::jsonb (pgrx's JsonB panics on some values).
             let sql = "SELECT pg_catalog.to_jsonb(m)::pg_catalog.text \
                    FROM ROWS FROM (pg_catalog.unnest($3::pg_catalog.text[]), pg_catalog.unnest($4::pg_catalog.text[])) \
@@ -64,7 +63,7 @@ pub fn prompt_tables(
                      ON m.tenant_id = $1 AND m.connection_id = $2 \
                     AND m.schema_name = k.schema_name AND m.table_name = k.table_name \
                    ORDER BY k.pos";
-            for row in client.select(
+            crate::pg::jsonb::first_column_values(client.select(
                 sql,
                 None,
                 &[
@@ -73,16 +72,7 @@ pub fn prompt_tables(
                     DatumWithOid::from(schemas),
                     DatumWithOid::from(tables),
                 ],
-            )? {
-                if let Some(j) = row
-                    .get::<String>(1)?
-                    .as_deref()
-                    .and_then(crate::pg::jsonb::from_text)
-                {
-                    out.push(j);
-                }
-            }
-            Ok::<_, pgrx::spi::Error>(out)
+            )?)
         })
         .unwrap_or_else(|e| {
             DbragError::new(Kind::Internal, format!("catalog search failed: {e}")).raise()

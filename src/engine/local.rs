@@ -11,11 +11,12 @@ use dbrag_core::introspect::{
 };
 use dbrag_core::sql_text::quote_ident;
 use pgrx::datum::DatumWithOid;
-use pgrx::pg_sys;
 use pgrx::prelude::*;
 use serde_json::{Map, Value};
 
-use super::{Checked, Engine, Introspected, Readable, RunError, Source};
+use super::{
+    Checked, Engine, Introspected, Limits, Readable, RunError, RunResult, Source, Statement,
+};
 use crate::error::{raise, DbragError, Kind, Result};
 use crate::pg::privileged;
 use dbrag_core::values::{branches, collect_with, Dialect, Found, TEXT_COLUMNS_SQL};
@@ -81,33 +82,27 @@ impl Engine for Local {
         Ok(introspect_local(schema, budget))
     }
 
-    fn check(
-        &mut self,
-        role: pg_sys::Oid,
-        schema: &str,
-        sql: &str,
-        allowed: &HashSet<(String, String)>,
-    ) -> Checked {
-        let allowed =
-            crate::guard::relation_oids(allowed.iter().map(|(s, t)| (s.as_str(), t.as_str())));
+    fn check(&mut self, statement: &Statement) -> Checked {
+        let allowed = crate::guard::relation_oids(
+            statement
+                .allowed
+                .iter()
+                .map(|(s, t)| (s.as_str(), t.as_str())),
+        );
         // Parse analysis may run the tenant's code (a type's input
         // function on a literal): as the tenant's role, like the run.
-        super::pg_checked(crate::act_as::as_role(role, schema, || {
-            crate::guard::check_local(sql, &allowed)
-        }))
+        super::pg_checked(crate::act_as::as_role(
+            statement.role,
+            statement.schema,
+            || crate::guard::check_local(statement.sql, &allowed),
+        ))
     }
 
     /// Plan and run as the current role (the tenant's), read-only, under
     /// the deadline, at most `max_rows` rows, each as jsonb text (a cast to
     /// json on a tenant's type runs as the tenant's role too).
-    fn run_read_only(
-        &mut self,
-        sql: &str,
-        max_rows: i64,
-        max_bytes: usize,
-        timeout_ms: i32,
-    ) -> std::result::Result<(Vec<String>, bool), RunError> {
-        run_local(sql, max_rows, max_bytes, timeout_ms)
+    fn run_read_only(&mut self, sql: &str, limits: Limits) -> RunResult {
+        run_local(sql, limits)
     }
 }
 
@@ -291,21 +286,11 @@ fn sample_local(entry: &TableEntry) -> Map<String, Value> {
         quote_ident(&entry.table_name)
     );
     let rows = crate::pg::subxact::run(|| {
+        // As text: a row with a number beyond an f64 or JSON nested over
+        // 128 levels made pgrx's JsonB panic and sync_catalog fail with
+        // XX000. Such a row now gives no samples (crate::pg::jsonb).
         Spi::connect(|client| {
-            let mut out = Vec::new();
-            // As text: a row with a number beyond an f64 or JSON nested
-            // over 128 levels made pgrx's JsonB panic and sync_catalog fail
-            // with XX000. Such a row now gives no samples (crate::pg::jsonb).
-            for row in client.select(&sql, None, &[])? {
-                if let Some(j) = row
-                    .get::<String>(1)?
-                    .as_deref()
-                    .and_then(crate::pg::jsonb::from_text)
-                {
-                    out.push(j);
-                }
-            }
-            Ok::<_, pgrx::spi::Error>(out)
+            crate::pg::jsonb::first_column_values(client.select(&sql, None, &[])?)
         })
     });
     let rows: Vec<Value> = match rows {
@@ -375,12 +360,12 @@ fn collect_local(schema: &str, entries: &[TableEntry], budget: i64) -> Vec<Found
     })
 }
 
-fn run_local(
-    sql: &str,
-    max_rows: i64,
-    max_bytes: usize,
-    timeout: i32,
-) -> std::result::Result<(Vec<String>, bool), RunError> {
+fn run_local(sql: &str, limits: Limits) -> RunResult {
+    let Limits {
+        max_rows,
+        max_bytes,
+        timeout_ms: timeout,
+    } = limits;
     // Rows as text, never through pgrx's JsonB: a row holding a number
     // beyond an f64 or JSON nested over 128 levels made it panic (XX000),
     // and numerics lost digits on the way. See crate::pg::jsonb.

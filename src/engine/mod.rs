@@ -136,27 +136,42 @@ pub trait Engine {
     /// `budget` values for the value index.
     fn introspect(&mut self, schema: &str, budget: i64) -> Result<Introspected>;
 
-    /// The guard's verdict on `sql` over the tables of `allowed`, for the
-    /// tenant role `role`.
-    fn check(
-        &mut self,
-        role: pg_sys::Oid,
-        schema: &str,
-        sql: &str,
-        allowed: &HashSet<(String, String)>,
-    ) -> Checked;
+    /// The guard's verdict on a statement.
+    fn check(&mut self, statement: &Statement) -> Checked;
 
-    /// Run one checked statement read-only: at most `max_rows` rows (and
-    /// whether more existed), at most `max_bytes` of jsonb text (54000),
-    /// within `timeout_ms` (57014).
-    fn run_read_only(
-        &mut self,
-        sql: &str,
-        max_rows: i64,
-        max_bytes: usize,
-        timeout_ms: i32,
-    ) -> std::result::Result<(Vec<String>, bool), RunError>;
+    /// Run one checked statement read-only within `limits`.
+    fn run_read_only(&mut self, sql: &str, limits: Limits) -> RunResult;
 }
+
+/// A statement for the guard: the SQL, the tenant role it is checked for,
+/// the connection's schema and the (schema, table) pairs it may read.
+pub struct Statement<'a> {
+    pub sql: &'a str,
+    pub role: pg_sys::Oid,
+    pub schema: &'a str,
+    pub allowed: &'a HashSet<(String, String)>,
+}
+
+/// The bounds of one run: at most `max_rows` rows (and whether more
+/// existed), at most `max_bytes` of jsonb text (54000), within
+/// `timeout_ms` (57014).
+#[derive(Clone, Copy)]
+pub struct Limits {
+    pub max_rows: i64,
+    pub max_bytes: usize,
+    pub timeout_ms: i32,
+}
+
+impl Limits {
+    /// The row cap as a count (22023 when negative) and a timeout of at
+    /// least 1 ms.
+    fn checked(self) -> std::result::Result<(usize, i32), RunError> {
+        Ok((row_cap(self.max_rows)?, self.timeout_ms.max(1)))
+    }
+}
+
+/// The rows of a run as jsonb text, and whether more existed.
+pub type RunResult = std::result::Result<(Vec<String>, bool), RunError>;
 
 /// Open an engine of `kind`. No I/O for a stored connection; a given
 /// conninfo is parsed and checked for the caller. THE match on the kind.
@@ -268,7 +283,12 @@ pub(crate) fn given_conninfo<'a>(source: &Source<'a>) -> Option<&'a str> {
 /// The check of a statement against the connection's catalog tables.
 pub fn check(conn: &Connection, role: pg_sys::Oid, sql: &str) -> Checked {
     let allowed = crate::connection_store::catalog_tables(conn);
-    open(conn).check(role, &conn.schema_name, sql, &allowed)
+    open(conn).check(&Statement {
+        sql,
+        role,
+        schema: &conn.schema_name,
+        allowed: &allowed,
+    })
 }
 
 /// A dialect guard's verdict (MySQL, SQLite) as [`Checked`].

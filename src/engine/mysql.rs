@@ -8,14 +8,12 @@
 use dbrag_core::dataplane_target::{self, MysqlTarget, MysqlUriError};
 use dbrag_core::frame::{Introspection, MysqlConn, Request, Rows};
 
-use std::collections::HashSet;
-
 use dbrag_core::dialect_guard::{self, Dialect};
 use dbrag_core::introspect::entries_with_samples;
-use pgrx::pg_sys;
 
 use super::{
-    Checked, Engine, EngineKind, Introspected, JsonRows, Readable, RunError, Source, Target,
+    Checked, Engine, EngineKind, Introspected, JsonRows, Limits, Readable, RunResult, Source,
+    Statement, Target,
 };
 use crate::error::{DbragError, Kind, Result};
 use crate::gucs;
@@ -246,26 +244,20 @@ impl Engine for Mysql {
         Ok((entries, values))
     }
 
-    fn check(
-        &mut self,
-        _role: pg_sys::Oid,
-        schema: &str,
-        sql: &str,
-        allowed: &HashSet<(String, String)>,
-    ) -> Checked {
+    fn check(&mut self, statement: &Statement) -> Checked {
         super::dialect_checked(
-            dialect_guard::check(Dialect::MySql, sql, schema, allowed).map(|c| c.sql),
+            dialect_guard::check(
+                Dialect::MySql,
+                statement.sql,
+                statement.schema,
+                statement.allowed,
+            )
+            .map(|c| c.sql),
         )
     }
 
-    fn run_read_only(
-        &mut self,
-        sql: &str,
-        max_rows: i64,
-        max_bytes: usize,
-        timeout_ms: i32,
-    ) -> std::result::Result<(Vec<String>, bool), RunError> {
-        let max = super::row_cap(max_rows)?;
+    fn run_read_only(&mut self, sql: &str, limits: Limits) -> RunResult {
+        let (max, timeout_ms) = limits.checked()?;
         let mut run = || {
             let target = self.target()?;
             let database = self
@@ -280,11 +272,11 @@ impl Engine for Mysql {
                 &database,
                 limited,
                 max,
-                max_bytes,
+                limits.max_bytes,
                 gucs::REMOTE_CONNECT_TIMEOUT_MS.get(),
-                timeout_ms.max(1),
+                timeout_ms,
             )?;
-            super::json_text(rows, max_bytes)
+            super::json_text(rows, limits.max_bytes)
         };
         run().map_err(super::remote_run_error)
     }

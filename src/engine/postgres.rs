@@ -10,13 +10,13 @@ use dbrag_core::introspect::{
     entries_from_introspection, samples_from_rows, TableEntry, INTROSPECT_SQL, SAMPLE_ROWS,
 };
 use dbrag_core::sql_text::quote_ident;
-use pgrx::pg_sys;
 use pgrx::prelude::*;
 use serde_json::{json, Value};
 
 use super::local::{shape_tables, LIST_TABLES, PROGRESS_EVERY};
 use super::{
-    Checked, Connection, Engine, EngineKind, Introspected, Readable, RunError, Source, Target,
+    Checked, Connection, Engine, EngineKind, Introspected, Limits, Readable, RunResult, Source,
+    Statement, Target,
 };
 use crate::error::{raise, DbragError, Kind, Result};
 use crate::gucs;
@@ -99,25 +99,17 @@ impl Engine for Postgres {
         Ok(introspect_postgres(&mut session, schema, budget))
     }
 
-    fn check(
-        &mut self,
-        _role: pg_sys::Oid,
-        schema: &str,
-        sql: &str,
-        allowed: &HashSet<(String, String)>,
-    ) -> Checked {
-        super::pg_checked(crate::guard::check_remote(sql, allowed, schema))
+    fn check(&mut self, statement: &Statement) -> Checked {
+        super::pg_checked(crate::guard::check_remote(
+            statement.sql,
+            statement.allowed,
+            statement.schema,
+        ))
     }
 
-    fn run_read_only(
-        &mut self,
-        sql: &str,
-        max_rows: i64,
-        max_bytes: usize,
-        timeout_ms: i32,
-    ) -> std::result::Result<(Vec<String>, bool), RunError> {
-        let max = super::row_cap(max_rows)?;
-        self.run(sql, max, max_bytes, timeout_ms.max(1))
+    fn run_read_only(&mut self, sql: &str, limits: Limits) -> RunResult {
+        let (max, timeout_ms) = limits.checked()?;
+        self.run(sql, max, limits.max_bytes, timeout_ms)
             .map_err(super::remote_run_error)
     }
 }

@@ -12,14 +12,12 @@ use dbrag_core::dataplane_target::{self, SqlitePathError};
 use dbrag_core::frame::{Introspection, Request, Rows};
 use serde_json::Value;
 
-use std::collections::HashSet;
-
 use dbrag_core::dialect_guard::{self, Dialect};
 use dbrag_core::introspect::entries_with_samples;
-use pgrx::pg_sys;
 
 use super::{
-    Checked, Engine, EngineKind, Introspected, JsonRows, Readable, RunError, Source, Target,
+    Checked, Engine, EngineKind, Introspected, JsonRows, Limits, Readable, RunResult, Source,
+    Statement, Target,
 };
 use crate::error::{DbragError, Kind, Result};
 use crate::gucs;
@@ -206,32 +204,21 @@ impl Engine for Sqlite {
         Ok((entries, values))
     }
 
-    fn check(
-        &mut self,
-        _role: pg_sys::Oid,
-        _schema: &str,
-        sql: &str,
-        allowed: &HashSet<(String, String)>,
-    ) -> Checked {
+    fn check(&mut self, statement: &Statement) -> Checked {
         super::dialect_checked(
-            dialect_guard::check(Dialect::Sqlite, sql, SCHEMA, allowed).map(|c| c.sql),
+            dialect_guard::check(Dialect::Sqlite, statement.sql, SCHEMA, statement.allowed)
+                .map(|c| c.sql),
         )
     }
 
-    fn run_read_only(
-        &mut self,
-        sql: &str,
-        max_rows: i64,
-        max_bytes: usize,
-        timeout_ms: i32,
-    ) -> std::result::Result<(Vec<String>, bool), RunError> {
-        let max = super::row_cap(max_rows)?;
+    fn run_read_only(&mut self, sql: &str, limits: Limits) -> RunResult {
+        let (max, timeout_ms) = limits.checked()?;
         let mut run = || {
             let path = self.path()?;
             let limited = dialect_guard::with_row_limit(Dialect::Sqlite, sql, max as u64 + 1)
                 .unwrap_or_else(|| sql.to_string());
-            let rows = query(&path, &limited, max, max_bytes, timeout_ms.max(1))?;
-            super::json_text(rows, max_bytes)
+            let rows = query(&path, &limited, max, limits.max_bytes, timeout_ms)?;
+            super::json_text(rows, limits.max_bytes)
         };
         run().map_err(super::remote_run_error)
     }

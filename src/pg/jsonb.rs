@@ -18,6 +18,20 @@ pub fn from_text(text: &str) -> Option<Value> {
     serde_json::from_str(text).ok()
 }
 
+/// The first column of each row, jsonb printed as text, as values; a row
+/// serde_json cannot hold ([`from_text`]) is left out.
+pub fn first_column_values(
+    rows: pgrx::spi::SpiTupleTable<'_>,
+) -> Result<Vec<Value>, pgrx::spi::Error> {
+    let mut out = Vec::new();
+    for row in rows {
+        if let Some(j) = row.get::<String>(1)?.as_deref().and_then(from_text) {
+            out.push(j);
+        }
+    }
+    Ok(out)
+}
+
 /// A jsonb result kept as the text PostgreSQL printed: returned to SQL
 /// through `jsonb_in`, so it arrives exactly as it was (no f64 rounding of
 /// numerics, no depth limit but PostgreSQL's own).

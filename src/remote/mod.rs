@@ -231,6 +231,32 @@ impl Session {
         conninfo::redact(message, self.password.as_deref())
     }
 
+    /// Wait until the socket is ready for `events` (or the deadline), then
+    /// read what arrived into libpq's buffer.
+    fn wait_and_read(
+        &mut self,
+        events: u32,
+        deadline: Instant,
+        timeout_msg: &dyn Fn() -> String,
+    ) -> Result<()> {
+        // SAFETY: conn is live.
+        wait_socket(
+            unsafe { pq::PQsocket(self.conn) },
+            events,
+            deadline,
+            timeout_msg,
+        )?;
+        // SAFETY: conn is live.
+        if unsafe { pq::PQconsumeInput(self.conn) } == 0 {
+            self.busy = false;
+            return Err(DbragError::new(
+                Kind::Remote,
+                format!("lost the remote connection: {}", self.error_message()),
+            ));
+        }
+        Ok(())
+    }
+
     /// Send what libpq still buffers (non-blocking mode), serving input
     /// meanwhile as libpq asks, within `deadline`.
     fn flush(&mut self, deadline: Instant, timeout_msg: &dyn Fn() -> String) -> Result<()> {
@@ -238,21 +264,7 @@ impl Session {
             // SAFETY: conn is live.
             match unsafe { pq::PQflush(self.conn) } {
                 0 => return Ok(()),
-                1 => {
-                    wait_socket(
-                        unsafe { pq::PQsocket(self.conn) },
-                        READ | WRITE,
-                        deadline,
-                        timeout_msg,
-                    )?;
-                    if unsafe { pq::PQconsumeInput(self.conn) } == 0 {
-                        self.busy = false;
-                        return Err(DbragError::new(
-                            Kind::Remote,
-                            format!("lost the remote connection: {}", self.error_message()),
-                        ));
-                    }
-                }
+                1 => self.wait_and_read(READ | WRITE, deadline, timeout_msg)?,
                 _ => {
                     self.busy = false;
                     return Err(DbragError::new(
@@ -483,19 +495,7 @@ impl Session {
         loop {
             // SAFETY: conn is live.
             while unsafe { pq::PQisBusy(self.conn) } != 0 {
-                wait_socket(
-                    unsafe { pq::PQsocket(self.conn) },
-                    READ,
-                    deadline,
-                    &timeout_msg,
-                )?;
-                if unsafe { pq::PQconsumeInput(self.conn) } == 0 {
-                    self.busy = false;
-                    return Err(DbragError::new(
-                        Kind::Remote,
-                        format!("lost the remote connection: {}", self.error_message()),
-                    ));
-                }
+                self.wait_and_read(READ, deadline, &timeout_msg)?;
             }
             // SAFETY: not busy, so PQgetResult does not block.
             let res = unsafe { pq::PQgetResult(self.conn) };
