@@ -532,7 +532,12 @@ impl Session {
                 }
                 // The zero-row result that ends a single-row sequence.
                 Ok(rows) => last = Some(acc.take().unwrap_or(rows)),
-                Err(e) => {
+                Err(mut e) => {
+                    if e.kind == Kind::Timeout {
+                        // The remote's statement_timeout is ours: the same
+                        // message as when our own clock stops it first.
+                        e.message = format!("{}: {}", timeout_msg(), e.message);
+                    }
                     failure.get_or_insert(e);
                 }
             }
