@@ -165,9 +165,30 @@ pub struct Limits {
 impl Limits {
     /// The row cap as a count (22023 when negative) and a timeout of at
     /// least 1 ms.
-    fn checked(self) -> std::result::Result<(usize, i32), RunError> {
-        Ok((row_cap(self.max_rows)?, self.timeout_ms.max(1)))
+    fn checked(self) -> std::result::Result<Bounds, RunError> {
+        Ok(Bounds {
+            rows: row_cap(self.max_rows)?,
+            bytes: self.max_bytes,
+            timeout_ms: self.timeout_ms.max(1),
+        })
     }
+}
+
+/// The bounds of one of the value index's batches (dbrag_core::values).
+pub(crate) fn batch_bounds(timeout_ms: i32) -> Bounds {
+    Bounds {
+        rows: dbrag_core::values::BATCH_ROWS,
+        bytes: dbrag_core::values::BATCH_BYTES,
+        timeout_ms: timeout_ms.max(1),
+    }
+}
+
+/// [`Limits`] once checked: what a data-plane request carries.
+#[derive(Clone, Copy)]
+pub struct Bounds {
+    pub rows: usize,
+    pub bytes: usize,
+    pub timeout_ms: i32,
 }
 
 /// The rows of a run as jsonb text, and whether more existed.

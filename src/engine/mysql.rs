@@ -12,15 +12,15 @@ use dbrag_core::dialect_guard::{self, Dialect};
 use dbrag_core::introspect::entries_with_samples;
 
 use super::{
-    Checked, Engine, EngineKind, Introspected, JsonRows, Limits, Readable, RunResult, Source,
-    Statement, Target,
+    batch_bounds, Bounds, Checked, Engine, EngineKind, Introspected, JsonRows, Limits, Readable,
+    RunResult, Source, Statement, Target,
 };
 use crate::error::{DbragError, Kind, Result};
 use crate::gucs;
 use crate::pg::helper;
 use crate::pg::restricted::caller_is_superuser;
 use crate::value_index::helper_batch;
-use dbrag_core::values::{self, BATCH_BYTES, BATCH_ROWS};
+use dbrag_core::values::{self};
 
 const ENGINE: &str = "MySQL";
 
@@ -60,23 +60,22 @@ fn ms(v: i32) -> u64 {
     v.max(1) as u64
 }
 
-/// Run one statement (already checked) and return at most `max_rows` rows
-/// and at most `max_bytes` of JSON text (54000 past it).
+/// Run one statement (already checked) within `bounds` (54000 past its
+/// bytes); the connect timeout is dbrag.remote_connect_timeout_ms.
 pub fn query(
     target: &MysqlTarget,
     database: &str,
     sql: String,
-    max_rows: usize,
-    max_bytes: usize,
-    connect_ms: i32,
-    timeout_ms: i32,
+    bounds: Bounds,
 ) -> Result<JsonRows> {
+    let connect_ms = gucs::REMOTE_CONNECT_TIMEOUT_MS.get();
+    let timeout_ms = bounds.timeout_ms;
     let request = Request::MysqlQuery {
         target: MysqlConn::from(target),
         database: database.to_string(),
         sql,
-        max_rows: max_rows as u64,
-        max_bytes: max_bytes.min(u64::MAX as usize) as u64,
+        max_rows: bounds.rows as u64,
+        max_bytes: bounds.bytes.min(u64::MAX as usize) as u64,
         connect_ms,
         timeout_ms,
     };
@@ -92,13 +91,11 @@ pub fn query(
     })
 }
 
-/// Tables and views of `database` the account may see.
-pub fn list_tables(
-    target: &MysqlTarget,
-    database: &str,
-    connect_ms: i32,
-    timeout_ms: i32,
-) -> Result<Vec<String>> {
+/// Tables and views of `database` the account may see (connect and
+/// statement timeouts: dbrag.remote_connect_timeout_ms, dbrag.query_timeout_ms).
+pub fn list_tables(target: &MysqlTarget, database: &str) -> Result<Vec<String>> {
+    let connect_ms = gucs::REMOTE_CONNECT_TIMEOUT_MS.get();
+    let timeout_ms = gucs::QUERY_TIMEOUT_MS.get();
     let request = Request::MysqlListTables {
         target: MysqlConn::from(target),
         database: database.to_string(),
@@ -113,13 +110,11 @@ pub fn list_tables(
 }
 
 /// Introspect `database` through information_schema, then read a few rows
-/// of each table (never the secret-looking or binary columns).
-pub fn introspect(
-    target: &MysqlTarget,
-    database: &str,
-    connect_ms: i32,
-    statement_ms: i32,
-) -> Result<Introspection> {
+/// of each table (never the secret-looking or binary columns); timeouts as
+/// for [`list_tables`], per statement.
+pub fn introspect(target: &MysqlTarget, database: &str) -> Result<Introspection> {
+    let connect_ms = gucs::REMOTE_CONNECT_TIMEOUT_MS.get();
+    let statement_ms = gucs::QUERY_TIMEOUT_MS.get();
     let request = Request::MysqlIntrospect {
         target: MysqlConn::from(target),
         database: database.to_string(),
@@ -198,15 +193,10 @@ impl Engine for Mysql {
 
     fn list_tables(&mut self, schema: &str) -> Result<Vec<(String, String)>> {
         let target = self.target()?;
-        Ok(list_tables(
-            &target,
-            schema,
-            gucs::REMOTE_CONNECT_TIMEOUT_MS.get(),
-            gucs::QUERY_TIMEOUT_MS.get(),
-        )?
-        .into_iter()
-        .map(|name| (schema.to_string(), name))
-        .collect())
+        Ok(list_tables(&target, schema)?
+            .into_iter()
+            .map(|name| (schema.to_string(), name))
+            .collect())
     }
 
     fn check_works(&mut self, schema: &str) -> Result<()> {
@@ -218,9 +208,8 @@ impl Engine for Mysql {
     /// the server); then the value index's batches.
     fn introspect(&mut self, schema: &str, budget: i64) -> Result<Introspected> {
         let target = self.target()?;
-        let connect_ms = gucs::REMOTE_CONNECT_TIMEOUT_MS.get();
         let timeout_ms = gucs::QUERY_TIMEOUT_MS.get();
-        let found = introspect(&target, schema, connect_ms, timeout_ms)?;
+        let found = introspect(&target, schema)?;
         let entries = entries_with_samples(schema, &found.tables, found.samples);
         let todo = values::branches(&entries, None);
         let values = if budget <= 0 || todo.is_empty() {
@@ -228,16 +217,8 @@ impl Engine for Mysql {
         } else {
             values::collect_with(values::Dialect::Mysql, &entries, todo, budget, |sql| {
                 helper_batch(
-                    query(
-                        &target,
-                        schema,
-                        sql.to_string(),
-                        BATCH_ROWS,
-                        BATCH_BYTES,
-                        connect_ms,
-                        timeout_ms,
-                    )
-                    .map(|r| r.rows),
+                    query(&target, schema, sql.to_string(), batch_bounds(timeout_ms))
+                        .map(|r| r.rows),
                 )
             })
         };
@@ -257,7 +238,7 @@ impl Engine for Mysql {
     }
 
     fn run_read_only(&mut self, sql: &str, limits: Limits) -> RunResult {
-        let (max, timeout_ms) = limits.checked()?;
+        let bounds = limits.checked()?;
         let mut run = || {
             let target = self.target()?;
             let database = self
@@ -265,18 +246,11 @@ impl Engine for Mysql {
                 .conn()
                 .map(|c| c.schema_name.clone())
                 .unwrap_or_default();
-            let limited = dialect_guard::with_row_limit(Dialect::MySql, sql, max as u64 + 1)
-                .unwrap_or_else(|| sql.to_string());
-            let rows = query(
-                &target,
-                &database,
-                limited,
-                max,
-                limits.max_bytes,
-                gucs::REMOTE_CONNECT_TIMEOUT_MS.get(),
-                timeout_ms,
-            )?;
-            super::json_text(rows, limits.max_bytes)
+            let limited =
+                dialect_guard::with_row_limit(Dialect::MySql, sql, bounds.rows as u64 + 1)
+                    .unwrap_or_else(|| sql.to_string());
+            let rows = query(&target, &database, limited, bounds)?;
+            super::json_text(rows, bounds.bytes)
         };
         run().map_err(super::remote_run_error)
     }

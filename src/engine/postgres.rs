@@ -15,8 +15,8 @@ use serde_json::{json, Value};
 
 use super::local::{shape_tables, LIST_TABLES, PROGRESS_EVERY};
 use super::{
-    Checked, Connection, Engine, EngineKind, Introspected, Limits, Readable, RunResult, Source,
-    Statement, Target,
+    Bounds, Checked, Connection, Engine, EngineKind, Introspected, Limits, Readable, RunResult,
+    Source, Statement, Target,
 };
 use crate::error::{raise, DbragError, Kind, Result};
 use crate::gucs;
@@ -108,20 +108,18 @@ impl Engine for Postgres {
     }
 
     fn run_read_only(&mut self, sql: &str, limits: Limits) -> RunResult {
-        let (max, timeout_ms) = limits.checked()?;
-        self.run(sql, max, limits.max_bytes, timeout_ms)
-            .map_err(super::remote_run_error)
+        let bounds = limits.checked()?;
+        self.run(sql, bounds).map_err(super::remote_run_error)
     }
 }
 
 impl Postgres {
-    fn run(
-        &mut self,
-        sql: &str,
-        max: usize,
-        max_bytes: usize,
-        timeout_ms: i32,
-    ) -> Result<(Vec<String>, bool)> {
+    fn run(&mut self, sql: &str, bounds: Bounds) -> Result<(Vec<String>, bool)> {
+        let Bounds {
+            rows: max,
+            bytes: max_bytes,
+            timeout_ms,
+        } = bounds;
         let body = sql.trim().trim_end_matches(';');
         let wrapped = format!(
             "SELECT pg_catalog.to_jsonb(q)::pg_catalog.text FROM (\n{body}\n) q LIMIT {}",

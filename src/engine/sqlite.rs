@@ -16,14 +16,14 @@ use dbrag_core::dialect_guard::{self, Dialect};
 use dbrag_core::introspect::entries_with_samples;
 
 use super::{
-    Checked, Engine, EngineKind, Introspected, JsonRows, Limits, Readable, RunResult, Source,
-    Statement, Target,
+    batch_bounds, Bounds, Checked, Engine, EngineKind, Introspected, JsonRows, Limits, Readable,
+    RunResult, Source, Statement, Target,
 };
 use crate::error::{DbragError, Kind, Result};
 use crate::gucs;
 use crate::pg::helper;
 use crate::value_index::helper_batch;
-use dbrag_core::values::{self, BATCH_BYTES, BATCH_ROWS};
+use dbrag_core::values::{self};
 
 /// The schema name of the only database a connection reaches.
 pub const SCHEMA: &str = dbrag_core::dataplane_target::SQLITE_SCHEMA;
@@ -78,20 +78,15 @@ fn text(path: &PathBuf) -> Result<String> {
         .ok_or_else(|| DbragError::new(Kind::BadArgument, "the SQLite path is not UTF-8"))
 }
 
-/// Run one checked statement on the file: at most `max_rows` rows and
-/// `max_bytes` of JSON text (54000 past it).
-pub fn query(
-    path: &PathBuf,
-    sql: &str,
-    max_rows: usize,
-    max_bytes: usize,
-    timeout_ms: i32,
-) -> Result<JsonRows> {
+/// Run one checked statement on the file within `bounds` (54000 past its
+/// bytes).
+pub fn query(path: &PathBuf, sql: &str, bounds: Bounds) -> Result<JsonRows> {
+    let timeout_ms = bounds.timeout_ms;
     let request = Request::SqliteQuery {
         path: text(path)?,
         sql: sql.to_string(),
-        max_rows: max_rows as u64,
-        max_bytes: max_bytes as u64,
+        max_rows: bounds.rows as u64,
+        max_bytes: bounds.bytes as u64,
         timeout_ms,
     };
     let rows: Rows = decode(helper::call(ENGINE, &request, timeout_ms.max(1) as u64)?)?;
@@ -198,7 +193,7 @@ impl Engine for Sqlite {
             Vec::new()
         } else {
             values::collect_with(values::Dialect::Sqlite, &entries, todo, budget, |sql| {
-                helper_batch(query(&path, sql, BATCH_ROWS, BATCH_BYTES, timeout_ms).map(|r| r.rows))
+                helper_batch(query(&path, sql, batch_bounds(timeout_ms)).map(|r| r.rows))
             })
         };
         Ok((entries, values))
@@ -212,13 +207,14 @@ impl Engine for Sqlite {
     }
 
     fn run_read_only(&mut self, sql: &str, limits: Limits) -> RunResult {
-        let (max, timeout_ms) = limits.checked()?;
+        let bounds = limits.checked()?;
         let mut run = || {
             let path = self.path()?;
-            let limited = dialect_guard::with_row_limit(Dialect::Sqlite, sql, max as u64 + 1)
-                .unwrap_or_else(|| sql.to_string());
-            let rows = query(&path, &limited, max, limits.max_bytes, timeout_ms)?;
-            super::json_text(rows, limits.max_bytes)
+            let limited =
+                dialect_guard::with_row_limit(Dialect::Sqlite, sql, bounds.rows as u64 + 1)
+                    .unwrap_or_else(|| sql.to_string());
+            let rows = query(&path, &limited, bounds)?;
+            super::json_text(rows, bounds.bytes)
         };
         run().map_err(super::remote_run_error)
     }
