@@ -14,6 +14,10 @@
 #   key1    the key shape with ONE client: latency of an unsaturated server
 #           (with CLIENTS clients on this 2-core machine the figure is
 #           throughput under saturation, not latency)
+#   report1 ONE client, member login: the tenant's count and sum over its
+#           1,000 rows, the shape of a question's answer (a router query
+#           that does some work on the worker, where key1 does almost none),
+#           and the same without the tenant filter (row security alone)
 #   hook    Citus only, one client, member login, the isolated key query with
 #           pg_dbrag's executor hook on, and off (dbrag.citus_tenant_forwarding
 #           = off for a second member role), in adjacent runs
@@ -28,7 +32,7 @@
 # scripts of weight 1; for app and hook, in adjacent runs), compared by mean
 # latency from pgbench's transaction log, as bench/rls_overhead.sh does;
 # single node and Citus alternate, RUNS times each (median, and min-max of
-# the ratios). Needs Citus installed (scripts/citus_build.sh). About 8
+# the ratios). Needs Citus installed (scripts/citus_build.sh). About 9
 # minutes for RUNS=3.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -130,6 +134,12 @@ mkdir -p "$WORK/scripts" "$WORK/log"; rm -f "$WORK"/log/*
 S=$WORK/scripts
 printf '%s\n' '\set k random(1, 1000)' "SELECT * FROM bench.hand WHERE tenant_id = '$T_FIXED' AND id = :k;" >"$S/key_hand.sql"
 printf '%s\n' '\set k random(1, 1000)' "SELECT * FROM bench.isolated WHERE tenant_id = '$T_FIXED' AND id = :k;" >"$S/key_isolated.sql"
+printf '%s\n' "SELECT count(*), sum(amount) FROM bench.hand WHERE tenant_id = '$T_FIXED';" >"$S/report_hand.sql"
+printf '%s\n' "SELECT count(*), sum(amount) FROM bench.isolated WHERE tenant_id = '$T_FIXED';" >"$S/report_isolated.sql"
+# The same without the tenant filter, as a model's SQL may come: row security
+# alone keeps the other tenants' rows out, but Citus plans by the query's own
+# filters, so on Citus this one runs on every shard.
+printf '%s\n' "SELECT count(*), sum(amount) FROM bench.isolated;" >"$S/report_unfiltered.sql"
 printf '%s\n' '\set k random(1000000, 1000000000)' \
     "INSERT INTO bench.hand VALUES ('$T_FIXED', :k, 1, 'new') ON CONFLICT DO NOTHING;" >"$S/insert_hand.sql"
 printf '%s\n' '\set k random(1000000, 1000000000)' \
@@ -193,6 +203,7 @@ for r in $(seq "$RUNS"); do
         run "appiso.$where.$r" "$p" app_isolated
         run "tx.$where.$r" "$p" tx_hand tx_uuid tx_token tx_hand_set tx_uuid_hand
         C=1 run "key1.$where.$r" "$p" key_hand key_isolated
+        C=1 run "report1.$where.$r" "$p" report_hand report_isolated report_unfiltered
     done
     # Hook on and off, one client, alternating which goes first.
     if [ $((r % 2)) = 1 ]; then order="hookon hookoff"; else order="hookoff hookon"; fi
@@ -217,6 +228,8 @@ for (shape, where, run) in list(lat):
         lat[("app", where, run)] = {0: lat[("apphand", where, run)][0], 1: lat[(shape, where, run)][0]}
     if shape == "hookon":
         lat[("hook", where, run)] = {0: lat[("hookoff", where, run)][0], 1: lat[(shape, where, run)][0]}
+    if shape == "report1":
+        lat[("reportall", where, run)] = {0: lat[(shape, where, run)][0], 1: lat[(shape, where, run)][2]}
     if shape == "tx":
         t = lat[(shape, where, run)]
         lat[("txuuid", where, run)] = {0: t[0], 1: t[1]}
@@ -227,11 +240,12 @@ for (shape, where, run) in list(lat):
 print(f"\n{'':42} {'hand us':>9} {'isolated us':>12} {'iso/hand tps':>13} {'(min-max)':>13}")
 med = {}
 names = {"key": "key, member", "insert": "insert, member", "app": "key, app set_tenant",
-         "key1": "key, member, 1 client", "txuuid": "key, app, tx + set_tenant(uuid)",
+         "key1": "key, member, 1 client", "report1": "report, member, 1 client",
+         "reportall": "report, no tenant filter, 1 client", "txuuid": "key, app, tx + set_tenant(uuid)",
          "txtoken": "key, app, tx + set_tenant(token)", "hook": "key, member, 1 client, hook off->on",
          "txstmt": "tx: + set_config stmt (no dbrag)", "txset": "tx: set_config -> set_tenant(uuid)",
          "txrls": "tx: hand table -> isolated table"}
-for shape in ("key", "insert", "app", "key1", "txuuid", "txtoken", "txstmt", "txset", "txrls", "hook"):
+for shape in ("key", "insert", "app", "key1", "report1", "reportall", "txuuid", "txtoken", "txstmt", "txset", "txrls", "hook"):
     for where in ("single", "citus"):
         runs = sorted(k for k in lat if k[0] == shape and k[1] == where)
         if not runs:
@@ -242,7 +256,7 @@ for shape in ("key", "insert", "app", "key1", "txuuid", "txtoken", "txstmt", "tx
         med[(shape, where)] = (statistics.median(h), statistics.median(i))
         print(f"{names[shape] + ' on ' + where:42} {statistics.median(h):9.0f} {statistics.median(i):12.0f} "
               f"{statistics.median(ratios):13.3f} {min(ratios):6.3f}-{max(ratios):.3f}")
-for shape in ("key", "insert", "app", "key1", "txuuid", "txtoken"):
+for shape in ("key", "insert", "app", "key1", "report1", "reportall", "txuuid", "txtoken"):
     hs, is_ = med[(shape, "single")]
     hc, ic = med[(shape, "citus")]
     print(f"{names[shape]}: latency on Citus / single node = {ic / is_:.2f}x isolated, {hc / hs:.2f}x hand-written")

@@ -17,6 +17,61 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
 $$;
 REVOKE ALL ON FUNCTION dbrag._tenant_leads_key(oid) FROM PUBLIC;
 
+-- Copy the coordinator's pg_dist_authinfo rows of these roles to the
+-- workers, which need them when they open connections as a tenant's role
+-- themselves (a query that a worker plans for a client connected to it).
+-- A worker takes a row only for a role it has (Citus checks it with a
+-- constraint), and a role created in this transaction reaches the workers
+-- at commit: such rows are skipped here, and copied by a later call (the
+-- tenant's first member, or dbrag.citus_sync_logins()). The workers' rows
+-- are written over their own connections, outside this transaction.
+-- (The commands carry passwords: never shown by citus.log_remote_commands.)
+CREATE FUNCTION dbrag._citus_copy_logins(roles name[])
+RETURNS TABLE (nodename text, nodeport integer, success boolean, result text)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET citus.log_remote_commands = off AS $$
+DECLARE
+    rows_sql text;
+BEGIN
+    SELECT pg_catalog.string_agg(pg_catalog.format('(%s, %L, %L)', a.nodeid, a.rolename, a.authinfo), ', ')
+      INTO rows_sql
+      FROM pg_catalog.pg_dist_authinfo a
+     WHERE a.rolename = ANY (roles) AND a.nodeid IN (0, -1);
+    IF rows_sql IS NULL THEN
+        RETURN;
+    END IF;
+    RETURN QUERY SELECT w.nodename, w.nodeport, w.success, w.result
+      FROM pg_catalog.run_command_on_workers(
+        'INSERT INTO pg_catalog.pg_dist_authinfo (nodeid, rolename, authinfo) '
+        'SELECT v.nodeid, v.rolename, v.authinfo FROM (VALUES ' || rows_sql || ') '
+        'AS v (nodeid, rolename, authinfo) '
+        'WHERE EXISTS (SELECT FROM pg_catalog.pg_roles r WHERE r.rolname = v.rolename) '
+        'ON CONFLICT DO NOTHING') w;
+END
+$$;
+REVOKE ALL ON FUNCTION dbrag._citus_copy_logins(name[]) FROM PUBLIC;
+
+-- For the operator: every tenant role's password row on every worker (after
+-- tenants were created inside a transaction block, or a worker was added).
+-- Safe to run again; a superuser's, as pg_dist_authinfo is.
+CREATE FUNCTION dbrag.citus_sync_logins()
+RETURNS TABLE (nodename text, nodeport integer, success boolean, result text)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF NOT (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = current_user) THEN
+        RAISE EXCEPTION 'permission denied to copy tenants'' logins to the workers'
+            USING ERRCODE = '42501', HINT = 'run it as a superuser on the Citus coordinator';
+    END IF;
+    IF pg_catalog.to_regclass('pg_catalog.pg_dist_authinfo') IS NULL THEN
+        RAISE EXCEPTION 'Citus is not installed in this database'
+            USING ERRCODE = '55000';
+    END IF;
+    RETURN QUERY SELECT * FROM dbrag._citus_copy_logins(ARRAY(
+        SELECT t.tenant_role FROM control_plane.tenants t
+         WHERE t.tenant_role = dbrag.tenant_role_name(t.tenant_id)));
+END
+$$;
+REVOKE ALL ON FUNCTION dbrag.citus_sync_logins() FROM PUBLIC;
+
 -- On a Citus coordinator: let Citus reach the workers as a tenant's role.
 -- Work for a tenant runs as its role (docs/isolation.md), and Citus opens
 -- its worker connections as the current role, so the role gets LOGIN with
@@ -24,7 +79,7 @@ REVOKE ALL ON FUNCTION dbrag._tenant_leads_key(oid) FROM PUBLIC;
 -- node) holds: no client can log in as it. ALTER ROLE reaches the workers
 -- through Citus. Safe to run again.
 CREATE FUNCTION dbrag._citus_tenant_login(tenant uuid) RETURNS void
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET citus.log_remote_commands = off AS $$
 DECLARE
     r name;
     pw text;
@@ -42,9 +97,7 @@ BEGIN
     EXECUTE pg_catalog.format('ALTER ROLE %I LOGIN PASSWORD %L', r, pw);
     INSERT INTO pg_catalog.pg_dist_authinfo (nodeid, rolename, authinfo)
     VALUES (0, r, 'password=' || pw), (-1, r, 'password=' || pw);
-    PERFORM pg_catalog.run_command_on_workers(pg_catalog.format(
-        'INSERT INTO pg_catalog.pg_dist_authinfo (nodeid, rolename, authinfo) VALUES (0, %L, %L), (-1, %L, %L)',
-        r, 'password=' || pw, r, 'password=' || pw));
+    PERFORM dbrag._citus_copy_logins(ARRAY[r]);
 END
 $$;
 REVOKE ALL ON FUNCTION dbrag._citus_tenant_login(uuid) FROM PUBLIC;

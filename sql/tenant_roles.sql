@@ -78,6 +78,12 @@ BEGIN
            AND pg_catalog.to_regclass('pg_catalog.pg_dist_authinfo') IS NOT NULL THEN
             PERFORM dbrag._citus_tenant_login(NEW.tenant_id);
         END IF;
+        -- A tenant made in an earlier transaction has its role on the
+        -- workers by now: adding a member copies its password row there.
+        IF on_citus AND TG_OP = 'INSERT' AND tbl = 'tenant_members'
+           AND (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = current_user) THEN
+            PERFORM dbrag._citus_copy_logins(ARRAY[dbrag.tenant_role_name(NEW.tenant_id)]);
+        END IF;
         IF TG_OP = 'UPDATE' AND OLD.tenant_id IS DISTINCT FROM NEW.tenant_id THEN
             PERFORM dbrag._sync_tenant_role(OLD.tenant_id);
         END IF;

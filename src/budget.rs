@@ -21,6 +21,10 @@
 //! not in the history). Slots are bounded ([`SLOTS`]); a full table reuses
 //! the least recently used slot with no call in flight and no call in the
 //! current minute (re-seeded the same way), else refuses with 53400.
+//!
+//! On Citus every node has its own shared memory: a budgeted tenant's model
+//! calls are made on the coordinator only, and refused on a worker with
+//! 55000, so connecting to the workers does not multiply the budget.
 
 use pgrx::datum::DatumWithOid;
 use pgrx::pg_sys;
@@ -121,6 +125,32 @@ fn limits_for(tenant: uuid::Uuid) -> Result<Limits, DbragError> {
             format!("the tenant's budget cannot be read: {e}"),
         )
     })
+}
+
+/// True on a Citus worker (a node whose group is not the coordinator's, 0):
+/// its shared memory counts only its own calls.
+fn on_citus_worker() -> Result<bool, DbragError> {
+    if !crate::pg::citus::citus_loaded() {
+        return Ok(false);
+    }
+    let group = privileged::as_extension(|| -> Result<Option<i32>, pgrx::spi::SpiError> {
+        // pg_dist_local_group exists once CREATE EXTENSION citus ran here.
+        let installed = Spi::get_one::<bool>(
+            "SELECT pg_catalog.to_regclass('pg_catalog.pg_dist_local_group') IS NOT NULL",
+        )?
+        .unwrap_or(false);
+        if !installed {
+            return Ok(None);
+        }
+        Spi::get_one::<i32>("SELECT groupid FROM pg_catalog.pg_dist_local_group")
+    })
+    .map_err(|e| {
+        DbragError::new(
+            Kind::Internal,
+            format!("this node's Citus group cannot be read: {e}"),
+        )
+    })?;
+    Ok(group.is_some_and(|g| g != 0))
 }
 
 /// Tokens the tenant's asks recorded today (UTC), to seed a fresh slot.
@@ -321,6 +351,13 @@ pub fn reserve(tenant: uuid::Uuid, estimate: u64) -> Result<Option<Reservation>,
     let limits = limits_for(tenant)?;
     if limits.unlimited() {
         return Ok(None);
+    }
+    if on_citus_worker()? {
+        return Err(DbragError::new(
+            Kind::NotConfigured,
+            "the tenant has a model budget, and budgeted model calls are made on the Citus coordinator, not on a worker",
+        )
+        .hint("connect to the coordinator for ask, generate_sql, explain_sql and descriptions at sync"));
     }
     if !available() {
         return Err(DbragError::new(

@@ -180,7 +180,15 @@ fn answer_and_record(
     explain: bool,
 ) -> (Vec<String>, Option<String>) {
     let question = check_question(question);
-    crate::pg::citus::keep_execution_remote();
+    if !crate::pg::citus::keep_execution_remote() && run {
+        // Citus would stop the statement's cursor halfway with XX000.
+        DbragError::new(
+            Kind::NotConfigured,
+            "on Citus, ask() cannot run its statement after an earlier statement of this transaction ran on the coordinator's own placements",
+        )
+        .hint("call ask() before other statements of the transaction (after set_tenant), or in a transaction of its own")
+        .raise();
+    }
     if !(1..=100_000).contains(&max_rows) {
         DbragError::new(Kind::BadArgument, "max_rows must be between 1 and 100000").raise();
     }
@@ -337,6 +345,7 @@ fn explain_checked(conn: &Connection, sql: &str, attempt: &mut Attempt) -> Resul
 #[pg_extern(volatile, parallel_unsafe)]
 fn explain_sql(sql: Option<&str>) -> Option<String> {
     let sql = crate::conversation::check_statement(sql);
+    // (explain_sql does not run the statement: execution may stay local.)
     crate::pg::citus::keep_execution_remote();
     let conn = connections::active();
     let role = crate::act_as::tenant_role(conn.tenant_id);

@@ -155,6 +155,65 @@ def test_deleted_tenant_leaves_no_role(cluster):
                              (role,)).fetchone()[0] == 0, port
 
 
+def authinfo_rows(port, role):
+    with conn(port) as c:
+        return c.execute("SELECT nodeid, authinfo FROM pg_dist_authinfo WHERE rolename = %s ORDER BY nodeid",
+                         (role,)).fetchall()
+
+
+def test_new_tenants_logins_reach_the_workers(cluster):
+    """A tenant's role logs in to the nodes with a password only
+    pg_dist_authinfo holds. A worker needs the rows too when it opens
+    connections as that role itself. Tenant B was made after the
+    distribution: adding its member copied its rows to the workers. A
+    tenant made in one transaction with its member has its role on the
+    workers only from COMMIT on, so its rows wait for citus_sync_logins()."""
+    su = cluster.su
+    role_b = su.execute("SELECT dbrag.tenant_role_name(%s)", (cluster.b,)).fetchone()[0]
+    want = authinfo_rows(cluster.coord, role_b)
+    assert [n for n, _ in want] == [-1, 0] and want[0][1].startswith("password=")
+    for port in (cluster.w1, cluster.w2):
+        assert authinfo_rows(port, role_b) == want, port
+    tag = uuid.uuid4().hex[:6]
+    with su.transaction():
+        t = su.execute("SELECT dbrag.create_tenant(%s)", (f"citus_tx_{tag}",)).fetchone()[0]
+        su.execute("SELECT dbrag.add_tenant_member(%s, %s)", (t, cluster.bob))
+    role = su.execute("SELECT dbrag.tenant_role_name(%s)", (t,)).fetchone()[0]
+    try:
+        want = authinfo_rows(cluster.coord, role)
+        assert len(want) == 2
+        for port in (cluster.w1, cluster.w2):
+            assert authinfo_rows(port, role) == [], port
+        # Only a superuser writes pg_dist_authinfo.
+        for login in (cluster.admin, cluster.app, cluster.alice):
+            with cluster.login(login) as c:
+                with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                    c.execute("SELECT * FROM dbrag.citus_sync_logins()")
+        report = su.execute("SELECT nodeport, success FROM dbrag.citus_sync_logins() ORDER BY 1").fetchall()
+        assert report == [(cluster.w1, True), (cluster.w2, True)]
+        for port in (cluster.w1, cluster.w2):
+            assert authinfo_rows(port, role) == want, port
+        # Again: nothing changes.
+        su.execute("SELECT * FROM dbrag.citus_sync_logins()")
+        for port in (cluster.w1, cluster.w2):
+            assert authinfo_rows(port, role) == want, port
+        # The commands that carry the passwords are not shown to the client.
+        notices = []
+        with conn(cluster.coord) as c:
+            c.add_notice_handler(lambda d: notices.append(d.message_primary))
+            c.execute("SET citus.log_remote_commands = on")
+            c.execute("SELECT * FROM dbrag.citus_sync_logins()")
+            c.execute("SELECT dbrag.add_tenant_member(%s, %s)", (t, cluster.alice))
+        # (Citus did show the other commands it sent: the member's GRANT.)
+        assert any(m.startswith("issuing") for m in notices), notices
+        secret = want[0][1].removeprefix("password=")
+        assert len(secret) >= 32 and not [m for m in notices if secret in m], notices
+    finally:
+        su.execute("DELETE FROM control_plane.tenants WHERE tenant_id = %s", (t,))
+    for port in (cluster.coord, cluster.w1, cluster.w2):
+        assert authinfo_rows(port, role) == [], port
+
+
 def test_distribute_refused_for_non_superusers(cluster):
     with cluster.login(cluster.app) as c:
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
@@ -743,6 +802,118 @@ def test_budgets_on_the_cluster(cluster, llm_server):
         with cluster.login(cluster.admin) as c:
             c.execute("SELECT dbrag.set_tenant_budget(%s, NULL, NULL)", (cluster.a,))
             c.execute("SELECT dbrag.set_tenant_budget(%s, NULL, NULL)", (cluster.b,))
+
+
+def test_budgeted_model_calls_stay_on_the_coordinator(cluster, llm_server):
+    """Each node counts budgets in its own shared memory, so on a worker a
+    budgeted tenant's model call is refused with 55000 before any request
+    (connecting to the workers must not multiply the budget). A tenant with
+    no budget is not limited there: its call reaches the model from the
+    worker, which shows the worker is configured to make it."""
+    prepare_trust(cluster, llm_server)
+    with cluster.login(cluster.admin) as c:
+        c.execute("SELECT dbrag.set_tenant_budget(%s, 100, NULL)", (cluster.a,))
+    try:
+        for port in (cluster.w1, cluster.w2):
+            before = len(llm_server.requests())
+            with cluster.login(cluster.alice, port=port) as w:
+                with pytest.raises(psycopg.Error) as e:
+                    w.execute("SELECT dbrag.generate_sql('how many events on the worker')")
+                assert e.value.sqlstate == "55000"
+                assert "coordinator" in e.value.diag.message_primary
+            with cluster.login(cluster.app, port=port) as w:
+                w.execute("SELECT dbrag.set_tenant(%s)", (token_for(cluster.a),))
+                with pytest.raises(psycopg.Error) as e:
+                    w.execute("SELECT dbrag.generate_sql('how many events, asked for A on the worker')")
+                assert e.value.sqlstate == "55000"
+            assert len(llm_server.requests()) == before, port
+            # B has no budget: its call is made, from the worker. (The guard
+            # then refuses the answer: the catalog is the coordinator's, and
+            # the worker's own lists no table.)
+            llm_server.script(sql_answer("SELECT count(*) AS n FROM events"))
+            with cluster.login(cluster.bob, port=port) as w:
+                with pytest.raises(psycopg.errors.InsufficientPrivilege, match="not one of the tables"):
+                    w.execute("SELECT dbrag.generate_sql('how many events on the worker')")
+            assert len(llm_server.requests()) == before + 1, port
+        # On the coordinator A's calls go through and are counted.
+        llm_server.script(sql_answer("SELECT count(*) AS n FROM events"))
+        with cluster.login(cluster.alice) as c:
+            c.execute("SELECT dbrag.generate_sql('how many events on the coordinator')")
+            assert c.execute("SELECT calls_left_this_minute FROM dbrag.budget_status()").fetchone()[0] < 100
+    finally:
+        with cluster.login(cluster.admin) as c:
+            c.execute("SELECT dbrag.set_tenant_budget(%s, NULL, NULL)", (cluster.a,))
+
+
+@pytest.mark.parametrize("caller", ["member", "app", "operator"])
+def test_verified_queries_inside_a_transaction_block(cluster, llm_server, caller):
+    """A verified query used inside a transaction block, the way an
+    application server behind a transaction pooler works: the answer is the
+    verified SQL, run on the workers as the tenant, with no model call, also
+    after another statement that followed set_tenant. A member's block that
+    read a reference table before ask() ran that read on the coordinator's
+    own copy (Citus's local execution), which the statement's cursor cannot
+    follow: 55000 up front, rather than Citus's XX000 halfway. Saving a verified
+    query and asking it in the same block is refused by Citus (one role per
+    placement per transaction, docs/scale-out.md): a clean 25001, and the
+    rollback leaves nothing behind."""
+    prepare_trust(cluster, llm_server)
+    login = {"member": cluster.alice, "app": cluster.app, "operator": cluster.admin}[caller]
+    count_sql = "SELECT count(*) AS n FROM orders"
+    question = f"How many orders, asked by the {caller}?"
+
+    def for_tenant_a(c):
+        if caller == "app":
+            c.execute("SELECT dbrag.set_tenant(%s, true)", (token_for(cluster.a),))
+        elif caller == "operator":
+            c.execute("SELECT dbrag.set_tenant(%s::uuid, true)", (cluster.a,))
+
+    with cluster.login(login) as c:
+        with c.transaction():
+            for_tenant_a(c)
+            vid = c.execute("SELECT dbrag.add_verified_query(%s, %s)", (question, count_sql)).fetchone()[0]
+        calls = len(llm_server.requests())
+        try:
+            for read_first in (False, True):
+                if read_first and caller == "member":
+                    # Nothing kept execution remote before the read, which ran
+                    # on the coordinator's own copy: ask() says so up front.
+                    with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState, match="ask"):
+                        with c.transaction():
+                            c.execute("SELECT count(*) FROM control_plane.tenants")
+                            c.execute("SELECT * FROM dbrag.ask(%s)", (question.lower(),))
+                    continue
+                with c.transaction():
+                    for_tenant_a(c)
+                    if read_first:  # set_tenant kept execution remote: this read too
+                        assert c.execute("SELECT count(*) FROM control_plane.tenants").fetchone()[0] >= 1
+                    rows = [r[0] for r in c.execute("SELECT * FROM dbrag.ask(%s)", (question.lower(),))]
+                    assert rows == [{"n": ROWS_PER_TENANT["a"]}]
+                    assert c.execute("SELECT dbrag.last_answer() ->> 'status'").fetchone()[0] == "verified"
+                    assert c.execute("SELECT count(*) FROM app.orders").fetchone()[0] == ROWS_PER_TENANT["a"]
+            assert len(llm_server.requests()) == calls
+            # Saved and asked in one block: refused, and nothing is kept.
+            other = f"Orders counted twice, by the {caller}?"
+            with pytest.raises(psycopg.Error) as e:
+                with c.transaction():
+                    for_tenant_a(c)
+                    c.execute("SELECT dbrag.add_verified_query(%s, %s)", (other, count_sql))
+                    c.execute("SELECT * FROM dbrag.ask(%s)", (other,))
+            if caller == "member":  # add_verified_query's lookups ran locally, as above
+                assert e.value.sqlstate == "55000", e.value
+            else:
+                assert e.value.sqlstate == "25001", e.value
+                assert "different user" in e.value.diag.message_primary
+            with c.transaction():
+                for_tenant_a(c)
+                assert [r[0] for r in c.execute("SELECT question FROM dbrag.verified_queries")] == [question]
+            assert len(llm_server.requests()) == calls
+        finally:
+            with c.transaction():
+                for_tenant_a(c)
+                c.execute("SELECT dbrag.remove_verified_query(%s)", (vid,))
+    # B never saw it, on the coordinator or on a worker.
+    assert on_workers(cluster, cluster.bob, "SELECT count(*) FROM control_plane.verified_queries") == [[(0,)], [(0,)]]
 
 
 # ---- INSERT ... SELECT into the tenants reference table
