@@ -21,6 +21,11 @@
 #   hook    Citus only, one client, member login, the isolated key query with
 #           pg_dbrag's executor hook on, and off (dbrag.citus_tenant_forwarding
 #           = off for a second member role), in adjacent runs
+#   ask1    ONE client, member login: dbrag.ask() of a new question each
+#           time, the model fixture answering the report shape without a
+#           tenant filter (as a model writes it); on Citus pg_dbrag plans it
+#           for the tenant's shard; compared with a second member role that
+#           has dbrag.citus_shard_pruning = off (every shard), adjacent runs
 #   tx      the application server inside a transaction block, the pattern a
 #           transaction-pooling PgBouncer imposes: BEGIN; set_tenant(uuid,
 #           true) or set_tenant(token, true); the key query; COMMIT, against
@@ -32,7 +37,7 @@
 # scripts of weight 1; for app and hook, in adjacent runs), compared by mean
 # latency from pgbench's transaction log, as bench/rls_overhead.sh does;
 # single node and Citus alternate, RUNS times each (median, and min-max of
-# the ratios). Needs Citus installed (scripts/citus_build.sh). About 9
+# the ratios). Needs Citus installed (scripts/citus_build.sh). About 11
 # minutes for RUNS=3.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -55,7 +60,12 @@ for n in 0 1 2; do
     start_cluster "$WORK/citus$n" $((PORT + 1 + n)) "$PW" "shared_preload_libraries = 'citus,pg_dbrag'" \
         "citus.node_conninfo = 'sslmode=disable'" "${COMMON[@]}"
 done
-trap 'stop_cluster "$WORK/single"; for n in 0 1 2; do stop_cluster "$WORK/citus$n"; done' EXIT
+MODEL_PORT=${DBRAG_BENCH_MODEL_PORT:-18093}
+python3 tests/fixtures/llm_server.py --port "$MODEL_PORT" \
+    --default-answer $'```sql\nSELECT count(*) AS n, sum(amount) AS total FROM isolated WHERE id <= 1000\n```' \
+    >"$WORK/model.log" 2>&1 &
+MODEL_PID=$!
+trap 'kill $MODEL_PID 2>/dev/null || true; stop_cluster "$WORK/single"; for n in 0 1 2; do stop_cluster "$WORK/citus$n"; done' EXIT
 export PGPASSWORD=$PW PGHOST=127.0.0.1
 PSQL="$PG_BIN/psql -X -q -v ON_ERROR_STOP=1 -U postgres"
 T_FIXED=00000000-0000-4000-8000-000000000064   # tenant 100
@@ -101,6 +111,15 @@ GRANT SELECT ON bench.isolated TO bench_member_nohook;
 SELECT dbrag.add_tenant_member('$T_FIXED', 'bench_member_nohook');
 -- pg_dbrag's executor hook off for this role's sessions (hook on/off runs).
 ALTER ROLE bench_member_nohook SET dbrag.citus_tenant_forwarding = off;
+-- ask(): the tenant's role reads the isolated table; a second member role
+-- with shard pruning off (ask runs, pruned and not, in adjacent runs).
+SELECT format('GRANT USAGE ON SCHEMA bench TO %I', tenant_role) FROM control_plane.tenants WHERE tenant_id = '$T_FIXED' \gexec
+SELECT format('GRANT SELECT ON bench.isolated TO %I', tenant_role) FROM control_plane.tenants WHERE tenant_id = '$T_FIXED' \gexec
+CREATE ROLE bench_member_noprune LOGIN PASSWORD '$PW';
+SELECT dbrag.add_tenant_member('$T_FIXED', 'bench_member_noprune');
+ALTER ROLE bench_member_noprune SET dbrag.citus_shard_pruning = off;
+ALTER DATABASE bench SET dbrag.llm_url = 'http://127.0.0.1:$MODEL_PORT/v1';
+ALTER DATABASE bench SET dbrag.llm_model = 'fixture';
 CREATE ROLE bench_app LOGIN PASSWORD '$PW';
 GRANT dbrag_app TO bench_app;
 -- Per-transaction set_tenant without an audit row per switch, as the
@@ -119,7 +138,14 @@ for n in 0 1 2; do
     $PSQL -p $((PORT + 1 + n)) -d bench \
         -c "INSERT INTO pg_dist_authinfo VALUES (0, 'bench_member', 'password=$PW'), (-1, 'bench_member', 'password=$PW')" \
         -c "INSERT INTO pg_dist_authinfo VALUES (0, 'bench_app', 'password=$PW'), (-1, 'bench_app', 'password=$PW')" \
-        -c "INSERT INTO pg_dist_authinfo VALUES (0, 'bench_member_nohook', 'password=$PW'), (-1, 'bench_member_nohook', 'password=$PW')"
+        -c "INSERT INTO pg_dist_authinfo VALUES (0, 'bench_member_nohook', 'password=$PW'), (-1, 'bench_member_nohook', 'password=$PW')" \
+        -c "INSERT INTO pg_dist_authinfo VALUES (0, 'bench_member_noprune', 'password=$PW'), (-1, 'bench_member_noprune', 'password=$PW')"
+done
+# The tenant's catalog (a local connection to schema bench), for ask().
+for p in "$PORT" $((PORT + 1)); do
+    $PG_BIN/psql -X -q -v ON_ERROR_STOP=1 -U bench_member -p "$p" -d bench \
+        -c "SELECT dbrag.activate_connection(dbrag.create_connection('bench', 'local', NULL, 'bench'))" \
+        -c "SELECT count(*) FROM dbrag.sync_catalog()" >/dev/null
 done
 
 check() { $PG_BIN/psql -X -At -U bench_member -p "$1" -d bench -c "$2"; }
@@ -132,14 +158,16 @@ done
 
 mkdir -p "$WORK/scripts" "$WORK/log"; rm -f "$WORK"/log/*
 S=$WORK/scripts
+printf '%s\n' '\set n random(1, 1000000000)' "SELECT * FROM dbrag.ask('the tenant report, case ' || :n);" >"$S/ask.sql"
 printf '%s\n' '\set k random(1, 1000)' "SELECT * FROM bench.hand WHERE tenant_id = '$T_FIXED' AND id = :k;" >"$S/key_hand.sql"
 printf '%s\n' '\set k random(1, 1000)' "SELECT * FROM bench.isolated WHERE tenant_id = '$T_FIXED' AND id = :k;" >"$S/key_isolated.sql"
-printf '%s\n' "SELECT count(*), sum(amount) FROM bench.hand WHERE tenant_id = '$T_FIXED';" >"$S/report_hand.sql"
-printf '%s\n' "SELECT count(*), sum(amount) FROM bench.isolated WHERE tenant_id = '$T_FIXED';" >"$S/report_isolated.sql"
+# (ids up to 1,000: the loaded rows, not those the insert runs add.)
+printf '%s\n' "SELECT count(*), sum(amount) FROM bench.hand WHERE tenant_id = '$T_FIXED' AND id <= 1000;" >"$S/report_hand.sql"
+printf '%s\n' "SELECT count(*), sum(amount) FROM bench.isolated WHERE tenant_id = '$T_FIXED' AND id <= 1000;" >"$S/report_isolated.sql"
 # The same without the tenant filter, as a model's SQL may come: row security
 # alone keeps the other tenants' rows out, but Citus plans by the query's own
 # filters, so on Citus this one runs on every shard.
-printf '%s\n' "SELECT count(*), sum(amount) FROM bench.isolated;" >"$S/report_unfiltered.sql"
+printf '%s\n' "SELECT count(*), sum(amount) FROM bench.isolated WHERE id <= 1000;" >"$S/report_unfiltered.sql"
 printf '%s\n' '\set k random(1000000, 1000000000)' \
     "INSERT INTO bench.hand VALUES ('$T_FIXED', :k, 1, 'new') ON CONFLICT DO NOTHING;" >"$S/insert_hand.sql"
 printf '%s\n' '\set k random(1000000, 1000000000)' \
@@ -183,7 +211,7 @@ printf '%s\n' '\set k random(1, 1000)' 'BEGIN;' "SELECT dbrag.set_tenant('$T_FIX
 run() {  # label, port, scripts...  (C: clients, default CLIENTS)
     local label=$1 port=$2 user=bench_member clients=${C:-$CLIENTS} threads=$THREADS
     shift 2
-    case $label in app*|tx*) user=bench_app ;; hookoff*) user=bench_member_nohook ;; esac
+    case $label in app*|tx*) user=bench_app ;; hookoff*) user=bench_member_nohook ;; asknoprune*) user=bench_member_noprune ;; esac
     [ "$clients" -lt "$threads" ] && threads=$clients
     local files=()
     for f in "$@"; do files+=(-f "$S/$f.sql@1"); done
@@ -204,6 +232,8 @@ for r in $(seq "$RUNS"); do
         run "tx.$where.$r" "$p" tx_hand tx_uuid tx_token tx_hand_set tx_uuid_hand
         C=1 run "key1.$where.$r" "$p" key_hand key_isolated
         C=1 run "report1.$where.$r" "$p" report_hand report_isolated report_unfiltered
+        C=1 run "asknoprune.$where.$r" "$p" ask
+        C=1 run "askprune.$where.$r" "$p" ask
     done
     # Hook on and off, one client, alternating which goes first.
     if [ $((r % 2)) = 1 ]; then order="hookon hookoff"; else order="hookoff hookon"; fi
@@ -228,6 +258,8 @@ for (shape, where, run) in list(lat):
         lat[("app", where, run)] = {0: lat[("apphand", where, run)][0], 1: lat[(shape, where, run)][0]}
     if shape == "hookon":
         lat[("hook", where, run)] = {0: lat[("hookoff", where, run)][0], 1: lat[(shape, where, run)][0]}
+    if shape == "askprune":
+        lat[("ask", where, run)] = {0: lat[("asknoprune", where, run)][0], 1: lat[(shape, where, run)][0]}
     if shape == "report1":
         lat[("reportall", where, run)] = {0: lat[(shape, where, run)][0], 1: lat[(shape, where, run)][2]}
     if shape == "tx":
@@ -241,11 +273,12 @@ print(f"\n{'':42} {'hand us':>9} {'isolated us':>12} {'iso/hand tps':>13} {'(min
 med = {}
 names = {"key": "key, member", "insert": "insert, member", "app": "key, app set_tenant",
          "key1": "key, member, 1 client", "report1": "report, member, 1 client",
-         "reportall": "report, no tenant filter, 1 client", "txuuid": "key, app, tx + set_tenant(uuid)",
+         "reportall": "report, no tenant filter, 1 client",
+         "ask": "ask(), member, 1 client, pruning off->on", "txuuid": "key, app, tx + set_tenant(uuid)",
          "txtoken": "key, app, tx + set_tenant(token)", "hook": "key, member, 1 client, hook off->on",
          "txstmt": "tx: + set_config stmt (no dbrag)", "txset": "tx: set_config -> set_tenant(uuid)",
          "txrls": "tx: hand table -> isolated table"}
-for shape in ("key", "insert", "app", "key1", "report1", "reportall", "txuuid", "txtoken", "txstmt", "txset", "txrls", "hook"):
+for shape in ("key", "insert", "app", "key1", "report1", "reportall", "ask", "txuuid", "txtoken", "txstmt", "txset", "txrls", "hook"):
     for where in ("single", "citus"):
         runs = sorted(k for k in lat if k[0] == shape and k[1] == where)
         if not runs:
@@ -256,8 +289,9 @@ for shape in ("key", "insert", "app", "key1", "report1", "reportall", "txuuid", 
         med[(shape, where)] = (statistics.median(h), statistics.median(i))
         print(f"{names[shape] + ' on ' + where:42} {statistics.median(h):9.0f} {statistics.median(i):12.0f} "
               f"{statistics.median(ratios):13.3f} {min(ratios):6.3f}-{max(ratios):.3f}")
-for shape in ("key", "insert", "app", "key1", "report1", "reportall", "txuuid", "txtoken"):
+for shape in ("key", "insert", "app", "key1", "report1", "reportall", "ask", "txuuid", "txtoken"):
     hs, is_ = med[(shape, "single")]
     hc, ic = med[(shape, "citus")]
-    print(f"{names[shape]}: latency on Citus / single node = {ic / is_:.2f}x isolated, {hc / hs:.2f}x hand-written")
+    first, second = ("pruned", "every shard") if shape == "ask" else ("isolated", "hand-written")
+    print(f"{names[shape]}: latency on Citus / single node = {ic / is_:.2f}x {first}, {hc / hs:.2f}x {second}")
 PY

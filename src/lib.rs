@@ -124,6 +124,7 @@ pub extern "C-unwind" fn _PG_init() {
     gucs::reserve_prefix();
     tenant::init();
     scaleout::init();
+    pg::citus::init();
     audit::init();
     budget::init();
 }

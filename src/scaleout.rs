@@ -62,6 +62,14 @@ pub fn register() {
         GucContext::Suset,
         GucFlags::default(),
     );
+    GucRegistry::define_bool_guc(
+        c"dbrag.citus_shard_pruning",
+        c"Plan the model's statement for the tenant's Citus shard only.",
+        c"Off: the statement runs on every shard (the same rows, row security alone filtering them).",
+        &crate::pg::citus::SHARD_PRUNING,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
 }
 
 /// The raw assertion in this session, if any.

@@ -600,6 +600,78 @@ def test_ask_over_distributed_tables(cluster, llm_server, caller):
     assert rows == [{"n": ROWS_PER_TENANT["a"], "t": 1}]
 
 
+def shards_named(notices, table):
+    """The shards of `table` (e.g. "orders") in Citus's "issuing" notices."""
+    import re
+    return {m for n in notices if n.startswith("issuing")
+            for m in re.findall(rf"\b{table}_\d+\b", n)}
+
+
+@pytest.mark.parametrize("caller", ["member", "app", "operator"])
+def test_ask_reads_the_tenants_shard_only(cluster, llm_server, caller):
+    """A model's statement has no tenant filter: row security alone keeps
+    the rows the tenant's, and Citus cannot prune shards by the policy's
+    call, so the statement ran on every shard. While pg_dbrag plans it, the
+    call in the row-security quals is the tenant's uuid: one shard, the
+    tenant's, the same answer. A plain query of the same login still goes
+    to every shard (only ask's own statement is changed)."""
+    prepare_trust(cluster, llm_server)
+    su = cluster.su
+    login = {"member": cluster.alice, "app": cluster.app, "operator": cluster.admin}[caller]
+
+    def shard_of(table, tenant):
+        name = su.execute("SELECT shard_name(%s::regclass, get_shard_id_for_distribution_column(%s, %s))",
+                          (table, table, tenant)).fetchone()[0]
+        return name.split(".")[-1]
+
+    questions = [
+        ("SELECT count(*) AS n, count(DISTINCT tenant_id) AS t FROM orders",
+         {"n": ROWS_PER_TENANT["a"], "t": 1}, {"orders"}),
+        # A join of two co-located tables and a sublink.
+        ("SELECT count(*) AS n FROM orders o JOIN events e ON e.tenant_id = o.tenant_id AND e.id = o.id "
+         "WHERE o.id IN (SELECT id FROM orders WHERE amount > 10)",
+         {"n": ROWS_PER_TENANT["a"] - 10}, {"orders", "events"}),
+    ]
+    with cluster.login(login) as c:
+        notices = []
+        c.add_notice_handler(lambda d: notices.append(d.message_primary))
+        c.execute("SET citus.log_remote_commands = on")
+        for i, (sql, want, tables) in enumerate(questions):
+            notices.clear()
+            with c.transaction():
+                if caller == "app":
+                    c.execute("SELECT dbrag.set_tenant(%s, true)", (token_for(cluster.a),))
+                elif caller == "operator":
+                    c.execute("SELECT dbrag.set_tenant(%s::uuid, true)", (cluster.a,))
+                llm_server.script(sql_answer(sql))
+                rows = [r[0] for r in c.execute("SELECT * FROM dbrag.ask(%s)", (f"{caller}'s question {i}",))]
+            assert rows == [want], sql
+            for table in tables:
+                assert shards_named(notices, table) == {shard_of(f"app.{table}", cluster.a)}, (table, notices)
+        if caller == "member":
+            # dbrag.citus_shard_pruning (superuser only) off: every shard, the same answer.
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                c.execute("SET dbrag.citus_shard_pruning = off")
+            su.execute(f"ALTER ROLE {login} SET dbrag.citus_shard_pruning = off")
+            try:
+                with cluster.login(login) as off:
+                    off.add_notice_handler(lambda d: notices.append(d.message_primary))
+                    off.execute("SET citus.log_remote_commands = on")
+                    notices.clear()
+                    llm_server.script(sql_answer(questions[0][0]))
+                    assert [r[0] for r in off.execute("SELECT * FROM dbrag.ask('pruning off')")] == [questions[0][1]]
+                    assert len(shards_named(notices, "orders")) > 2, notices
+            finally:
+                su.execute(f"ALTER ROLE {login} RESET dbrag.citus_shard_pruning")
+        # The login's own query, not ask's: every shard, as Citus plans it.
+        notices.clear()
+        with c.transaction():
+            if caller != "member":
+                c.execute("SELECT dbrag.set_tenant(%s::uuid, true)", (cluster.a,))
+            assert c.execute("SELECT count(*) FROM app.orders").fetchone()[0] == ROWS_PER_TENANT["a"]
+        assert len(shards_named(notices, "orders")) > 2, notices
+
+
 # ---- answers users trust, on the cluster: the value index, verified
 # queries, feedback and budgets (control_plane tables distributed by tenant_id)
 

@@ -360,6 +360,28 @@ fn collect_local(schema: &str, entries: &[TableEntry], budget: i64) -> Vec<Found
     })
 }
 
+/// On Citus, `dbrag.current_tenant_id()`'s oid and its value for the role
+/// running the statement (the tenant's); None elsewhere or without a tenant.
+fn tenant_for_pruning(
+    client: &pgrx::spi::SpiClient<'_>,
+) -> std::result::Result<Option<(pgrx::pg_sys::Oid, [u8; 16])>, pgrx::spi::Error> {
+    if !crate::pg::citus::citus_loaded() {
+        return Ok(None);
+    }
+    let row = client.select(
+        "SELECT 'dbrag.current_tenant_id()'::pg_catalog.regprocedure::pg_catalog.oid, \
+                dbrag.current_tenant_id()",
+        Some(1),
+        &[],
+    )?;
+    let Some(row) = row.into_iter().next() else {
+        return Ok(None);
+    };
+    let func = row.get::<pgrx::pg_sys::Oid>(1)?;
+    let tenant = row.get::<pgrx::Uuid>(2)?;
+    Ok(func.zip(tenant).map(|(f, t)| (f, *t.as_bytes())))
+}
+
 fn run_local(sql: &str, limits: Limits) -> RunResult {
     let Limits {
         max_rows,
@@ -391,15 +413,21 @@ fn run_local(sql: &str, limits: Limits) -> RunResult {
             );
         }
         Spi::connect_mut(|client| {
+            // On Citus: the tenant's shard only (crate::pg::citus).
+            let tenant = tenant_for_pruning(client)?;
             // EXPLAIN is not a plain SELECT, so it cannot go through the
             // read-only SPI path; the transaction is read-only anyway.
-            client.update(&explain, None, &[])?;
+            crate::pg::citus::with_tenant_pruning(tenant, || {
+                client.update(&explain, None, &[]).map(drop)
+            })?;
             // Row by row through a cursor, counting bytes: the row cap
             // bounds rows, not their width (one row of to_jsonb text may
             // reach 1 GB), and a select would hold all of them at once.
             let mut rows = Vec::new();
             let mut bytes = 0usize;
-            let mut cursor = client.try_open_cursor(&wrapped, &[])?;
+            let mut cursor = crate::pg::citus::with_tenant_pruning(tenant, || {
+                client.try_open_cursor(&wrapped, &[])
+            })?;
             loop {
                 let batch = cursor.fetch(1)?;
                 if batch.is_empty() {

@@ -123,3 +123,206 @@ pub fn keep_execution_remote() -> bool {
     );
     true
 }
+
+// ---- Shard pruning for the model's statement
+//
+// The policies of an isolated table compare `tenant_id` with
+// `dbrag.current_tenant_id()`, a STABLE call that Citus cannot prune shards
+// with: a model's statement without its own tenant filter ran on every shard
+// (Citus issue #7415), 13× slower than the same query by key in
+// `bench/citus.sh`. Citus does prune by a constant in a policy's qual. So
+// while pg_dbrag plans the model's statement (and only then), the call in
+// the row-security quals is replaced by its value for this statement: the
+// same rows by construction, now one shard. The workers still apply their
+// own policies with their own tenant; a wrong shard would return nothing,
+// never another tenant's rows. The plan is never kept (an unsaved SPI plan),
+// and only the outermost planning is changed: a function planned during
+// constant folding may keep its plan, which must not carry the value.
+
+thread_local! {
+    /// Set by [`with_tenant_pruning`] for the next outermost planning:
+    /// `dbrag.current_tenant_id()`'s oid and its value now.
+    static PRUNE_FOR: Cell<Option<(pg_sys::Oid, [u8; 16])>> = const { Cell::new(None) };
+}
+
+/// `dbrag.citus_shard_pruning` (superuser, default on). Off, the model's
+/// statement is planned as written and runs on every shard (the same
+/// rows): for measuring what pruning saves (bench/citus.sh).
+pub static SHARD_PRUNING: pgrx::GucSetting<bool> = pgrx::GucSetting::<bool>::new(true);
+
+static mut PREV_PLANNER: pg_sys::planner_hook_type = None;
+
+/// Chain the planner hook (from `_PG_init`; it acts only inside
+/// [`with_tenant_pruning`]).
+pub fn init() {
+    // SAFETY: hooks are chained once per backend, from _PG_init.
+    unsafe {
+        PREV_PLANNER = pg_sys::planner_hook;
+        pg_sys::planner_hook = Some(planner);
+    }
+}
+
+/// Run `plan_and_run` (one SPI call that plans a statement) with the tenant
+/// in force written into that statement's row-security quals as a constant,
+/// so Citus sends it to the tenant's shard only. Nothing changes without
+/// Citus or without a tenant.
+pub fn with_tenant_pruning<R>(
+    current_tenant: Option<(pg_sys::Oid, [u8; 16])>,
+    plan_and_run: impl FnOnce() -> R,
+) -> R {
+    if current_tenant.is_none() || !SHARD_PRUNING.get() || !citus_loaded() {
+        return plan_and_run();
+    }
+    struct Clear;
+    impl Drop for Clear {
+        fn drop(&mut self) {
+            PRUNE_FOR.with(|c| c.set(None));
+        }
+    }
+    let _clear = Clear;
+    PRUNE_FOR.with(|c| c.set(current_tenant));
+    plan_and_run()
+}
+
+/// Not `#[pg_guard]`, as `scaleout::executor_start`: an ERROR of the next
+/// planner passes through untouched; the rewrite runs behind the guard.
+unsafe extern "C-unwind" fn planner(
+    parse: *mut pg_sys::Query,
+    query_string: *const std::ffi::c_char,
+    cursor_options: std::ffi::c_int,
+    bound_params: pg_sys::ParamListInfo,
+) -> *mut pg_sys::PlannedStmt {
+    // Taken, so nested plannings (Citus's subplans, functions folded at
+    // plan time) see nothing.
+    if let Some(target) = PRUNE_FOR.with(|c| c.take()) {
+        // SAFETY: the planner's own copy of the query, ours to change.
+        unsafe { pin_tenant(parse, target.0, &target.1) };
+    }
+    // SAFETY: the arguments as the planner passed them.
+    unsafe {
+        match PREV_PLANNER {
+            Some(prev) => prev(parse, query_string, cursor_options, bound_params),
+            None => raw::standard_planner(parse, query_string, cursor_options, bound_params),
+        }
+    }
+}
+
+mod raw {
+    use pgrx::pg_sys;
+    unsafe extern "C-unwind" {
+        pub fn standard_planner(
+            parse: *mut pg_sys::Query,
+            query_string: *const std::ffi::c_char,
+            cursor_options: std::ffi::c_int,
+            bound_params: pg_sys::ParamListInfo,
+        ) -> *mut pg_sys::PlannedStmt;
+    }
+}
+
+struct Pin {
+    func: pg_sys::Oid,
+    value: [u8; 16],
+}
+
+#[pgrx::pg_guard]
+unsafe extern "C-unwind" fn pin_tenant(
+    query: *mut pg_sys::Query,
+    func: pg_sys::Oid,
+    value: &[u8; 16],
+) {
+    let mut pin = Pin {
+        func,
+        value: *value,
+    };
+    // SAFETY: a valid Query; the walker follows node tags.
+    unsafe {
+        walk(query.cast(), (&mut pin as *mut Pin).cast());
+    }
+}
+
+/// Every range-table entry of the query, its subqueries, CTEs and sublinks:
+/// the row-security quals get the value in place of the call.
+unsafe extern "C-unwind" fn walk(node: *mut pg_sys::Node, ctx: *mut std::ffi::c_void) -> bool {
+    if node.is_null() {
+        return false;
+    }
+    // SAFETY: nodes of a valid query tree, each cast after its tag.
+    unsafe {
+        match (*node).type_ {
+            pg_sys::NodeTag::T_Query => pg_sys::query_tree_walker(
+                node.cast(),
+                Some(walk),
+                ctx,
+                pg_sys::QTW_EXAMINE_RTES_BEFORE as std::ffi::c_int,
+            ),
+            pg_sys::NodeTag::T_RangeTblEntry => {
+                let rte = node as *mut pg_sys::RangeTblEntry;
+                if !(*rte).securityQuals.is_null() {
+                    // The mutator's C type takes no declared arguments.
+                    let mutator = std::mem::transmute::<
+                        unsafe extern "C-unwind" fn(
+                            *mut pg_sys::Node,
+                            *mut std::ffi::c_void,
+                        ) -> *mut pg_sys::Node,
+                        unsafe extern "C-unwind" fn() -> *mut pg_sys::Node,
+                    >(replace_call);
+                    (*rte).securityQuals = pg_sys::expression_tree_mutator(
+                        (*rte).securityQuals.cast(),
+                        Some(mutator),
+                        ctx,
+                    )
+                    .cast();
+                }
+                // The walker goes on into the (new) quals and any subquery.
+                false
+            }
+            _ => pg_sys::expression_tree_walker(node, Some(walk), ctx),
+        }
+    }
+}
+
+/// `dbrag.current_tenant_id()` with no arguments → the uuid constant; a
+/// sublink's query is left to `walk`, which reaches it next.
+unsafe extern "C-unwind" fn replace_call(
+    node: *mut pg_sys::Node,
+    ctx: *mut std::ffi::c_void,
+) -> *mut pg_sys::Node {
+    if node.is_null() {
+        return node;
+    }
+    // SAFETY: nodes of a valid expression tree, each cast after its tag;
+    // ctx is the Pin of pin_tenant, alive for the walk.
+    unsafe {
+        let pin = &*(ctx as *const Pin);
+        match (*node).type_ {
+            pg_sys::NodeTag::T_Query => node,
+            pg_sys::NodeTag::T_FuncExpr
+                if (*(node as *mut pg_sys::FuncExpr)).funcid == pin.func
+                    && (*(node as *mut pg_sys::FuncExpr)).args.is_null() =>
+            {
+                let uuid = pg_sys::palloc(16) as *mut u8;
+                std::ptr::copy_nonoverlapping(pin.value.as_ptr(), uuid, 16);
+                pg_sys::makeConst(
+                    pg_sys::UUIDOID,
+                    -1,
+                    pg_sys::InvalidOid,
+                    16,
+                    pg_sys::Datum::from(uuid),
+                    false,
+                    false,
+                )
+                .cast()
+            }
+            _ => {
+                let mutator = std::mem::transmute::<
+                    unsafe extern "C-unwind" fn(
+                        *mut pg_sys::Node,
+                        *mut std::ffi::c_void,
+                    ) -> *mut pg_sys::Node,
+                    unsafe extern "C-unwind" fn() -> *mut pg_sys::Node,
+                >(replace_call);
+                pg_sys::expression_tree_mutator(node, Some(mutator), ctx)
+            }
+        }
+    }
+}
