@@ -148,11 +148,7 @@ fn citus_fns() -> Option<CitusFns> {
     }
     // The signatures below are Citus 13's (read in its source, tag v13.2.2);
     // another major version is not called into: its workers see no tenant.
-    // SAFETY: GetConfigOption with missing_ok returns NULL for an unknown name.
-    let version = unsafe {
-        let p = pg_sys::GetConfigOption(c"citus.version".as_ptr(), true, false);
-        (!p.is_null()).then(|| CStr::from_ptr(p).to_string_lossy().into_owned())
-    };
+    let version = crate::pg::citus::citus_version();
     if !version.as_deref().is_some_and(|v| v.starts_with("13.")) {
         warning!(
             "Citus {} is not a version pg_dbrag forwards tenants with (13.x): a tenant set with dbrag.set_tenant does not reach the workers (they see no tenant)",

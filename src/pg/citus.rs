@@ -29,11 +29,7 @@ fn local_execution_required() -> bool {
         if let Some(known) = c.get() {
             return known;
         }
-        // SAFETY: GetConfigOption with missing_ok returns NULL for an unknown name.
-        let major_13 = unsafe {
-            let p = pg_sys::GetConfigOption(c"citus.version".as_ptr(), true, false);
-            !p.is_null() && CStr::from_ptr(p).to_bytes().starts_with(b"13.")
-        };
+        let major_13 = citus_version().is_some_and(|v| v.starts_with("13."));
         // SAFETY: Citus is loaded, so load_external_function finds the
         // library; with signalNotFound false a missing symbol is NULL. The
         // signature is Citus 13's, checked by the version above.
@@ -54,6 +50,17 @@ fn local_execution_required() -> bool {
     });
     // SAFETY: a read of Citus's per-backend status, no arguments.
     status_fn.is_some_and(|f| unsafe { f() } == LOCAL_EXECUTION_REQUIRED)
+}
+
+/// `citus.version` of the loaded library (None without Citus). pg_dbrag
+/// calls into Citus's C functions only under the major version whose
+/// source their signatures were read in.
+pub fn citus_version() -> Option<String> {
+    // SAFETY: GetConfigOption with missing_ok returns NULL for an unknown name.
+    unsafe {
+        let p = pg_sys::GetConfigOption(c"citus.version".as_ptr(), true, false);
+        (!p.is_null()).then(|| CStr::from_ptr(p).to_string_lossy().into_owned())
+    }
 }
 
 /// True when the Citus library is loaded in this backend.
@@ -129,8 +136,8 @@ pub fn keep_execution_remote() -> bool {
 // The policies of an isolated table compare `tenant_id` with
 // `dbrag.current_tenant_id()`, a STABLE call that Citus cannot prune shards
 // with: a model's statement without its own tenant filter ran on every shard
-// (Citus issue #7415), 13× slower than the same query by key in
-// `bench/citus.sh`. Citus does prune by a constant in a policy's qual. So
+// (Citus issue #7415), 7.5× the latency of the same report with a tenant
+// filter in `bench/citus.sh`. Citus does prune by a constant in a policy's qual. So
 // while pg_dbrag plans the model's statement (and only then), the call in
 // the row-security quals is replaced by its value for this statement: the
 // same rows by construction, now one shard. The workers still apply their
@@ -258,17 +265,9 @@ unsafe extern "C-unwind" fn walk(node: *mut pg_sys::Node, ctx: *mut std::ffi::c_
             pg_sys::NodeTag::T_RangeTblEntry => {
                 let rte = node as *mut pg_sys::RangeTblEntry;
                 if !(*rte).securityQuals.is_null() {
-                    // The mutator's C type takes no declared arguments.
-                    let mutator = std::mem::transmute::<
-                        unsafe extern "C-unwind" fn(
-                            *mut pg_sys::Node,
-                            *mut std::ffi::c_void,
-                        ) -> *mut pg_sys::Node,
-                        unsafe extern "C-unwind" fn() -> *mut pg_sys::Node,
-                    >(replace_call);
                     (*rte).securityQuals = pg_sys::expression_tree_mutator(
                         (*rte).securityQuals.cast(),
-                        Some(mutator),
+                        replace_call_as_c(),
                         ctx,
                     )
                     .cast();
@@ -313,16 +312,19 @@ unsafe extern "C-unwind" fn replace_call(
                 )
                 .cast()
             }
-            _ => {
-                let mutator = std::mem::transmute::<
-                    unsafe extern "C-unwind" fn(
-                        *mut pg_sys::Node,
-                        *mut std::ffi::c_void,
-                    ) -> *mut pg_sys::Node,
-                    unsafe extern "C-unwind" fn() -> *mut pg_sys::Node,
-                >(replace_call);
-                pg_sys::expression_tree_mutator(node, Some(mutator), ctx)
-            }
+            _ => pg_sys::expression_tree_mutator(node, replace_call_as_c(), ctx),
         }
     }
+}
+
+type MutatorAsC = unsafe extern "C-unwind" fn() -> *mut pg_sys::Node;
+
+/// `replace_call` as PostgreSQL 15 declares a mutator: a function pointer
+/// of no declared arguments, called with (node, context).
+fn replace_call_as_c() -> Option<MutatorAsC> {
+    type Mutator =
+        unsafe extern "C-unwind" fn(*mut pg_sys::Node, *mut std::ffi::c_void) -> *mut pg_sys::Node;
+    // SAFETY: the same C function pointer; expression_tree_mutator calls it
+    // with exactly these two arguments.
+    Some(unsafe { std::mem::transmute::<Mutator, MutatorAsC>(replace_call) })
 }
