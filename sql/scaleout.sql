@@ -22,8 +22,8 @@ REVOKE ALL ON FUNCTION dbrag._tenant_leads_key(oid) FROM PUBLIC;
 -- themselves (a query that a worker plans for a client connected to it).
 -- A worker takes a row only for a role it has (Citus checks it with a
 -- constraint), and a role created in this transaction reaches the workers
--- at commit: such rows are skipped here, and copied by a later call (the
--- tenant's first member, or dbrag.citus_sync_logins()). The workers' rows
+-- at commit: such rows are skipped here, and copied by a later call (a
+-- member added to the tenant, or dbrag.citus_sync_logins()). The workers' rows
 -- are written over their own connections, outside this transaction.
 -- (The commands carry passwords: never shown by citus.log_remote_commands.)
 CREATE FUNCTION dbrag._citus_copy_logins(roles name[])

@@ -8,6 +8,7 @@ router queries, multi-shard queries, INSERT ... SELECT and UPDATE across
 shards, and clients that connect straight to a worker."""
 
 import os
+import re
 import threading
 import time
 import uuid
@@ -600,9 +601,22 @@ def test_ask_over_distributed_tables(cluster, llm_server, caller):
     assert rows == [{"n": ROWS_PER_TENANT["a"], "t": 1}]
 
 
+def caller_login(cluster, caller):
+    return {"member": cluster.alice, "app": cluster.app, "operator": cluster.admin}[caller]
+
+
+def tenant_a_for_this_transaction(c, cluster, caller):
+    """Tenant A in force for the transaction: the member's login has it
+    already; the application server sets it with a token, the operator by
+    uuid."""
+    if caller == "app":
+        c.execute("SELECT dbrag.set_tenant(%s, true)", (token_for(cluster.a),))
+    elif caller == "operator":
+        c.execute("SELECT dbrag.set_tenant(%s::uuid, true)", (cluster.a,))
+
+
 def shards_named(notices, table):
     """The shards of `table` (e.g. "orders") in Citus's "issuing" notices."""
-    import re
     return {m for n in notices if n.startswith("issuing")
             for m in re.findall(rf"\b{table}_\d+\b", n)}
 
@@ -617,7 +631,7 @@ def test_ask_reads_the_tenants_shard_only(cluster, llm_server, caller):
     to every shard (only ask's own statement is changed)."""
     prepare_trust(cluster, llm_server)
     su = cluster.su
-    login = {"member": cluster.alice, "app": cluster.app, "operator": cluster.admin}[caller]
+    login = caller_login(cluster, caller)
 
     def shard_of(table, tenant):
         name = su.execute("SELECT shard_name(%s::regclass, get_shard_id_for_distribution_column(%s, %s))",
@@ -639,10 +653,7 @@ def test_ask_reads_the_tenants_shard_only(cluster, llm_server, caller):
         for i, (sql, want, tables) in enumerate(questions):
             notices.clear()
             with c.transaction():
-                if caller == "app":
-                    c.execute("SELECT dbrag.set_tenant(%s, true)", (token_for(cluster.a),))
-                elif caller == "operator":
-                    c.execute("SELECT dbrag.set_tenant(%s::uuid, true)", (cluster.a,))
+                tenant_a_for_this_transaction(c, cluster, caller)
                 llm_server.script(sql_answer(sql))
                 rows = [r[0] for r in c.execute("SELECT * FROM dbrag.ask(%s)", (f"{caller}'s question {i}",))]
             assert rows == [want], sql
@@ -666,8 +677,7 @@ def test_ask_reads_the_tenants_shard_only(cluster, llm_server, caller):
         # The login's own query, not ask's: every shard, as Citus plans it.
         notices.clear()
         with c.transaction():
-            if caller != "member":
-                c.execute("SELECT dbrag.set_tenant(%s::uuid, true)", (cluster.a,))
+            tenant_a_for_this_transaction(c, cluster, caller)
             assert c.execute("SELECT count(*) FROM app.orders").fetchone()[0] == ROWS_PER_TENANT["a"]
         assert len(shards_named(notices, "orders")) > 2, notices
 
@@ -930,15 +940,12 @@ def test_verified_queries_inside_a_transaction_block(cluster, llm_server, caller
     placement per transaction, docs/scale-out.md): a clean 25001, and the
     rollback leaves nothing behind."""
     prepare_trust(cluster, llm_server)
-    login = {"member": cluster.alice, "app": cluster.app, "operator": cluster.admin}[caller]
+    login = caller_login(cluster, caller)
     count_sql = "SELECT count(*) AS n FROM orders"
     question = f"How many orders, asked by the {caller}?"
 
     def for_tenant_a(c):
-        if caller == "app":
-            c.execute("SELECT dbrag.set_tenant(%s, true)", (token_for(cluster.a),))
-        elif caller == "operator":
-            c.execute("SELECT dbrag.set_tenant(%s::uuid, true)", (cluster.a,))
+        tenant_a_for_this_transaction(c, cluster, caller)
 
     with cluster.login(login) as c:
         with c.transaction():
